@@ -1,0 +1,65 @@
+"""``python -m tlsweep``: Hydra composes the config from ``conf/``; ``tlsweep.job`` runs each job.
+
+A user error ends a single run with one line and exit code 1; in a multirun (``-m``) the job
+is recorded as failed, the other jobs go on, and the sweep exits 1 at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from tlsweep.config import register_resolvers  # noqa: E402
+from tlsweep.errors import TlsweepError  # noqa: E402
+
+log = logging.getLogger("tlsweep")
+register_resolvers()
+_failed_jobs: list[str] = []
+
+
+@hydra.main(version_base="1.3", config_path="pkg://tlsweep.conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Run one Hydra job (one KerasTuner search)."""
+    from tlsweep.job import run_job  # imports TensorFlow: only when a job runs, so --help stays fast
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        run_job(cfg, job_dir, choices)
+    except TlsweepError as e:
+        log.error("error: %s", e)
+        if not multirun:
+            sys.exit(1)
+        _failed_jobs.append(f"{job_dir.name}: {e}")
+    except Exception as e:  # a bug in one job must not stop the other jobs of a sweep
+        if not multirun:
+            raise
+        log.exception("job %s failed", job_dir.name)
+        _failed_jobs.append(f"{job_dir.name}: {type(e).__name__}: {e}")
+
+
+def cli() -> None:
+    """Entry point of ``python -m tlsweep`` and the ``tlsweep`` command."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept in the job folder under outputs/", file=sys.stderr)
+        sys.exit(130)
+    if _failed_jobs:
+        print(f"{len(_failed_jobs)} job(s) failed:", *_failed_jobs, sep="\n  ", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,162 @@
+"""Backbones: build a pretrained feature extractor from its config, with its own preprocessing.
+
+A backbone config names a ``factory`` with the signature of ``keras.applications``
+(``include_top``, ``weights``, ``input_shape``). Its pretrained weights are loaded once per
+job and copied into a fresh network for every trial, since fine-tuning changes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from hydra.utils import get_method, to_absolute_path
+from omegaconf import DictConfig
+
+from tlsweep.errors import TlsweepError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_WEIGHTS = {"tiny": "weights/tiny.weights.h5"}  # paths inside the tlsweep package
+
+# Per-channel (scale, offset) that map pixels 0..255 to what a backbone was trained on.
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255.0
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255.0
+PREPROCESSING = {
+    "tf": (1.0 / 127.5, -1.0),  # [-1, 1]: MobileNet, ResNet V2, Inception, Xception
+    "torch": ((1.0 / _IMAGENET_STD).tolist(), (-_IMAGENET_MEAN / _IMAGENET_STD).tolist()),  # DenseNet
+    "unit": (1.0 / 255.0, 0.0),  # [0, 1]: TF Hub image models
+    "none": (1.0, 0.0),  # models that rescale inside (EfficientNet, ConvNeXt)
+}
+
+
+def preprocessing_layer(mode: str) -> keras.layers.Layer:
+    """A Keras layer mapping pixels 0..255 to the backbone's expected input range."""
+    if mode not in PREPROCESSING:
+        raise TlsweepError(
+            f"unknown backbone.preprocessing '{mode}'; use one of: {', '.join(PREPROCESSING)}"
+        )
+    scale, offset = PREPROCESSING[mode]
+    return keras.layers.Rescaling(scale, offset, name="preprocessing")
+
+
+def tiny_cnn(
+    include_top: bool = False, weights: str | None = None, input_shape: tuple[int, int, int] = (32, 32, 3)
+) -> keras.Model:
+    """A small residual CNN: tlsweep's offline demo backbone (23 layers, ~230k parameters)."""
+    if include_top:
+        raise ValueError("tiny_cnn has no classification top")
+
+    def conv_bn_relu(x: Any, filters: int, strides: int, name: str) -> Any:
+        x = keras.layers.Conv2D(filters, 3, strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+    def residual(x: Any, filters: int, name: str) -> Any:
+        y = conv_bn_relu(x, filters, 1, f"{name}_a")
+        y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
+        y = keras.layers.BatchNormalization(name=f"{name}_b_bn")(y)
+        y = keras.layers.Add(name=f"{name}_add")([x, y])
+        return keras.layers.ReLU(name=f"{name}_out")(y)
+
+    inputs = keras.Input(input_shape, name="input")
+    x = conv_bn_relu(inputs, 16, 1, "stem")
+    x = conv_bn_relu(x, 32, 2, "down1")
+    x = residual(x, 32, "block1")
+    x = conv_bn_relu(x, 96, 2, "down2")
+    x = residual(x, 96, "block2")
+    model = keras.Model(inputs, x, name="tiny_cnn")
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+@dataclass
+class Backbone:
+    """A backbone with its pretrained weights in memory; ``build()`` gives a fresh copy per trial."""
+
+    name: str
+    image_size: int
+    preprocessing: str
+    factory: Callable[..., keras.Model]
+    weights: list[np.ndarray]
+    num_layers: int
+
+    def build(self) -> keras.Model:
+        """A new backbone network named ``backbone`` holding the pretrained weights."""
+        net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
+        net.set_weights(self.weights)
+        return keras.Model(net.input, net.output, name="backbone")
+
+
+def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
+    """Build the backbone ``cfg`` describes and load its weights, failing early and clearly."""
+    try:
+        factory = get_method(cfg.factory)
+    except Exception as e:
+        raise TlsweepError(f"backbone {cfg.name}: cannot import factory '{cfg.factory}' ({e})") from e
+    preprocessing_layer(cfg.preprocessing)  # validate the mode before any slow work
+    shape = (image_size, image_size, 3)
+    weights = cfg.weights
+    if weights == "bundled":
+        net = factory(include_top=False, weights=None, input_shape=shape)
+        _load_weights_file(net, _bundled_weights(cfg.name), cfg.name)
+    elif weights is None:
+        net = factory(include_top=False, weights=None, input_shape=shape)
+    elif weights == "imagenet":
+        net = _download_imagenet(factory, shape, cfg.name)
+    else:
+        path = Path(to_absolute_path(str(weights))).expanduser()
+        if not path.is_file():
+            raise TlsweepError(
+                f"backbone {cfg.name}: weights file {path} does not exist; "
+                "fix backbone.weights, or use backbone.weights=imagenet or null"
+            )
+        net = factory(include_top=False, weights=None, input_shape=shape)
+        _load_weights_file(net, path, cfg.name)
+    num_layers = sum(not isinstance(layer, keras.layers.InputLayer) for layer in net.layers)
+    log.info("backbone %s: %d layers, weights %s, %d px", cfg.name, num_layers, weights, image_size)
+    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers)
+
+
+def _bundled_weights(name: str) -> Path:
+    if name not in BUNDLED_WEIGHTS:
+        raise TlsweepError(
+            f"backbone {name} has no bundled weights; use backbone.weights=imagenet, null or a file path"
+        )
+    return Path(str(resources.files("tlsweep").joinpath(BUNDLED_WEIGHTS[name])))
+
+
+def _load_weights_file(net: keras.Model, path: Path, name: str) -> None:
+    try:
+        net.load_weights(str(path))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TlsweepError(
+            f"backbone {name}: weights file {path} does not fit this backbone ({reason}); "
+            "point backbone.weights at weights saved from the same architecture"
+        ) from e
+
+
+def _download_imagenet(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:
+    """Keras downloads ImageNet weights on first use and caches them in $KERAS_HOME/models."""
+    try:
+        return factory(include_top=False, weights="imagenet", input_shape=shape)
+    except Exception as e:
+        message = str(e)
+        if "URL fetch failure" not in message and "Incomplete or corrupted" not in message:
+            raise
+        url = re.search(r"https?://\S+?(?=:? |$)", message)
+        tried = f" from {url.group(0).rstrip(':')}" if url else ""
+        problem = "the download was incomplete or corrupt" if "Incomplete" in message else "no network?"
+        raise TlsweepError(
+            f"backbone {name}: could not download ImageNet weights{tried} ({problem}); "
+            "ways out: run once on a machine with internet and copy ~/.keras/models (or $KERAS_HOME), "
+            "or set backbone.weights=path/to/file.weights.h5, or backbone.weights=null for random init"
+        ) from e

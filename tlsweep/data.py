@@ -1,0 +1,270 @@
+"""Datasets: decode every image once, resize it to the backbone's size and keep it as uint8.
+
+Transfer-learning datasets are small (thousands of images), and a sweep trains on the same
+images dozens of times, so tlsweep decodes them once per job instead of once per epoch.
+Unreadable images are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+
+from tlsweep.errors import TlsweepError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DIGITS_SOURCE_CLASSES = (0, 1, 2, 3, 4)  # the tiny backbone's pretraining task
+DIGITS_TARGET_CLASSES = (5, 6, 7, 8, 9)  # the demo's target task: classes never seen in pretraining
+
+
+@dataclass
+class ImageData:
+    """Training and validation images (N, H, W, 3) uint8 with int32 labels, and their class names."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: list[str]
+    description: str
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line saying what was loaded, for the job log."""
+        line = (
+            f"dataset {self.description}: {len(self.class_names)} classes, "
+            f"{len(self.y_train)} training and {len(self.y_val)} validation images"
+        )
+        if self.skipped:
+            shown = ", ".join(self.skipped[:3]) + (", …" if len(self.skipped) > 3 else "")
+            line += f"; skipped {len(self.skipped)} unreadable image(s): {shown}"
+        return line
+
+
+def load_dataset(cfg: DictConfig, image_size: int) -> ImageData:
+    """Load the dataset that ``cfg`` (the ``dataset`` group) names, at ``image_size`` pixels."""
+    loaders: dict[str, Callable[[DictConfig, int], ImageData]] = {
+        "digits": _load_digits_demo,
+        "folder": _load_folder,
+        "tf_flowers": _load_tfds,
+    }
+    if cfg.name not in loaders:
+        raise TlsweepError(f"unknown dataset '{cfg.name}'; use one of: {', '.join(loaders)}")
+    _check_fractions(cfg)
+    data = loaders[cfg.name](cfg, image_size)
+    return _take_fraction(data, cfg.fraction, cfg.seed)
+
+
+def load_digits(classes: tuple[int, ...], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8×8 handwritten digits of ``classes`` as RGB uint8 images, labels 0..k-1."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    keep = np.isin(digits.target, classes)
+    gray = np.clip(digits.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    images = np.stack([_resize(Image.fromarray(g), image_size) for g in gray])
+    labels = np.searchsorted(np.array(classes), digits.target[keep]).astype(np.int32)
+    return images, labels
+
+
+def _load_digits_demo(cfg: DictConfig, image_size: int) -> ImageData:
+    x, y = load_digits(DIGITS_TARGET_CLASSES, image_size)
+    train, val = stratified_split(y, cfg.validation_split, cfg.seed)
+    return ImageData(
+        x[train], y[train], x[val], y[val],
+        class_names=[str(c) for c in DIGITS_TARGET_CLASSES],
+        description="digits 5-9 (scikit-learn, embedded demo)",
+    )
+
+
+def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
+    root = Path(cfg.path).expanduser()
+    if not root.exists():
+        raise TlsweepError(
+            f"dataset.path {root} does not exist; point dataset.path at a folder of class sub-folders"
+        )
+    if not root.is_dir():
+        raise TlsweepError(
+            f"dataset.path {root} is a file, not a folder; point it at a folder of class sub-folders"
+        )
+    train_root = root / "train" if (root / "train").is_dir() else root
+    val_root = next((root / v for v in ("val", "validation") if (root / v).is_dir()), None)
+    if train_root == root:
+        val_root = None
+
+    train_files = _class_files(train_root)
+    workers = int(cfg.get("workers", 4))
+    x, y, skipped = _decode_all(train_files, image_size, workers)
+    class_names = list(train_files)
+    if val_root is None:
+        train, val = stratified_split(y, cfg.validation_split, cfg.seed)
+        x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
+    else:
+        val_files = _class_files(val_root)
+        if list(val_files) != class_names:
+            raise TlsweepError(
+                f"the class folders of {train_root} and {val_root} differ "
+                f"({', '.join(sorted(set(train_files) ^ set(val_files)))}); give both the same classes"
+            )
+        x_train, y_train = x, y
+        x_val, y_val, skipped_val = _decode_all(val_files, image_size, workers)
+        skipped += skipped_val
+    return ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {root}", skipped)
+
+
+def _load_tfds(cfg: DictConfig, image_size: int) -> ImageData:
+    import tensorflow_datasets as tfds
+
+    train_pct = round(100 * (1 - cfg.validation_split))
+    try:
+        (train, val), info = tfds.load(
+            cfg.name,
+            split=[f"train[:{train_pct}%]", f"train[{train_pct}%:]"],
+            as_supervised=True,
+            with_info=True,
+            data_dir=cfg.data_dir,
+        )
+    except Exception as e:  # TFDS raises many kinds of errors for a failed download
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TlsweepError(
+            f"could not load TFDS dataset '{cfg.name}' ({first_line}); it downloads on first use, "
+            "so run once on a machine with internet and copy ~/tensorflow_datasets "
+            "(or set dataset.data_dir), or use dataset=folder dataset.path=<your images>"
+        ) from e
+
+    def to_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [(_resize(Image.fromarray(img), image_size), lbl) for img, lbl in tfds.as_numpy(split)]
+        return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=np.int32)
+
+    x_train, y_train = to_arrays(train)
+    x_val, y_val = to_arrays(val)
+    names = list(info.features["label"].names)
+    return ImageData(x_train, y_train, x_val, y_val, names, f"TFDS {cfg.name}")
+
+
+def _class_files(root: Path) -> dict[str, list[Path]]:
+    """Map each class folder under ``root`` (sorted by name) to its image files."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise TlsweepError(
+            f"{root} has no class sub-folders; put each class's images in a folder named after the class"
+        )
+    if len(classes) < 2:
+        raise TlsweepError(
+            f"{root} has only one class folder ('{classes[0]}'); a classifier needs at least two"
+        )
+    files = {name: _image_files(root / name) for name in classes}
+    for name, paths in files.items():
+        if not paths:
+            raise TlsweepError(
+                f"class folder '{name}' in {root} has no images ({'/'.join(IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+    return files
+
+
+def _image_files(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # symlinked folders are not followed: no loops
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
+def _decode_all(
+    files: dict[str, list[Path]], image_size: int, workers: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    paths = [p for ps in files.values() for p in ps]
+    labels = np.array([i for i, ps in enumerate(files.values()) for _ in ps], dtype=np.int32)
+    log.info("decoding %d images at %d px …", len(paths), image_size)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        images = list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=16))
+    ok = np.array([im is not None for im in images], dtype=bool)
+    skipped = [str(p) for p, good in zip(paths, ok) if not good]
+    for label, name in enumerate(files):
+        if not ok[labels == label].any():
+            raise TlsweepError(f"no image of class '{name}' could be read; check the files in its folder")
+    x = np.stack([im for im in images if im is not None])
+    return x, labels[ok], skipped
+
+
+def _decode(path: Path, image_size: int) -> np.ndarray | None:
+    """Decode one image to RGB uint8 at ``image_size``; None if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced size, much faster
+            if im.mode.startswith("I"):  # 16/32-bit integer images: scale to 8 bits, don't clip
+                arr = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray((arr / max(arr.max(), 1.0) * 255.0).astype(np.uint8))
+            return _resize(im, image_size)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _resize(im: Image.Image, image_size: int) -> np.ndarray:
+    rgb = im.convert("RGB")  # grayscale, palette, RGBA and CMYK all become RGB
+    return np.asarray(rgb.resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) holding out ``fraction`` of each class, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(max(1, round(len(idx) * fraction)), len(idx) - 1) if len(idx) > 1 else 0
+        val += idx[:n_val].tolist()
+        train += idx[n_val:].tolist()
+    return np.sort(train), np.sort(val)
+
+
+def _take_fraction(data: ImageData, fraction: float, seed: int) -> ImageData:
+    if fraction >= 1.0:
+        return data
+    keep, _ = stratified_split(data.y_train, 1.0 - fraction, seed)
+    data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+    data.description += f", {fraction:g} of the training images"
+    return data
+
+
+def _check_fractions(cfg: DictConfig) -> None:
+    if not 0.0 < cfg.fraction <= 1.0:
+        raise TlsweepError(f"dataset.fraction={cfg.fraction} must be in (0, 1], e.g. dataset.fraction=0.25")
+    if not 0.0 < cfg.validation_split < 1.0:
+        raise TlsweepError(
+            f"dataset.validation_split={cfg.validation_split} must be between 0 and 1, e.g. 0.2"
+        )
+    if cfg.batch_size < 1:
+        raise TlsweepError(f"dataset.batch_size={cfg.batch_size} must be at least 1")
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
+    """A tf.data pipeline of float32 image batches (pixels 0..255) and labels.
+
+    It gathers batches by index from the uint8 array, so a memory-mapped array works too.
+    """
+    import tensorflow as tf
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[idx], y[idx]
+
+    def load(idx: Any) -> tuple[Any, Any]:
+        images, labels = tf.numpy_function(gather, [idx], (tf.uint8, tf.int32))
+        images.set_shape((None, *x.shape[1:]))
+        labels.set_shape((None,))
+        return tf.cast(images, tf.float32), labels
+
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

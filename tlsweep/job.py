@@ -1,0 +1,112 @@
+"""One Hydra job: config → dataset → backbone → KerasTuner search → best model, with a job record.
+
+``job.json`` in the job folder says whether the job is running, completed or failed (and why),
+so a sweep's results can be read from disk whatever happened to the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tlsweep import files
+from tlsweep.config import check_depths, validate
+from tlsweep.errors import TlsweepError
+
+log = logging.getLogger(__name__)
+
+JOB_RECORD = "job.json"
+
+
+def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
+    """Run one search in ``job_dir`` and return its job record; records failures before raising."""
+    job_dir = Path(job_dir)
+    record: dict[str, Any] = {
+        "job": job_dir.name,
+        "status": "running",
+        "choices": choices,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    started = time.monotonic()
+    files.write_json(job_dir / JOB_RECORD, record)
+    try:
+        record.update(_search(cfg, job_dir, choices), status="completed")
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        message = str(e) if isinstance(e, TlsweepError) else f"{type(e).__name__}: {e}"
+        record.update(status=status, error=message)
+        raise
+    finally:
+        record["duration_s"] = round(time.monotonic() - started, 1)
+        files.write_json(job_dir / JOB_RECORD, record)
+    return record
+
+
+def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
+    import keras
+
+    from tlsweep.backbones import load_backbone
+    from tlsweep.data import batches, load_dataset
+    from tlsweep.search import BEST_MODEL, JobContext, TransferHyperModel, job_settings, make_tuner
+
+    validate(cfg)
+    keras.utils.set_random_seed(int(cfg.seed))
+    image_size = int(cfg.dataset.image_size or cfg.backbone.image_size)
+    data = load_dataset(cfg.dataset, image_size)
+    log.info(data.summary())
+    backbone = load_backbone(cfg.backbone, image_size)
+    check_depths(cfg, backbone.num_layers, backbone.name)
+
+    job = JobContext(
+        job_dir=job_dir,
+        choices={k: str(v) for k, v in choices.items()},
+        settings=job_settings(cfg, image_size),
+        class_names=data.class_names,
+        verbose=bool(cfg.verbose),
+    )
+    tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names)), job)
+    seed, batch_size = int(cfg.seed), int(cfg.dataset.batch_size)
+    train = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)
+    val = batches(data.x_val, data.y_val, batch_size, shuffle=False, seed=seed)
+    log.info("searching with %s in %s", cfg.tuner.name, job_dir)
+    tuner.search(train, validation_data=val, verbose=0)
+
+    trials = tuner.oracle.trials.values()
+    completed = sum(t.status == "COMPLETED" for t in trials)
+    if not job.best:
+        raise TlsweepError(
+            f"every trial of this job failed; the reasons are in {job_dir / 'trials'} and {job_dir / 'tlsweep.log'}"
+        )
+    log.info(
+        "job done: %d of %d trials completed; best trial_%s %s %.4f with %s",
+        completed, len(trials), job.best["trial_id"], cfg.tuner.objective, job.best["value"],
+        ", ".join(f"{k}={v}" for k, v in job.best["hyperparameters"].items()),
+    )
+    log.info("outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
+             job_dir, job_dir / BEST_MODEL, _logdir_hint(job_dir))
+    return {
+        "trials": len(trials),
+        "completed_trials": completed,
+        "best": job.best,
+        "classes": data.class_names,
+        "train_images": int(len(data.y_train)),
+        "val_images": int(len(data.y_val)),
+        "skipped_images": data.skipped,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _logdir_hint(job_dir: Path) -> str:
+    """``outputs`` when the job folder is under an ``outputs`` folder, else the job folder."""
+    for parent in job_dir.resolve().parents:
+        if parent.name == "outputs":
+            try:
+                return str(parent.relative_to(Path.cwd()))
+            except ValueError:
+                return str(parent)
+    return str(job_dir)

@@ -1,0 +1,146 @@
+"""What a trial leaves behind: its JSON record, its TensorBoard run (scalars + HParams), progress lines.
+
+Layout inside a job folder::
+
+    trials/trial_<id>.json       one record per trial, rewritten atomically after every epoch
+    tensorboard/trial_<id>/      train/ and validation/ scalars, and the trial's HParams
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from tlsweep import files
+
+log = logging.getLogger(__name__)
+
+TRIALS_DIR = "trials"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _number(value: Any) -> float | None:
+    """A JSON-safe float: NaN and infinity become None."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class TrialLog(keras.callbacks.Callback):
+    """Records one trial on disk and in TensorBoard, and prints its progress.
+
+    The search calls ``start``, then ``begin_stage`` before each ``fit``, and ``finish`` or
+    ``fail`` at the end; in between, Keras calls ``on_epoch_end`` once per epoch.
+    """
+
+    def __init__(
+        self,
+        job_dir: Path,
+        trial_id: str,
+        label: str,
+        hyperparameters: dict[str, Any],
+        context: dict[str, Any],
+        verbose: bool = True,
+    ) -> None:
+        super().__init__()
+        self.path = Path(job_dir) / TRIALS_DIR / f"trial_{trial_id}.json"
+        self.tensorboard_dir = Path(job_dir) / TENSORBOARD_DIR / f"trial_{trial_id}"
+        self.label = label
+        self.verbose = verbose
+        self.stage = "head"
+        self.total_epochs = 0
+        self.model_to_keep: keras.Model | None = None
+        self._started = time.monotonic()
+        self._epoch_started = 0.0
+        self.record: dict[str, Any] = {
+            "trial_id": trial_id,
+            "job": Path(job_dir).name,
+            "status": "running",
+            "hyperparameters": hyperparameters,
+            **context,
+            "history": [],
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": 0.0,
+            "tensorboard": str(self.tensorboard_dir.relative_to(job_dir)),
+        }
+        self.tensorboard = keras.callbacks.TensorBoard(
+            log_dir=str(self.tensorboard_dir), write_graph=False, profile_batch=0
+        )
+
+    def start(self) -> None:
+        """Write the record (status running) and the trial's HParams, and announce the trial."""
+        self._write_hparams()
+        self._save()
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.record["hyperparameters"].items())
+        log.info("%s: %s", self.label, shown)
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        """The Keras callbacks that record a ``fit`` of this trial."""
+        return [self, self.tensorboard]
+
+    def begin_stage(self, stage: str, total_epochs: int) -> None:
+        """Label the coming epochs ``head`` (stage 1) or ``finetune`` (stage 2)."""
+        self.stage = stage
+        self.total_epochs = total_epochs
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        entry = {"epoch": epoch + 1, "stage": self.stage}
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            entry[key] = _number(logs[key]) if key in logs else None
+        entry["learning_rate"] = _number(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        entry["seconds"] = round(time.monotonic() - self._epoch_started, 3)
+        self.record["history"].append(entry)
+        self.record["duration_s"] = round(time.monotonic() - self._started, 3)
+        self._save()
+        if self.verbose:
+            log.info(
+                "  epoch %d/%d %-8s loss %s  accuracy %s  val_loss %s  val_accuracy %s  (%.1fs)",
+                epoch + 1, self.total_epochs, self.stage,
+                *(_fmt(entry[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
+                entry["seconds"],
+            )
+
+    def finish(self, summary: dict[str, Any], model: keras.Model) -> None:
+        """Mark the trial completed with its summary (best epoch, rollback, …)."""
+        self.record.update(summary, status="completed")
+        self.model_to_keep = model
+        self._save(final=True)
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the trial failed with the reason; the search goes on with the next one."""
+        self.record.update(status="failed", error=f"{type(error).__name__}: {error}".strip())
+        self._save(final=True)
+        log.warning("%s failed: %s", self.label, self.record["error"].splitlines()[0])
+
+    def _save(self, final: bool = False) -> None:
+        self.record["duration_s"] = round(time.monotonic() - self._started, 3)
+        if final:
+            self.record["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        files.write_json(self.path, self.record)
+
+    def _write_hparams(self) -> None:
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hparams_api
+
+        values = {**self.record.get("choices", {}), **self.record["hyperparameters"]}
+        values.update(self.record.get("settings", {}))
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+        writer = tf.summary.create_file_writer(str(self.tensorboard_dir))
+        with writer.as_default():
+            hparams_api.hparams(values, trial_id=str(self.tensorboard_dir.resolve()))
+        writer.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
+    return "n/a" if value is None else str(value)

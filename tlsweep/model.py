@@ -1,0 +1,95 @@
+"""The classifier of a trial: augmentation → preprocessing → backbone → head.
+
+The model is built from four named blocks so the frozen part (``preprocessing`` and
+``backbone``) and the trained part (``head``, plus the backbone's unfrozen top in stage 2)
+can be told apart: ``model.get_layer("backbone")``, ``model.get_layer("head")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from omegaconf import DictConfig
+
+from tlsweep.backbones import preprocessing_layer
+from tlsweep.errors import TlsweepError
+
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+
+
+def augmentation(cfg: DictConfig, image_size: int, seed: int) -> keras.Sequential | None:
+    """Random augmentation layers from the ``augmentation`` config; active in training only."""
+    layers: list[keras.layers.Layer] = []
+    if cfg.flip:
+        if cfg.flip not in FLIP_MODES:
+            raise TlsweepError(f"augmentation.flip={cfg.flip} is not one of {', '.join(FLIP_MODES)} or null")
+        layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
+    if cfg.rotation:
+        layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed + 1))
+    if cfg.zoom:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
+    if cfg.height or cfg.width:
+        if cfg.height:
+            layers.append(keras.layers.RandomHeight(cfg.height, seed=seed + 3))
+        if cfg.width:
+            layers.append(keras.layers.RandomWidth(cfg.width, seed=seed + 4))
+        layers.append(keras.layers.Resizing(image_size, image_size))
+    return keras.Sequential(layers, name="augmentation") if layers else None
+
+
+def head(num_classes: int, dropout: float) -> keras.Sequential:
+    """The new classifier: global average pooling → dropout → softmax."""
+    return keras.Sequential(
+        [
+            keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dropout(dropout, name="dropout"),
+            keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier"),
+        ],
+        name="head",
+    )
+
+
+def build_classifier(
+    backbone: keras.Model,
+    preprocessing: str,
+    num_classes: int,
+    dropout: float,
+    augment: keras.Sequential | None,
+) -> keras.Model:
+    """The trial's model; the backbone starts frozen and always runs in inference mode.
+
+    ``training=False`` keeps BatchNorm statistics fixed even when the backbone's top is
+    unfrozen in stage 2, as fine-tuning a pretrained network needs.
+    """
+    backbone.trainable = False
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    x = augment(inputs) if augment is not None else inputs
+    x = preprocessing_layer(preprocessing)(x)
+    features = backbone(x, training=False)
+    outputs = head(num_classes, dropout)(features)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
+    """The backbone's layers from input to output, without its input layer."""
+    return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def unfreeze_top(model: keras.Model, depth: int) -> int:
+    """Make the top ``depth`` backbone layers trainable, BatchNorm excepted; returns how many are.
+
+    Recompile the model afterwards: Keras reads ``trainable`` when it compiles.
+    """
+    backbone = model.get_layer("backbone")
+    layers = backbone_layers(backbone)
+    backbone.trainable = depth > 0
+    first = len(layers) - depth
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(layer.trainable for layer in layers) if depth > 0 else 0
+
+
+def compile_model(model: keras.Model, optimizer: Any) -> None:
+    """Compile for integer class labels with accuracy."""
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -1,0 +1,324 @@
+"""The KerasTuner search inside a job: a two-stage trial as a ``HyperModel``, and tlsweep's tuners.
+
+``TransferHyperModel.build`` declares the searched hyperparameters (learning rate, optimizer,
+unfreeze depth) so KerasTuner records them; ``fit`` runs both stages on one epoch axis.
+The tuners are KerasTuner's own, with ``SweepTuner`` mixed in to log each trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tlsweep import files
+from tlsweep.backbones import Backbone
+from tlsweep.logs import TrialLog
+from tlsweep.model import augmentation, build_classifier, compile_model, unfreeze_top
+
+log = logging.getLogger(__name__)
+
+PROJECT_NAME = "tuner"  # KerasTuner's own project folder inside the job folder
+BEST_MODEL = "best.keras"
+LABELS = "labels.txt"
+
+
+def objective(cfg: DictConfig) -> kt.Objective:
+    """The tuner's objective: losses are minimised, everything else maximised."""
+    name = cfg.tuner.objective
+    return kt.Objective(name, "min" if name.endswith("loss") else "max")
+
+
+def stage_plan(
+    head_epochs: int, finetune_epochs: int, epochs: int | None = None, initial_epoch: int = 0
+) -> list[tuple[str, int, int]]:
+    """The (stage, first epoch, end epoch) of each ``fit`` of a trial, on one epoch axis.
+
+    ``epochs`` is a budget set by the tuner (Hyperband); it is split between the stages in
+    the ratio ``head_epochs : finetune_epochs``.
+    """
+    total = head_epochs + finetune_epochs if epochs is None else epochs
+    boundary = head_epochs
+    if epochs is not None and finetune_epochs:
+        boundary = max(1, round(total * head_epochs / (head_epochs + finetune_epochs)))
+    plan = []
+    if initial_epoch < min(boundary, total):
+        plan.append(("head", initial_epoch, min(boundary, total)))
+    if finetune_epochs and total > max(boundary, initial_epoch):
+        plan.append(("finetune", max(boundary, initial_epoch), total))
+    return plan
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the best epoch of a trial and rolls stage 2 back when it did not beat stage 1.
+
+    Only trainable variables change during a stage, so only they are snapshotted (in memory):
+    the head in stage 1, the head and the unfrozen top in stage 2.
+    """
+
+    def __init__(self, objective: kt.Objective) -> None:
+        super().__init__()
+        self.objective = objective
+        self.best: dict[str, Any] | None = None  # value, epoch, stage, loss of the trial's best epoch
+        self.stage_bests: dict[str, dict[str, Any]] = {}
+        self.rolled_back = False
+        self.diverged_at: int | None = None
+        self.stage = "head"
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._variables = list(self.model.trainable_variables)
+        self._start = [v.numpy() for v in self._variables]
+        self._stage_best: dict[str, Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if not math.isfinite(logs.get("loss", 0.0)):
+            self.diverged_at = epoch + 1
+            self.model.stop_training = True
+            return
+        value = logs.get(self.objective.name)
+        if value is None or not math.isfinite(value):
+            return
+        if self._stage_best is None or self.objective.better_than(value, self._stage_best["value"]):
+            self._stage_best = {
+                "value": float(value), "epoch": epoch + 1, "stage": self.stage,
+                "val_loss": float(logs.get("val_loss", math.nan)),
+                "weights": [v.numpy() for v in self._variables],
+            }
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        stage_best = self._stage_best
+        if stage_best is not None:
+            self.stage_bests[self.stage] = {k: v for k, v in stage_best.items() if k != "weights"}
+        if stage_best is not None and (
+            self.best is None or self.objective.better_than(stage_best["value"], self.best["value"])
+        ):
+            self._restore(stage_best["weights"])
+            self.best = self.stage_bests[self.stage]
+        else:
+            self._restore(self._start)
+            self.rolled_back = self.stage == "finetune"
+
+    def _restore(self, values: list[np.ndarray]) -> None:
+        for variable, value in zip(self._variables, values):
+            variable.assign(value)
+
+
+class TransferHyperModel(kt.HyperModel):
+    """A two-stage transfer-learning trial: train a new head, then fine-tune the backbone's top."""
+
+    def __init__(self, cfg: DictConfig, backbone: Backbone, num_classes: int) -> None:
+        super().__init__(name="transfer")
+        self.cfg = cfg
+        self.backbone = backbone
+        self.num_classes = num_classes
+
+    def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """Declare the searched hyperparameters and return this trial's values."""
+        search, mode = self.cfg.search, self.cfg.finetune.mode
+        lr = search.learning_rate
+        step = lr.get("step") or (self.cfg.tuner.get("learning_rate_step") if self.cfg.tuner.name == "grid" else None)
+        values = {
+            "learning_rate": hp.Float("learning_rate", lr.min, lr.max, sampling=lr.sampling, step=step),
+            "optimizer": hp.Choice("optimizer", list(search.optimizers)),
+        }
+        if mode == "top":
+            values["unfreeze_depth"] = hp.Choice("unfreeze_depth", [int(d) for d in search.unfreeze_depths])
+        elif mode == "full":
+            values["unfreeze_depth"] = hp.Fixed("unfreeze_depth", self.backbone.num_layers)
+        return values
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        values = self.declare(hp)
+        augment = augmentation(self.cfg.augmentation, self.backbone.image_size, int(self.cfg.seed))
+        model = build_classifier(
+            self.backbone.build(), self.backbone.preprocessing, self.num_classes,
+            float(self.cfg.finetune.dropout), augment,
+        )
+        compile_model(model, self.optimizer(values["optimizer"], values["learning_rate"]))
+        return model
+
+    def optimizer(self, name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+        """A fresh optimizer from the ``optimizer`` group's settings for ``name``."""
+        return instantiate(self.cfg.optimizer[name], learning_rate=float(learning_rate))
+
+    def fit(
+        self,
+        hp: kt.HyperParameters,
+        model: keras.Model,
+        *args: Any,
+        callbacks: list | None = None,
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        trial_log: TrialLog | None = None,
+        **kwargs: Any,
+    ) -> dict[str, float]:
+        """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch."""
+        finetune = self.cfg.finetune
+        ft_epochs = int(finetune.finetune_epochs) if finetune.mode != "none" else 0
+        plan = stage_plan(int(finetune.head_epochs), ft_epochs, epochs, initial_epoch)
+        best = BestWeights(objective(self.cfg))
+        kwargs.pop("verbose", None)
+        for stage, first, end in plan:
+            if stage == "finetune":
+                unfreeze_top(model, int(hp.get("unfreeze_depth")))
+                lr = hp.get("learning_rate") * float(finetune.lr_scale)
+                compile_model(model, self.optimizer(hp.get("optimizer"), lr))
+            best.stage = stage
+            extra = trial_log.callbacks() if trial_log else []
+            if trial_log:
+                trial_log.begin_stage(stage, plan[-1][2])
+            model.fit(
+                *args, initial_epoch=first, epochs=end, verbose=0, shuffle=False,
+                callbacks=[*(callbacks or []), best, *extra], **kwargs,
+            )
+            if best.diverged_at is not None:
+                raise kt.errors.FailedTrialError(
+                    f"the loss became NaN or infinite at epoch {best.diverged_at} "
+                    "(learning rate too high for this optimizer?)"
+                )
+        if best.best is None:
+            raise kt.errors.FailedTrialError("no epoch produced a finite validation metric")
+        summary = {
+            "best_epoch": best.best["epoch"],
+            "best_stage": best.best["stage"],
+            "val_loss": best.best["val_loss"],
+            self.cfg.tuner.objective: best.best["value"],
+            "stages": best.stage_bests,
+            "rolled_back": best.rolled_back,
+        }
+        if trial_log:
+            trial_log.finish(summary, model)
+        return {self.cfg.tuner.objective: best.best["value"]}
+
+
+@dataclass
+class JobContext:
+    """What every trial of a job shares: where it writes, and what to record beside the hyperparameters."""
+
+    job_dir: Path
+    choices: dict[str, str]
+    settings: dict[str, Any]
+    class_names: list[str]
+    verbose: bool = True
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+class SweepTuner:
+    """Mixed in before a KerasTuner tuner: logs each trial and keeps the job's best model on disk."""
+
+    def __init__(self, *args: Any, job: JobContext, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+        hp = trial.hyperparameters
+        values = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+        number = len(self.oracle.trials)
+        total = self.oracle.max_trials
+        label = f"trial {number}/{total}" if total else f"trial {number}"
+        trial_log = TrialLog(
+            self.job.job_dir, trial.trial_id, label, values,
+            {"choices": self.job.choices, "settings": self.job.settings},
+            self.job.verbose,
+        )
+        trial_log.start()
+        try:
+            results = super().run_trial(trial, *args, trial_log=trial_log, **kwargs)
+        except Exception as e:
+            trial_log.fail(e)
+            raise
+        self._keep_if_best(trial_log)
+        return results
+
+    def _keep_if_best(self, trial_log: TrialLog) -> None:
+        """Save the trial's model as the job's ``best.keras`` when it beats every earlier trial."""
+        record, model = trial_log.record, trial_log.model_to_keep
+        trial_log.model_to_keep = None
+        obj = self.oracle.objective
+        value = record[obj.name]
+        best = self.job.best
+        is_best = not best or obj.better_than(value, best["value"])
+        if is_best and model is not None:
+            files.save_model(model, self.job.job_dir / BEST_MODEL)
+            files.write_text(self.job.job_dir / LABELS, "\n".join(self.job.class_names) + "\n")
+            best.update(value=value, trial_id=record["trial_id"], hyperparameters=record["hyperparameters"])
+        best_line = f"best so far {best['value']:.4f} (trial_{best['trial_id']})"
+        log.info(
+            "%s done in %.0fs: %s %.4f at epoch %d%s; %s",
+            trial_log.label, record["duration_s"], obj.name, value, record["best_epoch"],
+            ", stage 2 rolled back" if record["rolled_back"] else "", best_line,
+        )
+
+
+class RandomSearch(SweepTuner, kt.RandomSearch):
+    """KerasTuner's random search with tlsweep's trial logging."""
+
+
+class BayesianOptimization(SweepTuner, kt.BayesianOptimization):
+    """KerasTuner's Bayesian optimisation with tlsweep's trial logging."""
+
+
+class Hyperband(SweepTuner, kt.Hyperband):
+    """KerasTuner's Hyperband with tlsweep's trial logging; budgets split between the stages."""
+
+
+class GridSearch(SweepTuner, kt.GridSearch):
+    """KerasTuner's grid search with tlsweep's trial logging."""
+
+
+TUNERS = {
+    "random": RandomSearch,
+    "bayesian": BayesianOptimization,
+    "hyperband": Hyperband,
+    "grid": GridSearch,
+}
+
+
+def make_tuner(cfg: DictConfig, hypermodel: TransferHyperModel, job: JobContext) -> kt.Tuner:
+    """The tuner ``cfg.tuner`` names, keeping its state in ``<job>/tuner`` (KerasTuner's own format)."""
+    t = cfg.tuner
+    kwargs: dict[str, Any] = dict(
+        hypermodel=hypermodel,
+        objective=objective(cfg),
+        directory=str(job.job_dir),
+        project_name=PROJECT_NAME,
+        seed=int(cfg.seed),
+        max_consecutive_failed_trials=int(t.max_consecutive_failed_trials),
+        job=job,
+    )
+    if t.name == "hyperband":
+        ft = cfg.finetune.finetune_epochs if cfg.finetune.mode != "none" else 0
+        kwargs.update(
+            max_epochs=int(cfg.finetune.head_epochs + ft),
+            factor=int(t.factor),
+            hyperband_iterations=int(t.hyperband_iterations),
+        )
+    else:
+        kwargs["max_trials"] = int(t.max_trials)
+    if t.name == "bayesian":
+        kwargs["num_initial_points"] = int(t.num_initial_points)
+    return TUNERS[t.name](**kwargs)
+
+
+def job_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
+    """Fixed settings of a job worth comparing across jobs in TensorBoard's HParams table."""
+    settings = {
+        "image_size": image_size,
+        "batch_size": cfg.dataset.batch_size,
+        "head_epochs": cfg.finetune.head_epochs,
+        "finetune_epochs": cfg.finetune.finetune_epochs if cfg.finetune.mode != "none" else 0,
+        "lr_scale": cfg.finetune.lr_scale,
+        "dropout": cfg.finetune.dropout,
+        "weights": str(cfg.backbone.weights),
+        "seed": cfg.seed,
+    }
+    return OmegaConf.to_container(OmegaConf.create(settings), resolve=True)  # type: ignore[return-value]
