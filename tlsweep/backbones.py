@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -39,9 +40,7 @@ PREPROCESSING = {
 def preprocessing_layer(mode: str) -> keras.layers.Layer:
     """A Keras layer mapping pixels 0..255 to the backbone's expected input range."""
     if mode not in PREPROCESSING:
-        raise TlsweepError(
-            f"unknown backbone.preprocessing '{mode}'; use one of: {', '.join(PREPROCESSING)}"
-        )
+        raise TlsweepError(f"unknown backbone.preprocessing '{mode}'; use one of: {', '.join(PREPROCESSING)}")
     scale, offset = PREPROCESSING[mode]
     return keras.layers.Rescaling(scale, offset, name="preprocessing")
 

@@ -41,9 +41,7 @@ def validate(cfg: DictConfig) -> None:
             f"search.learning_rate.min={lr.min} and max={lr.max} must be positive numbers, e.g. min=1e-4 max=1e-2"
         )
     if lr.min > lr.max:
-        raise TlsweepError(
-            f"search.learning_rate.min={lr.min} is larger than max={lr.max}; swap them"
-        )
+        raise TlsweepError(f"search.learning_rate.min={lr.min} is larger than max={lr.max}; swap them")
     if lr.sampling not in SAMPLINGS:
         raise TlsweepError(f"search.learning_rate.sampling={lr.sampling} must be one of: {', '.join(SAMPLINGS)}")
 

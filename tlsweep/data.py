@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -81,7 +82,10 @@ def _load_digits_demo(cfg: DictConfig, image_size: int) -> ImageData:
     x, y = load_digits(DIGITS_TARGET_CLASSES, image_size)
     train, val = stratified_split(y, cfg.validation_split, cfg.seed)
     return ImageData(
-        x[train], y[train], x[val], y[val],
+        x[train],
+        y[train],
+        x[val],
+        y[val],
         class_names=[str(c) for c in DIGITS_TARGET_CLASSES],
         description="digits 5-9 (scikit-learn, embedded demo)",
     )
@@ -90,13 +94,9 @@ def _load_digits_demo(cfg: DictConfig, image_size: int) -> ImageData:
 def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
     root = Path(cfg.path).expanduser()
     if not root.exists():
-        raise TlsweepError(
-            f"dataset.path {root} does not exist; point dataset.path at a folder of class sub-folders"
-        )
+        raise TlsweepError(f"dataset.path {root} does not exist; point dataset.path at a folder of class sub-folders")
     if not root.is_dir():
-        raise TlsweepError(
-            f"dataset.path {root} is a file, not a folder; point it at a folder of class sub-folders"
-        )
+        raise TlsweepError(f"dataset.path {root} is a file, not a folder; point it at a folder of class sub-folders")
     train_root = root / "train" if (root / "train").is_dir() else root
     val_root = next((root / v for v in ("val", "validation") if (root / v).is_dir()), None)
     if train_root == root:
@@ -160,9 +160,7 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
             f"{root} has no class sub-folders; put each class's images in a folder named after the class"
         )
     if len(classes) < 2:
-        raise TlsweepError(
-            f"{root} has only one class folder ('{classes[0]}'); a classifier needs at least two"
-        )
+        raise TlsweepError(f"{root} has only one class folder ('{classes[0]}'); a classifier needs at least two")
     files = {name: _image_files(root / name) for name in classes}
     for name, paths in files.items():
         if not paths:
@@ -190,7 +188,7 @@ def _decode_all(
     with ThreadPoolExecutor(max(1, workers)) as pool:
         images = list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=16))
     ok = np.array([im is not None for im in images], dtype=bool)
-    skipped = [str(p) for p, good in zip(paths, ok) if not good]
+    skipped = [str(p) for p, good in zip(paths, ok, strict=True) if not good]
     for label, name in enumerate(files):
         if not ok[labels == label].any():
             raise TlsweepError(f"no image of class '{name}' could be read; check the files in its folder")
@@ -241,9 +239,7 @@ def _check_fractions(cfg: DictConfig) -> None:
     if not 0.0 < cfg.fraction <= 1.0:
         raise TlsweepError(f"dataset.fraction={cfg.fraction} must be in (0, 1], e.g. dataset.fraction=0.25")
     if not 0.0 < cfg.validation_split < 1.0:
-        raise TlsweepError(
-            f"dataset.validation_split={cfg.validation_split} must be between 0 and 1, e.g. 0.2"
-        )
+        raise TlsweepError(f"dataset.validation_split={cfg.validation_split} must be between 0 and 1, e.g. 0.2")
     if cfg.batch_size < 1:
         raise TlsweepError(f"dataset.batch_size={cfg.batch_size} must be at least 1")
 

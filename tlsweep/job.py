@@ -84,11 +84,19 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         )
     log.info(
         "job done: %d of %d trials completed; best trial_%s %s %.4f with %s",
-        completed, len(trials), job.best["trial_id"], cfg.tuner.objective, job.best["value"],
+        completed,
+        len(trials),
+        job.best["trial_id"],
+        cfg.tuner.objective,
+        job.best["value"],
         ", ".join(f"{k}={v}" for k, v in job.best["hyperparameters"].items()),
     )
-    log.info("outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
-             job_dir, job_dir / BEST_MODEL, _logdir_hint(job_dir))
+    log.info(
+        "outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
+        job_dir,
+        job_dir / BEST_MODEL,
+        _logdir_hint(job_dir),
+    )
     return {
         "trials": len(trials),
         "completed_trials": completed,

@@ -104,7 +104,9 @@ class TrialLog(keras.callbacks.Callback):
         if self.verbose:
             log.info(
                 "  epoch %d/%d %-8s loss %s  accuracy %s  val_loss %s  val_accuracy %s  (%.1fs)",
-                epoch + 1, self.total_epochs, self.stage,
+                epoch + 1,
+                self.total_epochs,
+                self.stage,
                 *(_fmt(entry[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
                 entry["seconds"],
             )

@@ -89,7 +89,9 @@ class BestWeights(keras.callbacks.Callback):
             return
         if self._stage_best is None or self.objective.better_than(value, self._stage_best["value"]):
             self._stage_best = {
-                "value": float(value), "epoch": epoch + 1, "stage": self.stage,
+                "value": float(value),
+                "epoch": epoch + 1,
+                "stage": self.stage,
                 "val_loss": float(logs.get("val_loss", math.nan)),
                 "weights": [v.numpy() for v in self._variables],
             }
@@ -108,7 +110,7 @@ class BestWeights(keras.callbacks.Callback):
             self.rolled_back = self.stage == "finetune"
 
     def _restore(self, values: list[np.ndarray]) -> None:
-        for variable, value in zip(self._variables, values):
+        for variable, value in zip(self._variables, values, strict=True):
             variable.assign(value)
 
 
@@ -140,8 +142,11 @@ class TransferHyperModel(kt.HyperModel):
         values = self.declare(hp)
         augment = augmentation(self.cfg.augmentation, self.backbone.image_size, int(self.cfg.seed))
         model = build_classifier(
-            self.backbone.build(), self.backbone.preprocessing, self.num_classes,
-            float(self.cfg.finetune.dropout), augment,
+            self.backbone.build(),
+            self.backbone.preprocessing,
+            self.num_classes,
+            float(self.cfg.finetune.dropout),
+            augment,
         )
         compile_model(model, self.optimizer(values["optimizer"], values["learning_rate"]))
         return model
@@ -177,8 +182,13 @@ class TransferHyperModel(kt.HyperModel):
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
             model.fit(
-                *args, initial_epoch=first, epochs=end, verbose=0, shuffle=False,
-                callbacks=[*(callbacks or []), best, *extra], **kwargs,
+                *args,
+                initial_epoch=first,
+                epochs=end,
+                verbose=0,
+                shuffle=False,
+                callbacks=[*(callbacks or []), best, *extra],
+                **kwargs,
             )
             if best.diverged_at is not None:
                 raise kt.errors.FailedTrialError(
@@ -226,7 +236,10 @@ class SweepTuner:
         total = self.oracle.max_trials
         label = f"trial {number}/{total}" if total else f"trial {number}"
         trial_log = TrialLog(
-            self.job.job_dir, trial.trial_id, label, values,
+            self.job.job_dir,
+            trial.trial_id,
+            label,
+            values,
             {"choices": self.job.choices, "settings": self.job.settings},
             self.job.verbose,
         )
@@ -254,8 +267,13 @@ class SweepTuner:
         best_line = f"best so far {best['value']:.4f} (trial_{best['trial_id']})"
         log.info(
             "%s done in %.0fs: %s %.4f at epoch %d%s; %s",
-            trial_log.label, record["duration_s"], obj.name, value, record["best_epoch"],
-            ", stage 2 rolled back" if record["rolled_back"] else "", best_line,
+            trial_log.label,
+            record["duration_s"],
+            obj.name,
+            value,
+            record["best_epoch"],
+            ", stage 2 rolled back" if record["rolled_back"] else "",
+            best_line,
         )
 
 
