@@ -1,0 +1,84 @@
+"""Shared fixtures: Hydra's compose API, tiny generated image folders, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from PIL import Image
+
+from tlsweep.config import register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLOWERS_MINI = SHARED / "data" / "flowers-mini"
+MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_no_top.weights.h5"
+
+needs_shared = pytest.mark.skipif(
+    not (FLOWERS_MINI.is_dir() and MOBILENET_WEIGHTS.is_file()),
+    reason=f"needs the shared test assets (flower photos, MobileNetV2 weights) at {SHARED}",
+)
+
+# Small and fast: 32 px images, one epoch per stage, two trials.
+FAST = [
+    "dataset.image_size=32",
+    "dataset.batch_size=8",
+    "finetune.head_epochs=1",
+    "finetune.finetune_epochs=1",
+    "tuner.max_trials=2",
+    "search.unfreeze_depths=[0,3]",
+    "verbose=false",
+]
+
+
+def make_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose tlsweep's config as ``python -m tlsweep <overrides>`` would."""
+    register_resolvers()
+    with initialize_config_module("tlsweep.conf", version_base="1.3"):
+        return compose("config", overrides=overrides or [])
+
+
+def write_image(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 40) -> np.ndarray:
+    """An RGB image whose class is easy to learn: a bright stripe in a class-specific place."""
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    band = slice(label * size // 3, (label + 1) * size // 3)
+    img[band, :, label % 3] = 230
+    return img
+
+
+def make_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 10,
+                      split: bool = True, seed: int = 0) -> Path:
+    """A folder of class sub-folders (with train/ and val/ when ``split``) of small PNG and JPEG images."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            part = ("val" if i < per_class // 4 else "train") if split else ""
+            ext = ".png" if i % 2 else ".jpg"
+            write_image(root / part / name / f"{name}_{i}{ext}", class_image(label, rng))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m tlsweep <args>`` in ``cwd``; returns the finished process (stdout+stderr in ``.stdout``)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "tlsweep", *args],
+        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+    )

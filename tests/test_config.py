@@ -1,0 +1,98 @@
+"""The config groups compose, and mistakes in them fail early with one clear line."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_config, run_cli
+
+from tlsweep.config import check_depths, job_dir_name, validate
+from tlsweep.errors import TlsweepError
+
+GROUP_OPTIONS = {
+    "backbone": ["tiny", "mobilenet_v2", "resnet", "efficientnet"],
+    "augmentation": ["none", "light", "standard"],
+    "finetune": ["none", "top", "full"],
+    "dataset": ["digits", "folder", "tf_flowers"],
+    "tuner": ["random", "bayesian", "hyperband", "grid"],
+    "search": ["default"],
+}
+
+
+def test_default_config_is_the_offline_demo() -> None:
+    cfg = make_config()
+    assert cfg.backbone.name == "tiny" and cfg.backbone.weights == "bundled"
+    assert cfg.dataset.name == "digits"
+    assert list(cfg.search.optimizers) == ["adam", "sgd"]
+    validate(cfg)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    cfg = make_config([f"{group}={option}", "dataset.path=x"] if option == "folder" else [f"{group}={option}"])
+    assert cfg[group] is not None
+    validate(cfg)
+
+
+def test_backbones_know_size_and_preprocessing() -> None:
+    expected = {"mobilenet_v2": (160, "tf"), "resnet": (224, "tf"), "efficientnet": (224, "none")}
+    for name, (size, prep) in expected.items():
+        cfg = make_config([f"backbone={name}"])
+        assert (cfg.backbone.image_size, cfg.backbone.preprocessing, cfg.backbone.weights) == (size, prep, "imagenet")
+
+
+def test_optimizer_group_loads_several_and_search_can_fix_one() -> None:
+    cfg = make_config(["optimizer=[adam,sgd,rmsprop]"])
+    assert list(cfg.search.optimizers) == ["adam", "sgd", "rmsprop"]
+    assert cfg.optimizer.sgd.momentum == 0.9
+    assert list(make_config(["search.optimizers=[sgd]"]).search.optimizers) == ["sgd"]
+
+
+def test_experiment_preset_sets_several_groups() -> None:
+    cfg = make_config(["experiment=flowers"])
+    assert (cfg.dataset.name, cfg.backbone.name, cfg.augmentation.rotation) == ("tf_flowers", "mobilenet_v2", 0.2)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["search.learning_rate.min=0.1", "search.learning_rate.max=0.01"], "is larger than max"),
+        (["search.learning_rate.min=0"], "must be positive"),
+        (["search.optimizers=[adamw]"], "load it with optimizer=[adam,sgd,adamw]"),
+        (["search.unfreeze_depths=[-1]"], "whole numbers"),
+        (["tuner.max_trials=0"], "tuner.max_trials=0 must be at least 1"),
+        (["finetune.dropout=1.5"], "finetune.dropout=1.5"),
+        (["finetune=top", "finetune.finetune_epochs=0"], "use finetune=none"),
+        (["dataset=folder"], "dataset.path must be set"),
+    ],
+)
+def test_invalid_settings_name_the_key_and_the_fix(overrides: list[str], message: str) -> None:
+    with pytest.raises(TlsweepError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate(make_config(overrides))
+
+
+def test_unfreeze_depth_larger_than_backbone() -> None:
+    with pytest.raises(TlsweepError, match="has only 23 layers"):
+        check_depths(make_config(["search.unfreeze_depths=[5,40]"]), 23, "tiny")
+
+
+def test_job_folder_names_are_readable_and_safe() -> None:
+    assert job_dir_name("backbone=resnet", 0) == "backbone=resnet"
+    assert job_dir_name("", 3) == "job3"
+    assert "/" not in job_dir_name("backbone.weights=/data/w.h5,backbone=resnet", 1)
+    assert len(job_dir_name("x=" + "a" * 500, 0)) <= 120
+
+
+def test_help_lists_config_groups_and_options(tmp_path) -> None:
+    result = run_cli(["--help"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout
+    for group, options in GROUP_OPTIONS.items():
+        assert f"{group}: {', '.join(sorted(options))}" in result.stdout
+    assert "optimizer: adam, rmsprop, sgd" in result.stdout
+    assert "tensorboard --logdir outputs" in result.stdout
+
+
+def test_unknown_group_option_lists_the_choices_without_traceback(tmp_path) -> None:
+    result = run_cli(["backbone=resnet51"], tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert "Could not find 'backbone/resnet51'" in result.stdout
+    assert "efficientnet" in result.stdout and "Traceback" not in result.stdout

@@ -1,0 +1,161 @@
+"""Datasets load from folders, scikit-learn and TFDS; bad folders fail with one clear line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import class_image, make_config, make_image_folder, write_image
+from PIL import Image
+
+from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, batches, load_dataset
+from tlsweep.errors import TlsweepError
+
+
+def folder_cfg(path: Path, *overrides: str):
+    return make_config(["dataset=folder", f"dataset.path={path}", *overrides]).dataset
+
+
+def test_folder_with_train_and_val(image_folder: Path) -> None:
+    data = load_dataset(folder_cfg(image_folder), 24)
+    assert data.class_names == ["cat", "dog", "fox"]
+    assert data.x_train.shape == (24, 24, 24, 3) and data.x_train.dtype == np.uint8
+    assert data.x_val.shape == (6, 24, 24, 3)
+    assert np.bincount(data.y_val).tolist() == [2, 2, 2]
+    assert not data.skipped
+
+
+def test_flat_folder_is_split_per_class_reproducibly(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "flat", per_class=10, split=False)
+    a = load_dataset(folder_cfg(root, "dataset.validation_split=0.3"), 16)
+    b = load_dataset(folder_cfg(root, "dataset.validation_split=0.3"), 16)
+    assert np.bincount(a.y_val).tolist() == [3, 3, 3] and len(a.y_train) == 21
+    np.testing.assert_array_equal(a.x_val, b.x_val)
+    c = load_dataset(folder_cfg(root, "dataset.validation_split=0.3", "seed=1"), 16)
+    assert not np.array_equal(a.x_val, c.x_val)
+
+
+def test_fraction_trains_on_a_subset_of_each_class(image_folder: Path) -> None:
+    data = load_dataset(folder_cfg(image_folder, "dataset.fraction=0.5"), 16)
+    assert np.bincount(data.y_train).tolist() == [4, 4, 4]
+    assert len(data.y_val) == 6  # validation stays whole
+
+
+def test_image_modes_and_formats_become_rgb(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = make_image_folder(tmp_path / "modes", per_class=4, split=False)
+    gray = rng.integers(0, 255, (20, 20), dtype=np.uint8)
+    write_image(root / "cat" / "gray.png", gray)
+    Image.fromarray(class_image(0, rng)).convert("RGBA").save(root / "cat" / "rgba.png")
+    Image.fromarray(class_image(1, rng)).convert("P").save(root / "dog" / "palette.gif")
+    Image.fromarray(class_image(1, rng)).save(root / "dog" / "bitmap.BMP")
+    Image.fromarray(class_image(2, rng)).convert("CMYK").save(root / "fox" / "cmyk.jpg")
+    Image.fromarray((np.arange(400).reshape(20, 20) * 150).astype(np.uint16)).save(root / "fox" / "deep.png")
+    data = load_dataset(folder_cfg(root), 16)
+    assert len(data.y_train) + len(data.y_val) == 18 and not data.skipped
+    assert data.x_train.shape[1:] == (16, 16, 3)
+    deep = Image.open(root / "fox" / "deep.png")
+    assert deep.mode.startswith("I")  # a real 16-bit image, scaled rather than clipped to white
+    all_images = np.concatenate([data.x_train, data.x_val])
+    assert not any((img == 255).all() for img in all_images)
+
+
+def test_corrupt_images_are_skipped_and_counted(image_folder: Path) -> None:
+    (image_folder / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    png = image_folder / "train" / "dog" / "dog_3.png"
+    png.write_bytes(png.read_bytes()[:60])  # truncated
+    data = load_dataset(folder_cfg(image_folder), 16)
+    assert len(data.skipped) == 2
+    assert len(data.y_train) == 23
+    assert "skipped 2 unreadable image(s)" in data.summary()
+
+
+def test_hidden_files_and_other_files_are_ignored(image_folder: Path) -> None:
+    (image_folder / "train" / "cat" / "notes.txt").write_text("not an image")
+    (image_folder / "train" / ".cache").mkdir()
+    assert load_dataset(folder_cfg(image_folder), 16).class_names == ["cat", "dog", "fox"]
+
+
+def test_symlink_loop_does_not_hang(image_folder: Path) -> None:
+    os.symlink(image_folder / "train" / "cat", image_folder / "train" / "cat" / "loop")
+    assert len(load_dataset(folder_cfg(image_folder), 16).y_train) == 24
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda root: root / "missing", "does not exist"),
+        (lambda root: _file(root / "file.jpg"), "is a file, not a folder"),
+        (lambda root: _mkdir(root / "empty"), "has no class sub-folders"),
+        (lambda root: make_image_folder(root / "one", classes=("cat",), split=False), "only one class folder"),
+        (lambda root: _mkdir(make_image_folder(root / "e", split=False) / "zebra"), "class folder 'zebra'"),
+        (lambda root: _mismatch(make_image_folder(root / "m")), "class folders of"),
+        (lambda root: _all_corrupt(make_image_folder(root / "c", split=False)), "no image of class 'dog'"),
+    ],
+)
+def test_bad_folders_fail_with_a_clear_message(tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(TlsweepError, match=message):
+        load_dataset(folder_cfg(make(tmp_path)), 16)
+
+
+def _file(path: Path) -> Path:
+    path.write_bytes(b"x")
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path.parent if path.name == "zebra" else path
+
+
+def _mismatch(root: Path) -> Path:
+    (root / "val" / "fox").rename(root / "val" / "wolf")
+    return root
+
+
+def _all_corrupt(root: Path) -> Path:
+    for f in (root / "dog").iterdir():
+        f.write_bytes(b"garbage")
+    return root
+
+
+def test_digits_demo_targets_classes_the_tiny_backbone_never_saw() -> None:
+    assert not set(DIGITS_SOURCE_CLASSES) & set(DIGITS_TARGET_CLASSES)
+    data = load_dataset(make_config().dataset, 32)
+    assert data.class_names == ["5", "6", "7", "8", "9"]
+    assert data.x_train.shape[1:] == (32, 32, 3) and len(data.y_train) + len(data.y_val) > 850
+
+
+def test_tf_flowers_through_tfds_mock_data() -> None:
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=20):
+        data = load_dataset(make_config(["dataset=tf_flowers"]).dataset, 24)
+    assert sorted(data.class_names) == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert data.x_train.shape[1:] == (24, 24, 3) and len(data.y_val) > 0
+
+
+def test_tf_flowers_offline_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
+    import requests
+
+    def no_network(*args, **kwargs):
+        raise requests.ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(requests.Session, "request", no_network)
+    monkeypatch.setattr(requests.Session, "get", no_network)
+    cfg = make_config(["dataset=tf_flowers", f"dataset.data_dir={tmp_path}"]).dataset
+    with pytest.raises(TlsweepError, match="run once on a machine with internet.*dataset=folder"):
+        load_dataset(cfg, 24)
+
+
+def test_batches_are_float_images_and_cover_every_example() -> None:
+    x = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
+    y = np.arange(10, dtype=np.int32)
+    seen = []
+    for images, labels in batches(x, y, 4, shuffle=True, seed=0):
+        assert images.dtype.name == "float32" and images.shape[1:] == (4, 4, 3)
+        np.testing.assert_array_equal(images.numpy().astype(np.uint8), x[labels.numpy()])
+        seen += labels.numpy().tolist()
+    assert sorted(seen) == list(range(10))
