@@ -8,7 +8,9 @@ job and copied into a fresh network for every trial, since fine-tuning changes t
 from __future__ import annotations
 
 import logging
+import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -134,7 +136,9 @@ def _bundled_weights(name: str) -> Path:
 
 def _load_weights_file(net: keras.Model, path: Path, name: str) -> None:
     try:
-        net.load_weights(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Keras only warns when it skips layers it cannot match
+            net.load_weights(str(path))
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise TlsweepError(
@@ -149,13 +153,22 @@ def _download_imagenet(factory: Callable[..., keras.Model], shape: tuple, name: 
         return factory(include_top=False, weights="imagenet", input_shape=shape)
     except Exception as e:
         message = str(e)
-        if "URL fetch failure" not in message and "Incomplete or corrupted" not in message:
+        url = re.search(r"https?://[^\s:]+(?::\d+)?[^\s:]*", message)
+        tried = f" from {url.group(0)}" if url else ""
+        if "URL fetch failure" in message:
+            problem = "no network?"
+        elif "Incomplete or corrupted" in message or isinstance(e, OSError):
+            problem = f"the cached or downloaded file is incomplete or corrupt: delete it from {_weights_cache()}"
+        else:
             raise
-        url = re.search(r"https?://\S+?(?=:? |$)", message)
-        tried = f" from {url.group(0).rstrip(':')}" if url else ""
-        problem = "the download was incomplete or corrupt" if "Incomplete" in message else "no network?"
         raise TlsweepError(
-            f"backbone {name}: could not download ImageNet weights{tried} ({problem}); "
-            "ways out: run once on a machine with internet and copy ~/.keras/models (or $KERAS_HOME), "
+            f"backbone {name}: could not get ImageNet weights{tried} ({problem}); "
+            f"ways out: run once on a machine with internet and copy {_weights_cache()} (or set KERAS_HOME), "
             "or set backbone.weights=path/to/file.weights.h5, or backbone.weights=null for random init"
         ) from e
+
+
+def _weights_cache() -> str:
+    from keras.src.backend import config
+
+    return os.path.join(config.keras_home(), "models")

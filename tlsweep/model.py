@@ -29,12 +29,9 @@ def augmentation(cfg: DictConfig, image_size: int, seed: int) -> keras.Sequentia
         layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed + 1))
     if cfg.zoom:
         layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
-    if cfg.height or cfg.width:
-        if cfg.height:
-            layers.append(keras.layers.RandomHeight(cfg.height, seed=seed + 3))
-        if cfg.width:
-            layers.append(keras.layers.RandomWidth(cfg.width, seed=seed + 4))
-        layers.append(keras.layers.Resizing(image_size, image_size))
+    if cfg.height or cfg.width:  # stretch each axis on its own; the image keeps its size
+        stretch = [(-f, f) if f else (0.0, 0.0) for f in (cfg.height, cfg.width)]
+        layers.append(keras.layers.RandomZoom(*stretch, seed=seed + 3, name="stretch"))
     return keras.Sequential(layers, name="augmentation") if layers else None
 
 
