@@ -57,8 +57,9 @@ def class_image(label: int, rng: np.random.Generator, size: int = 40) -> np.ndar
     return img
 
 
-def make_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 10,
-                      split: bool = True, seed: int = 0) -> Path:
+def make_image_folder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 10, split: bool = True, seed: int = 0
+) -> Path:
     """A folder of class sub-folders (with train/ and val/ when ``split``) of small PNG and JPEG images."""
     rng = np.random.default_rng(seed)
     for label, name in enumerate(classes):
@@ -80,5 +81,10 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", "tlsweep", *args],
-        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
     )

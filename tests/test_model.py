@@ -196,3 +196,13 @@ def test_best_weights_keeps_a_better_stage_2() -> None:
     _run_stage(model, best, "finetune", [0.6, 0.9, 0.7])
     assert not best.rolled_back and best.best["stage"] == "finetune"
     assert float(model.weights[0].numpy()[0, 0]) == 3.0
+
+
+def test_best_weights_stops_a_diverging_stage() -> None:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = BestWeights(kt.Objective("val_accuracy", "max"))
+    best.set_model(model)
+    best.on_train_begin()
+    best.on_epoch_end(0, {"loss": 0.5, "val_accuracy": 0.5})
+    best.on_epoch_end(1, {"loss": float("nan"), "val_accuracy": 0.9})
+    assert best.diverged_at == 2 and model.stop_training

@@ -1,0 +1,153 @@
+"""A job end to end, in process: the search, the trial records, TensorBoard, the best model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+from conftest import FAST, make_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tlsweep.job import run_job
+from tlsweep.search import PROJECT_NAME
+
+CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light", "tuner": "random"}
+
+
+def run(image_folder: Path, job_dir: Path, *overrides: str) -> dict:
+    hyperband = "tuner=hyperband" in overrides  # Hyperband sets its own number of trials
+    fast = [o for o in FAST if not (hyperband and o.startswith("tuner.max_trials"))]
+    cfg = make_config(["dataset=folder", f"dataset.path={image_folder}", "augmentation=light", *fast, *overrides])
+    return run_job(cfg, job_dir, CHOICES)
+
+
+def records(job_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((job_dir / "trials").glob("trial_*.json"))]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> Path:
+    from conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("job")
+    run(make_image_folder(root / "images"), root / "job", "tuner.max_trials=3")
+    return root / "job"
+
+
+def test_job_record_says_completed_with_the_best_trial(job: Path) -> None:
+    record = json.loads((job / "job.json").read_text())
+    assert record["status"] == "completed" and record["completed_trials"] == 3
+    assert record["classes"] == ["cat", "dog", "fox"]
+    best = max(records(job), key=lambda r: r["val_accuracy"])
+    assert record["best"]["value"] == pytest.approx(best["val_accuracy"])
+
+
+def test_every_trial_records_both_stages_on_one_epoch_axis(job: Path) -> None:
+    trials = records(job)
+    assert len(trials) == 3
+    for trial in trials:
+        assert trial["status"] == "completed"
+        assert set(trial["hyperparameters"]) == {"learning_rate", "optimizer", "unfreeze_depth"}
+        assert trial["choices"] == CHOICES and trial["settings"]["image_size"] == 32
+        assert [(e["epoch"], e["stage"]) for e in trial["history"]] == [(1, "head"), (2, "finetune")]
+        lrs = [e["learning_rate"] for e in trial["history"]]
+        assert lrs[1] == pytest.approx(lrs[0] * 0.1, rel=1e-5)  # stage 2 runs at lr × lr_scale
+        assert {"val_loss", "val_accuracy", "loss", "accuracy"} <= set(trial["history"][0])
+        best_entry = trial["history"][trial["best_epoch"] - 1]
+        assert trial["val_accuracy"] == pytest.approx(best_entry["val_accuracy"])
+        assert trial["rolled_back"] == (trial["stages"]["finetune"]["value"] <= trial["stages"]["head"]["value"])
+        assert trial["duration_s"] > 0
+
+
+def test_best_model_and_labels_reload_and_predict(job: Path) -> None:
+    assert (job / "labels.txt").read_text().split() == ["cat", "dog", "fox"]
+    model = keras.saving.load_model(job / "best.keras")
+    probs = model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_keras_tuner_project_reloads(job: Path, capsys) -> None:
+    assert (job / PROJECT_NAME / "oracle.json").is_file()
+    tuner = kt.RandomSearch(
+        hypermodel=lambda hp: None,
+        objective="val_accuracy",
+        max_trials=3,
+        directory=str(job),
+        project_name=PROJECT_NAME,
+        overwrite=False,
+    )
+    assert len(tuner.oracle.trials) == 3
+    tuner.results_summary(1)
+    assert "Score:" in capsys.readouterr().out
+
+
+def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
+    for trial in records(job):
+        run_dir = job / trial["tensorboard"]
+        train = EventAccumulator(str(run_dir / "train")).Reload()
+        val = EventAccumulator(str(run_dir / "validation")).Reload()
+        assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train.Tags()["tensors"])
+        assert {"epoch_loss", "epoch_accuracy"} <= set(val.Tags()["tensors"])
+        assert [e.step for e in val.Tensors("epoch_accuracy")] == [0, 1]
+        hparams = EventAccumulator(str(run_dir)).Reload()
+        content = hparams.PluginTagToContent("hparams")
+        session = next(iter(content.values()))
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        data = plugin_data_pb2.HParamsPluginData.FromString(session)
+        values = {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
+        assert values["backbone"] == "tiny" and values["augmentation"] == "light"
+        assert values["optimizer"] == trial["hyperparameters"]["optimizer"]
+        assert values["learning_rate"] == pytest.approx(trial["hyperparameters"]["learning_rate"])
+        assert values["unfreeze_depth"] == trial["hyperparameters"]["unfreeze_depth"]
+
+
+def test_stage_2_changes_only_the_unfrozen_top(image_folder: Path, tmp_path: Path) -> None:
+    from tlsweep.backbones import load_backbone
+
+    run(
+        image_folder,
+        tmp_path / "job",
+        "tuner.max_trials=1",
+        "search.unfreeze_depths=[4]",
+        "search.optimizers=[sgd]",
+        "search.learning_rate.min=0.05",
+        "search.learning_rate.max=0.05",
+        "augmentation=none",
+        "finetune.finetune_epochs=3",
+        "finetune.lr_scale=1",
+        "tuner.objective=val_loss",
+    )
+    trial = records(tmp_path / "job")[0]
+    assert trial["best_stage"] == "finetune", "stage 2 must win for this check to mean anything"
+    pretrained = load_backbone(make_config().backbone, 32).build()
+    tuned = keras.saving.load_model(tmp_path / "job" / "best.keras").get_layer("backbone")
+    changed = {
+        layer.name
+        for layer, old in zip(tuned.layers, pretrained.layers, strict=True)
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), old.get_weights(), strict=True))
+    }
+    assert changed == {"block2_b_conv"}  # top 4: block2_b_conv, block2_b_bn (frozen), add and relu (no weights)
+
+
+@pytest.mark.parametrize("tuner", ["bayesian", "hyperband", "grid"])
+def test_other_tuners_run_two_stage_trials(image_folder: Path, tmp_path: Path, tuner: str) -> None:
+    overrides = [f"tuner={tuner}", "search.optimizers=[adam]", "search.unfreeze_depths=[2]"]
+    if tuner == "hyperband":
+        overrides += ["finetune.head_epochs=2", "finetune.finetune_epochs=1", "tuner.factor=3"]
+    else:
+        overrides += ["tuner.max_trials=2", "search.learning_rate.min=1e-3", "search.learning_rate.max=1e-2"]
+    if tuner == "bayesian":
+        overrides.append("tuner.num_initial_points=1")
+    result = run(image_folder, tmp_path / "job", *overrides)
+    trials = records(tmp_path / "job")
+    assert result["status"] == "completed" and trials
+    assert all(t["status"] == "completed" for t in trials)
+    if tuner == "grid":
+        assert sorted(t["hyperparameters"]["learning_rate"] for t in trials) == pytest.approx([1e-3, 1e-2])
+    if tuner == "hyperband":
+        assert any(e["stage"] == "finetune" for t in trials for e in t["history"])
