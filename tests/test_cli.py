@@ -1,0 +1,77 @@
+"""``python -m tlsweep`` in a subprocess, as a user runs it: multiruns, outputs, and user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import FAST, make_image_folder, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def assert_user_error(result, message: str) -> None:
+    """Exit 1, the message on one line, no traceback."""
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stdout
+    lines = [line for line in result.stdout.splitlines() if message in line]
+    assert lines and lines[0].startswith("error: "), result.stdout
+
+
+def test_multirun_runs_one_search_per_job_into_readable_folders(tmp_path: Path) -> None:
+    images = make_image_folder(tmp_path / "images")
+    result = run_cli(["-m", "dataset=folder", f"dataset.path={images}", "augmentation=none,light", *FAST], tmp_path)
+    assert result.returncode == 0, result.stdout
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all(j.startswith("augmentation=") for j in jobs), jobs
+    for job in jobs:
+        job_dir = sweeps[0] / job
+        assert json.loads((job_dir / "job.json").read_text())["status"] == "completed"
+        assert (job_dir / ".hydra" / "config.yaml").is_file() and (job_dir / "best.keras").is_file()
+        assert len(list((job_dir / "trials").glob("trial_*.json"))) == 2
+        assert len(list((job_dir / "tensorboard").iterdir())) == 2
+    assert "trial 2/2" in result.stdout and "best so far" in result.stdout and "epoch 2/2" not in result.stdout
+    assert "tensorboard --logdir outputs" in result.stdout
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    images = make_image_folder(tmp_path / "images")
+    missing = tmp_path / "nope"
+    result = run_cli(["-m", "dataset=folder", f"dataset.path={images},{missing}", *FAST], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stdout
+    assert "1 job(s) failed" in result.stdout and "does not exist" in result.stdout
+    records = {
+        p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "outputs" / "sweeps").glob("*/*/job.json")
+    }
+    statuses = sorted(r["status"] for r in records.values())
+    assert statuses == ["completed", "failed"], records
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["dataset=folder", "dataset.path=does/not/exist"], "dataset.path does/not/exist does not exist"),
+        (["search.learning_rate.min=0.1", "search.learning_rate.max=0.001"], "is larger than max"),
+        (["search.unfreeze_depths=[5,50]"], "has only 23 layers"),
+        (["dataset=folder", "dataset.path=one_class"], "only one class folder"),
+        (["backbone=mobilenet_v2", "dataset.image_size=32"], "could not get ImageNet weights from https://"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+    make_image_folder(tmp_path / "one_class", classes=("cat",), split=False, per_class=2)
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "KERAS_HOME": str(tmp_path)}
+    result = run_cli(args, tmp_path, env=offline)
+    assert_user_error(result, message)
+    run_dirs = list((tmp_path / "outputs" / "runs").iterdir())
+    assert json.loads((run_dirs[0] / "job.json").read_text())["status"] == "failed"
+
+
+def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
+    result = run_cli(["tuner.max_trials=1", "finetune.head_epochs=2", "finetune.finetune_epochs=1"], tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "digits 5-9" in result.stdout and "trial 1/1" in result.stdout and "epoch 3/3" in result.stdout
+    run_dir = next((tmp_path / "outputs" / "runs").iterdir())
+    assert (run_dir / "best.keras").is_file() and (run_dir / "labels.txt").read_text().split() == list("56789")
