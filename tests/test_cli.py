@@ -43,9 +43,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     result = run_cli(["-m", "dataset=folder", f"dataset.path={images},{missing}", *FAST], tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert "1 job(s) failed" in result.stdout and "does not exist" in result.stdout
-    records = {
-        p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "outputs" / "sweeps").glob("*/*/job.json")
-    }
+    records = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "outputs" / "sweeps").glob("*/*/job.json")}
     statuses = sorted(r["status"] for r in records.values())
     assert statuses == ["completed", "failed"], records
 

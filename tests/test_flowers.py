@@ -12,13 +12,24 @@ from tlsweep.job import run_job
 
 @needs_shared
 def test_mobilenet_v2_on_flower_photos(tmp_path: Path) -> None:
-    cfg = make_config([
-        "dataset=folder", f"dataset.path={FLOWERS_MINI}", "dataset.image_size=96",
-        "backbone=mobilenet_v2", f"backbone.weights={MOBILENET_WEIGHTS}",
-        "augmentation=light", "tuner.max_trials=1", "finetune.head_epochs=3", "finetune.finetune_epochs=1",
-        "search.optimizers=[adam]", "search.learning_rate.min=3e-3", "search.learning_rate.max=3e-3",
-        "search.unfreeze_depths=[10]", "verbose=false",
-    ])
+    cfg = make_config(
+        [
+            "dataset=folder",
+            f"dataset.path={FLOWERS_MINI}",
+            "dataset.image_size=96",
+            "backbone=mobilenet_v2",
+            f"backbone.weights={MOBILENET_WEIGHTS}",
+            "augmentation=light",
+            "tuner.max_trials=1",
+            "finetune.head_epochs=3",
+            "finetune.finetune_epochs=1",
+            "search.optimizers=[adam]",
+            "search.learning_rate.min=3e-3",
+            "search.learning_rate.max=3e-3",
+            "search.unfreeze_depths=[10]",
+            "verbose=false",
+        ]
+    )
     record = run_job(cfg, tmp_path / "job", {"backbone": "mobilenet_v2", "dataset": "folder"})
     assert record["classes"] == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert (record["train_images"], record["val_images"]) == (400, 100)

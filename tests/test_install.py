@@ -18,8 +18,17 @@ def test_wheel_install_works_from_another_folder(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout
         return done.stdout
 
-    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-       str(REPO))
+    sh(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path / "dist"),
+        str(REPO),
+    )
     wheel = next((tmp_path / "dist").glob("tlsweep-*.whl"))
     sh(sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv"))
     python = str(tmp_path / "venv" / "bin" / "python")
@@ -30,8 +39,12 @@ def test_wheel_install_works_from_another_folder(tmp_path: Path) -> None:
     assert str(tmp_path / "venv") in location, "the test must exercise the installed copy"
     help_text = sh(python, "-m", "tlsweep", "--help", cwd=elsewhere)
     assert "backbone: efficientnet, mobilenet_v2, resnet, tiny" in help_text
-    weights = sh(python, "-c", "from tlsweep.backbones import _bundled_weights as b; print(b('tiny').stat().st_size)",
-                 cwd=elsewhere)
+    weights = sh(
+        python,
+        "-c",
+        "from tlsweep.backbones import _bundled_weights as b; print(b('tiny').stat().st_size)",
+        cwd=elsewhere,
+    )
     assert int(weights.split()[-1]) > 100_000  # TensorFlow may print its start-up lines first
     console = sh(str(tmp_path / "venv" / "bin" / "tlsweep"), "--cfg", "job", cwd=elsewhere)
     assert "name: tiny" in console
