@@ -57,10 +57,10 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     validate(cfg)
     keras.utils.set_random_seed(int(cfg.seed))
     image_size = int(cfg.dataset.image_size or cfg.backbone.image_size)
+    backbone = load_backbone(cfg.backbone, image_size)  # first: a weights problem should not wait for the data
+    check_depths(cfg, backbone.num_layers, backbone.name)
     data = load_dataset(cfg.dataset, image_size)
     log.info(data.summary())
-    backbone = load_backbone(cfg.backbone, image_size)
-    check_depths(cfg, backbone.num_layers, backbone.name)
 
     job = JobContext(
         job_dir=job_dir,
