@@ -127,7 +127,7 @@ class TransferHyperModel(kt.HyperModel):
         """Declare the searched hyperparameters and return this trial's values."""
         search, mode = self.cfg.search, self.cfg.finetune.mode
         lr = search.learning_rate
-        step = lr.get("step") or (self.cfg.tuner.get("learning_rate_step") if self.cfg.tuner.name == "grid" else None)
+        step = self.cfg.tuner.get("learning_rate_step")  # grid search needs discrete points
         values = {
             "learning_rate": hp.Float("learning_rate", lr.min, lr.max, sampling=lr.sampling, step=step),
             "optimizer": hp.Choice("optimizer", list(search.optimizers)),
