@@ -132,11 +132,11 @@ def test_unfrozen_backbone_keeps_batchnorm_statistics_in_training() -> None:
 
 
 def test_standard_augmentation_keeps_the_input_size() -> None:
-    aug = augmentation(make_config(["augmentation=standard"]).augmentation, 32, seed=0)
+    aug = augmentation(make_config(["augmentation=standard"]).augmentation, seed=0)
     x = np.full((2, 32, 32, 3), 128.0, "float32")
     assert tuple(aug(x, training=True).shape) == (2, 32, 32, 3)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(x, training=False)), x)
-    assert augmentation(make_config(["augmentation=none"]).augmentation, 32, seed=0) is None
+    assert augmentation(make_config(["augmentation=none"]).augmentation, seed=0) is None
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,6 @@ class TrialLog(keras.callbacks.Callback):
         entry["learning_rate"] = _number(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         entry["seconds"] = round(time.monotonic() - self._epoch_started, 3)
         self.record["history"].append(entry)
-        self.record["duration_s"] = round(time.monotonic() - self._started, 3)
         self._save()
         if self.verbose:
             log.info(

@@ -18,7 +18,7 @@ from tlsweep.errors import TlsweepError
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
 
-def augmentation(cfg: DictConfig, image_size: int, seed: int) -> keras.Sequential | None:
+def augmentation(cfg: DictConfig, seed: int) -> keras.Sequential | None:
     """Random augmentation layers from the ``augmentation`` config; active in training only."""
     layers: list[keras.layers.Layer] = []
     if cfg.flip:
@@ -30,8 +30,9 @@ def augmentation(cfg: DictConfig, image_size: int, seed: int) -> keras.Sequentia
     if cfg.zoom:
         layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
     if cfg.height or cfg.width:  # stretch each axis on its own; the image keeps its size
-        stretch = [(-f, f) if f else (0.0, 0.0) for f in (cfg.height, cfg.width)]
-        layers.append(keras.layers.RandomZoom(*stretch, seed=seed + 3, name="stretch"))
+        layers.append(
+            keras.layers.RandomZoom((-cfg.height, cfg.height), (-cfg.width, cfg.width), seed=seed + 3, name="stretch")
+        )
     return keras.Sequential(layers, name="augmentation") if layers else None
 
 

@@ -140,7 +140,7 @@ class TransferHyperModel(kt.HyperModel):
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         values = self.declare(hp)
-        augment = augmentation(self.cfg.augmentation, self.backbone.image_size, int(self.cfg.seed))
+        augment = augmentation(self.cfg.augmentation, int(self.cfg.seed))
         model = build_classifier(
             self.backbone.build(),
             self.backbone.preprocessing,
