@@ -75,11 +75,19 @@ def test_unfreeze_depth_larger_than_backbone() -> None:
         check_depths(make_config(["search.unfreeze_depths=[5,40]"]), 23, "tiny")
 
 
-def test_job_folder_names_are_readable_and_safe() -> None:
-    assert job_dir_name("backbone=resnet", 0) == "backbone=resnet"
-    assert job_dir_name("", 3) == "job3"
-    assert "/" not in job_dir_name("backbone.weights=/data/w.h5,backbone=resnet", 1)
-    assert len(job_dir_name("x=" + "a" * 500, 0)) <= 120
+def test_job_folder_names_show_what_the_job_sweeps() -> None:
+    argv = ["-m", "backbone=resnet,efficientnet", "tuner.max_trials=2", "search.unfreeze_depths=[0,3]"]
+    assert job_dir_name(["backbone=resnet", "tuner.max_trials=2", "search.unfreeze_depths=[0,3]"], 0, argv) == (
+        "backbone=resnet"
+    )
+    assert job_dir_name(["tuner.max_trials=2"], 3, ["tuner.max_trials=2"]) == "job3"  # nothing swept
+    # jobs launched without the sweep's command line (other launchers) keep every override
+    assert job_dir_name(["backbone=resnet", "tuner.max_trials=2"], 0, []) == "backbone=resnet,tuner.max_trials=2"
+
+
+def test_job_folder_names_are_safe() -> None:
+    assert "/" not in job_dir_name(["backbone.weights=/data/w.h5", "backbone=resnet"], 1, [])
+    assert len(job_dir_name(["x=" + "a" * 500], 0, [])) <= 120
 
 
 def test_help_lists_config_groups_and_options(tmp_path) -> None:

@@ -12,8 +12,8 @@ import pytest
 from conftest import FAST, make_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tlsweep.files import TUNER_DIR
 from tlsweep.job import run_job
-from tlsweep.search import PROJECT_NAME
 
 CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light", "tuner": "random"}
 
@@ -71,13 +71,13 @@ def test_best_model_and_labels_reload_and_predict(job: Path) -> None:
 
 
 def test_keras_tuner_project_reloads(job: Path, capsys) -> None:
-    assert (job / PROJECT_NAME / "oracle.json").is_file()
+    assert (job / TUNER_DIR / "oracle.json").is_file()
     tuner = kt.RandomSearch(
         hypermodel=lambda hp: None,
         objective="val_accuracy",
         max_trials=3,
         directory=str(job),
-        project_name=PROJECT_NAME,
+        project_name=TUNER_DIR,
         overwrite=False,
     )
     assert len(tuner.oracle.trials) == 3

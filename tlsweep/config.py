@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.errors import TlsweepError
@@ -20,12 +23,42 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tlsweep_job_dir", job_dir_name)
 
 
-def job_dir_name(override_dirname: str, job_num: int) -> str:
-    """A readable, safe folder name for a multirun job, e.g. ``backbone=resnet``."""
-    name = re.sub(r"[/\\:*?\"<>|\s]+", "_", str(override_dirname)).strip("._") or f"job{job_num}"
+def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str] | None = None) -> str:
+    """A readable, safe folder name for a multirun job from the values it sweeps, e.g. ``backbone=resnet``.
+
+    Overrides given once on the command line for every job are left out: they are the same in all
+    jobs and would only make every name long. ``command_line`` defaults to ``sys.argv[1:]``.
+    """
+    fixed = _fixed_keys(sys.argv[1:] if command_line is None else command_line)
+    parts = sorted(str(o) for o in task_overrides if _key(str(o)) not in fixed)
+    name = re.sub(r"[/\\:*?\"<>|\s]+", "_", ",".join(parts)).strip("._") or f"job{job_num}"
     if len(name) > 120:
         name = f"{name[:100]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
+
+
+def _key(override: str) -> str:
+    """The key an override sets (``backbone`` for ``backbone=resnet``, ``a.b`` for ``+a.b=1``)."""
+    try:
+        return OverridesParser.create().parse_override(override).key_or_group
+    except OverrideParseException:
+        return override
+
+
+def _fixed_keys(command_line: list[str]) -> set[str]:
+    """Keys of the command line's overrides that are not sweeps (``a=1`` but not ``a=1,2``)."""
+    parser = OverridesParser.create()
+    fixed = set()
+    for arg in command_line:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except OverrideParseException:
+            continue
+        if not override.is_sweep_override():
+            fixed.add(override.key_or_group)
+    return fixed
 
 
 def validate(cfg: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""Atomic writes: a kill at any moment leaves either the old file or the new one, never half."""
+"""The files a job leaves behind: their names, and atomic writes (a kill leaves the old or the new file)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Inside a job folder (a single run's folder, or one job of a sweep):
+JOB_RECORD = "job.json"  # status, data summary, best trial
+TRIALS_DIR = "trials"  # trial_<id>.json, one record per trial
+TENSORBOARD_DIR = "tensorboard"  # trial_<id>/, one TensorBoard run per trial
+TUNER_DIR = "tuner"  # KerasTuner's own project
+BEST_MODEL = "best.keras"
+LABELS = "labels.txt"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:

@@ -7,6 +7,8 @@ so a sweep's results can be read from disk whatever happened to the process.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +22,6 @@ from tlsweep.errors import TlsweepError
 
 log = logging.getLogger(__name__)
 
-JOB_RECORD = "job.json"
-
 
 def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
     """Run one search in ``job_dir`` and return its job record; records failures before raising."""
@@ -30,10 +30,12 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         "job": job_dir.name,
         "status": "running",
         "choices": choices,
+        "host": socket.gethostname(),  # with pid: lets a report tell a crashed job from a running one
+        "pid": os.getpid(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     started = time.monotonic()
-    files.write_json(job_dir / JOB_RECORD, record)
+    files.write_json(job_dir / files.JOB_RECORD, record)
     try:
         record.update(_search(cfg, job_dir, choices), status="completed")
     except BaseException as e:
@@ -43,7 +45,7 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         raise
     finally:
         record["duration_s"] = round(time.monotonic() - started, 1)
-        files.write_json(job_dir / JOB_RECORD, record)
+        files.write_json(job_dir / files.JOB_RECORD, record)
     return record
 
 
@@ -52,7 +54,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
 
     from tlsweep.backbones import load_backbone
     from tlsweep.data import batches, load_dataset
-    from tlsweep.search import BEST_MODEL, JobContext, TransferHyperModel, job_settings, make_tuner
+    from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner
 
     validate(cfg)
     keras.utils.set_random_seed(int(cfg.seed))
@@ -66,7 +68,8 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         job_dir=job_dir,
         choices={k: str(v) for k, v in choices.items()},
         settings=job_settings(cfg, image_size),
-        class_names=data.class_names,
+        objective=str(cfg.tuner.objective),
+        data={"classes": data.class_names, "train_images": int(len(data.y_train)), "val_images": int(len(data.y_val))},
         verbose=bool(cfg.verbose),
     )
     tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names)), job)
@@ -94,16 +97,14 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     log.info(
         "outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
         job_dir,
-        job_dir / BEST_MODEL,
+        job_dir / files.BEST_MODEL,
         _logdir_hint(job_dir),
     )
     return {
         "trials": len(trials),
         "completed_trials": completed,
         "best": job.best,
-        "classes": data.class_names,
-        "train_images": int(len(data.y_train)),
-        "val_images": int(len(data.y_val)),
+        **job.data,
         "skipped_images": data.skipped,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -21,9 +21,6 @@ from tlsweep import files
 
 log = logging.getLogger(__name__)
 
-TRIALS_DIR = "trials"
-TENSORBOARD_DIR = "tensorboard"
-
 
 def _number(value: Any) -> float | None:
     """A JSON-safe float: NaN and infinity become None."""
@@ -48,8 +45,8 @@ class TrialLog(keras.callbacks.Callback):
         verbose: bool = True,
     ) -> None:
         super().__init__()
-        self.path = Path(job_dir) / TRIALS_DIR / f"trial_{trial_id}.json"
-        self.tensorboard_dir = Path(job_dir) / TENSORBOARD_DIR / f"trial_{trial_id}"
+        self.path = Path(job_dir) / files.TRIALS_DIR / f"trial_{trial_id}.json"
+        self.tensorboard_dir = Path(job_dir) / files.TENSORBOARD_DIR / f"trial_{trial_id}"
         self.label = label
         self.verbose = verbose
         self.stage = "head"

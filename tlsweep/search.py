@@ -26,9 +26,6 @@ from tlsweep.model import augmentation, build_classifier, compile_model, unfreez
 
 log = logging.getLogger(__name__)
 
-PROJECT_NAME = "tuner"  # KerasTuner's own project folder inside the job folder
-BEST_MODEL = "best.keras"
-LABELS = "labels.txt"
 
 
 def objective(cfg: DictConfig) -> kt.Objective:
@@ -217,7 +214,8 @@ class JobContext:
     job_dir: Path
     choices: dict[str, str]
     settings: dict[str, Any]
-    class_names: list[str]
+    objective: str
+    data: dict[str, Any]  # classes, train_images, val_images
     verbose: bool = True
     best: dict[str, Any] = field(default_factory=dict)
 
@@ -240,7 +238,12 @@ class SweepTuner:
             trial.trial_id,
             label,
             values,
-            {"choices": self.job.choices, "settings": self.job.settings},
+            {
+                "choices": self.job.choices,
+                "settings": self.job.settings,
+                "objective": self.job.objective,
+                "data": self.job.data,
+            },
             self.job.verbose,
         )
         trial_log.start()
@@ -261,8 +264,8 @@ class SweepTuner:
         best = self.job.best
         is_best = not best or obj.better_than(value, best["value"])
         if is_best and model is not None:
-            files.save_model(model, self.job.job_dir / BEST_MODEL)
-            files.write_text(self.job.job_dir / LABELS, "\n".join(self.job.class_names) + "\n")
+            files.save_model(model, self.job.job_dir / files.BEST_MODEL)
+            files.write_text(self.job.job_dir / files.LABELS, "\n".join(self.job.data["classes"]) + "\n")
             best.update(value=value, trial_id=record["trial_id"], hyperparameters=record["hyperparameters"])
         best_line = f"best so far {best['value']:.4f} (trial_{best['trial_id']})"
         log.info(
@@ -308,7 +311,7 @@ def make_tuner(cfg: DictConfig, hypermodel: TransferHyperModel, job: JobContext)
         hypermodel=hypermodel,
         objective=objective(cfg),
         directory=str(job.job_dir),
-        project_name=PROJECT_NAME,
+        project_name=files.TUNER_DIR,
         seed=int(cfg.seed),
         max_consecutive_failed_trials=int(t.max_consecutive_failed_trials),
         job=job,
