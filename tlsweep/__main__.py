@@ -24,6 +24,7 @@ from tlsweep.errors import TlsweepError  # noqa: E402
 log = logging.getLogger("tlsweep")
 register_resolvers()
 _failed_jobs: list[str] = []
+_output_root: list[Path] = []  # the run's or the sweep's folder, for the message after Ctrl-C
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlsweep.conf", config_name="config")
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> None:
     job_dir = Path(hc.runtime.output_dir)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     multirun = hc.mode == RunMode.MULTIRUN
+    _output_root[:] = [job_dir.parent if multirun else job_dir]
     try:
         run_job(cfg, job_dir, choices)
     except TlsweepError as e:
@@ -54,7 +56,11 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        print("interrupted: finished trials are kept in the job folder under outputs/", file=sys.stderr)
+        root = _output_root[0] if _output_root else Path("outputs")
+        print(
+            f"interrupted: finished trials are kept in {root}; report on them: python -m tlsweep.report {root}",
+            file=sys.stderr,
+        )
         sys.exit(130)
     if _failed_jobs:
         print(f"{len(_failed_jobs)} job(s) failed:", *_failed_jobs, sep="\n  ", file=sys.stderr)

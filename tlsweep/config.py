@@ -15,6 +15,7 @@ from tlsweep.errors import TlsweepError
 FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
 SAMPLINGS = ("log", "linear")
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
 def register_resolvers() -> None:
@@ -114,6 +115,8 @@ def validate(cfg: DictConfig) -> None:
     tuner = cfg.tuner
     if tuner.name not in TUNER_NAMES:
         raise TlsweepError(f"tuner.name={tuner.name} must be one of: {', '.join(TUNER_NAMES)}")
+    if tuner.objective not in OBJECTIVES:
+        raise TlsweepError(f"tuner.objective={tuner.objective} must be one of: {', '.join(OBJECTIVES)}")
     if tuner.name != "hyperband" and tuner.max_trials < 1:
         raise TlsweepError(f"tuner.max_trials={tuner.max_trials} must be at least 1")
 

@@ -27,7 +27,6 @@ from tlsweep.model import augmentation, build_classifier, compile_model, unfreez
 log = logging.getLogger(__name__)
 
 
-
 def objective(cfg: DictConfig) -> kt.Objective:
     """The tuner's objective: losses are minimised, everything else maximised."""
     name = cfg.tuner.objective

@@ -1,0 +1,33 @@
+"""``python -m tlsweep.report DIR``: (re)build the report of a sweep or a run from its files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tlsweep.errors import TlsweepError
+from tlsweep.report import DEFAULT_TOP, build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the report; one ``error:`` line and exit code 1 on a user error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tlsweep.report",
+        description="Compare every trial of every job of a tlsweep sweep (or run) in report.html, "
+        "report.md and trials.csv, written into the folder. Works while the sweep runs and after a crash.",
+    )
+    parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
+    parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="trials whose curves are plotted (default 5)")
+    args = parser.parse_args(argv)
+    try:
+        paths = build_report(args.folder, args.top)
+    except TlsweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"report written to {paths['html']} (also {paths['md'].name} and {paths['csv'].name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

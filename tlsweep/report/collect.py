@@ -1,0 +1,182 @@
+"""Read a sweep from disk: its jobs and every trial record in them, whatever state they are in.
+
+Only files are read, never the memory of a running process, so this works for a finished sweep,
+one still running, one that crashed, a single run, and jobs that ran on other machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from tlsweep import files
+
+HYDRA_DIR = ".hydra"
+
+
+@dataclass
+class Trial:
+    """One trial record; ``status`` is what the report shows (``crashed`` where nothing will finish it)."""
+
+    path: Path
+    record: dict[str, Any]
+    status: str
+    error: str | None = None
+
+    @property
+    def trial_id(self) -> str:
+        return str(self.record.get("trial_id", self.path.stem.removeprefix("trial_")))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.record.get("history", []))
+
+
+@dataclass
+class Job:
+    """One job folder (one KerasTuner search) and its trials."""
+
+    path: Path
+    name: str
+    record: dict[str, Any]
+    status: str
+    error: str | None
+    overrides: list[str]
+    config: dict[str, Any]
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def objective(self) -> str:
+        return str(self.config.get("tuner", {}).get("objective", "val_accuracy"))
+
+    @property
+    def classes(self) -> list[str]:
+        data = self.record.get("classes") or next((t.record["data"]["classes"] for t in self._with_data()), [])
+        return [str(c) for c in data]
+
+    @property
+    def val_images(self) -> int | None:
+        count = self.record.get("val_images") or next((t.record["data"]["val_images"] for t in self._with_data()), None)
+        return int(count) if count else None
+
+    def _with_data(self) -> list[Trial]:
+        return [t for t in self.trials if isinstance(t.record.get("data"), dict)]
+
+
+@dataclass
+class Sweep:
+    """Everything under a sweep folder (or a single run's folder)."""
+
+    root: Path
+    jobs: list[Job]
+
+    @property
+    def trials(self) -> list[tuple[Job, Trial]]:
+        return [(job, trial) for job in self.jobs for trial in job.trials]
+
+
+def find_job_dirs(root: Path) -> list[Path]:
+    """Folders under ``root`` (``root`` included) that hold a job: a ``job.json`` or Hydra's ``.hydra/``."""
+    found = []
+    for current, dirs, names in os.walk(root):
+        if files.JOB_RECORD in names or HYDRA_DIR in dirs:
+            found.append(Path(current))
+            dirs.clear()  # a job's own sub-folders (trials, tensorboard, tuner) hold no jobs
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(found)
+
+
+def load_sweep(root: Path) -> Sweep:
+    """Read every job and trial under ``root``."""
+    root = Path(root)
+    return Sweep(root, [load_job(path, root) for path in find_job_dirs(root)])
+
+
+def load_job(path: Path, root: Path) -> Job:
+    """Read one job folder; unreadable or missing files become a status and an error, never an exception."""
+    name = str(path.relative_to(root)) if path != root else path.name
+    record, error = _read_json(path / files.JOB_RECORD)
+    if record is None:
+        status = "crashed" if error else "not started"
+        error = error or "no job.json: the job stopped before its search began"
+        record = {}
+    else:
+        status = str(record.get("status", "running"))
+        error = record.get("error")
+        if status == "running" and not _alive(record):
+            status, error = "crashed", "the process running this job is gone (killed or crashed)"
+    job = Job(path, name, record, status, error, _overrides(path), _config(path, record))
+    for trial_path in sorted((path / files.TRIALS_DIR).glob("trial_*.json"), key=_trial_order):
+        job.trials.append(_load_trial(trial_path, status))
+    return job
+
+
+def _load_trial(path: Path, job_status: str) -> Trial:
+    record, error = _read_json(path)
+    if record is None:
+        return Trial(path, {}, "unreadable", error)
+    status = str(record.get("status", "running"))
+    if status == "running" and job_status != "running":
+        status = "interrupted" if job_status == "interrupted" else "crashed"
+        error = f"the job ended ({job_status}) before this trial finished"
+    return Trial(path, record, status, record.get("error", error))
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object in ``path``; ``(None, None)`` if there is no file, ``(None, why)`` if it is unreadable."""
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path.name} is unreadable ({type(e).__name__}: {e})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} is not a JSON object"
+    return data, None
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    """Whether the process that wrote a ``running`` record may still run it (unknowable on another host)."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _overrides(path: Path) -> list[str]:
+    """The job's command-line overrides, as Hydra recorded them."""
+    overrides_file = path / HYDRA_DIR / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    except Exception:  # a damaged file must not stop the report
+        return []
+
+
+def _config(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The job's composed config: from ``job.json`` when it finished, else Hydra's unresolved copy."""
+    if isinstance(record.get("config"), dict):
+        return record["config"]
+    config_file = path / HYDRA_DIR / "config.yaml"
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False) if config_file.is_file() else {}
+    except Exception:  # a damaged file must not stop the report
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _trial_order(path: Path) -> tuple[int, str]:
+    number = path.stem.removeprefix("trial_")
+    return (int(number), "") if number.isdigit() else (1 << 30, number)

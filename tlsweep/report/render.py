@@ -1,0 +1,229 @@
+"""Write a summary as ``report.html`` (self-contained), ``report.md`` and ``trials.csv``, each atomically."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from tlsweep import files
+from tlsweep.report import plots
+from tlsweep.report.summary import Summary, accuracy_interval, reproduce_command
+
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+TRIALS_CSV = "trials.csv"
+MAX_CLASSES_SHOWN = 12
+
+
+def write_all(summary: Summary, root: Path, top: int) -> dict[str, Path]:
+    """Write the three files into ``root``; returns their paths by kind."""
+    context = _context(summary, top)
+    paths = {"html": root / REPORT_HTML, "md": root / REPORT_MD, "csv": root / TRIALS_CSV}
+    files.write_text(paths["csv"], to_csv(summary))
+    files.write_text(paths["md"], to_markdown(context))
+    files.write_text(paths["html"], to_html(context, summary, top))
+    return paths
+
+
+def to_csv(summary: Summary) -> str:
+    """One row per trial with every column of the report's table."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=summary.table.columns, lineterminator="\n")
+    writer.writeheader()
+    for row in summary.table.rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _context(summary: Summary, top: int) -> dict[str, Any]:
+    """Everything both the HTML and the Markdown report show, as plain values."""
+    sweep, best = summary.sweep, summary.best
+    headline = None
+    if best is not None:
+        job = next(j for j in sweep.jobs if j.name == best["job"])
+        trial = next(t for t in job.trials if t.trial_id == best["trial"])
+        hyperparameters = trial.record.get("hyperparameters", {})
+        setup = {k: best[k] for k in summary.setup_columns if best.get(k) is not None}
+        headline = {
+            "job": best["job"],
+            "trial": best["trial"],
+            "value": best[summary.metric],
+            "interval": _interval(best, summary.metric, job.val_images),
+            "setup": setup,
+            "hyperparameters": {k: _fmt(v) for k, v in hyperparameters.items()},
+            "best_epoch": best["best_epoch"],
+            "best_stage": best["best_stage"],
+            "stage2": best["stage2"],
+            "command": reproduce_command(job, hyperparameters),
+            "runner_up": _runner_up(summary),
+        }
+    statuses: dict[str, int] = {}
+    for _, trial in sweep.trials:
+        statuses[trial.status] = statuses.get(trial.status, 0) + 1
+    jobs = [
+        {
+            "name": job.name,
+            "status": job.status,
+            "trials": len(job.trials),
+            "completed": sum(t.status == "completed" for t in job.trials),
+            "best": _fmt(next((r[summary.metric] for r in summary.ranked if r["job"] == job.name), None)),
+            "duration": _fmt(job.record.get("duration_s")),
+            "classes": _classes(job.classes),
+            "error": job.error or "",
+        }
+        for job in sweep.jobs
+    ]
+    return {
+        "root": str(sweep.root),
+        "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "objective": summary.objective,
+        "metric": summary.metric,
+        "headline": headline,
+        "jobs": jobs,
+        "trial_counts": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none yet",
+        "effects": summary.effects,
+        "warnings": summary.warnings,
+        "columns": summary.shown_columns,
+        "constants": {k: _fmt(v) for k, v in summary.constants.items()},
+        "rows": summary.table.rows,
+        "top": top,
+        "logdir": str(sweep.root.resolve()),
+    }
+
+
+def _interval(row: dict[str, Any], metric: str, n: int | None) -> str:
+    value = row[metric]
+    if not metric.endswith("accuracy") or not n:
+        return ""
+    low, high = accuracy_interval(value, n)
+    return f"95% interval {low:.3f}–{high:.3f} on {n} validation images"
+
+
+def _runner_up(summary: Summary) -> str:
+    """How far the second-best trial is, to say how clear the winner is."""
+    if len(summary.ranked) < 2:
+        return ""
+    first, second = summary.ranked[0], summary.ranked[1]
+    gap = abs(first[summary.metric] - second[summary.metric])
+    return f"runner-up: {second['job']} trial_{second['trial']}, {gap:.4f} behind"
+
+
+def _classes(classes: list[str]) -> str:
+    shown = ", ".join(classes[:MAX_CLASSES_SHOWN])
+    return f"{shown}, … ({len(classes)} classes)" if len(classes) > MAX_CLASSES_SHOWN else shown
+
+
+def _fmt(value: Any) -> str:
+    """A short display form: 4 decimals for metrics, 3 significant digits for small numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def to_markdown(context: dict[str, Any]) -> str:
+    """The headline and the tables, for a terminal or a pull request."""
+    lines = [f"# tlsweep report: {_md(context['root'])}", "", f"Generated {context['generated']}.", ""]
+    h = context["headline"]
+    if h:
+        lines += [
+            f"**Best trial: {_md(h['job'])} trial_{_md(h['trial'])} — {context['metric']} {_fmt(h['value'])}**"
+            + (f" ({h['interval']})" if h["interval"] else ""),
+            "",
+            *[f"- {_md(k)}: {_md(_fmt(v))}" for k, v in {**h["setup"], **h["hyperparameters"]}.items()],
+            f"- kept epoch {h['best_epoch']} ({h['best_stage']}); stage 2: {h['stage2']}",
+            *([f"- {_md(h['runner_up'])}"] if h["runner_up"] else []),
+            "",
+            "Reproduce:",
+            "",
+            "```",
+            h["command"],
+            "```",
+            "",
+        ]
+    else:
+        lines += ["No trial has completed yet.", ""]
+    lines += ["## Jobs", "", f"Trials: {context['trial_counts']}.", ""]
+    if context["constants"]:
+        same = ", ".join(f"{k}={v}" for k, v in context["constants"].items())
+        lines += [f"The same in every trial: {_md(same)}.", ""]
+    lines += _md_table(
+        ["job", "status", "trials", "completed", f"best {context['metric']}", "duration_s", "classes", "error"],
+        [
+            [j["name"], j["status"], j["trials"], j["completed"], j["best"], j["duration"], j["classes"], j["error"]]
+            for j in context["jobs"]
+        ],
+    )
+    if context["effects"]:
+        lines += ["", f"## Effect of each choice ({context['metric']})", ""]
+        lines += _md_table(
+            ["group", "value", "trials", "best", "median", "worst", "best trial"],
+            [[e.group, e.value, e.trials, e.best, e.median, e.worst, e.best_trial] for e in context["effects"]],
+        )
+    if context["warnings"]:
+        lines += ["", "## Overfitting", "", *[f"- {_md(w)}" for w in context["warnings"]]]
+    columns = [c for c in context["columns"] if c not in ("tensorboard", "overfitting")]
+    lines += ["", "## All trials", ""]
+    lines += _md_table(columns, [[_fmt(r[c]) for c in columns] for r in context["rows"]])
+    lines += ["", "## TensorBoard", "", "```", f"tensorboard --logdir {context['logdir']}", "```", ""]
+    return "\n".join(lines)
+
+
+def _md(text: Any) -> str:
+    """Markdown-safe text: no table-breaking pipes or newlines, no HTML."""
+    return (
+        str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    )
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md(_fmt(c)) for c in row) + " |" for row in rows]
+    return lines
+
+
+def to_html(context: dict[str, Any], summary: Summary, top: int) -> str:
+    """One self-contained page: inline CSS, inline sorting script, plots as data URIs."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tlsweep.report"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    environment.filters["fmt"] = _fmt
+    return environment.get_template("report.html.j2").render(**context, plots=_plots(summary, top))
+
+
+def _plots(summary: Summary, top: int) -> list[dict[str, str]]:
+    """The plots the data allows, as ``{title, src}`` with PNG data URIs."""
+    ranked, metric = summary.ranked, summary.metric
+    figures = []
+    if ranked:
+        by_key = {(j.name, t.trial_id): t for j, t in summary.sweep.trials}
+        one_job = len(summary.sweep.jobs) == 1
+        chosen = [
+            (f"#{r['rank']} {'' if one_job else r['job'] + ' '}trial_{r['trial']}", by_key[(r["job"], r["trial"])])
+            for r in ranked[:top]
+        ]
+        figures.append((f"Training curves of the top {len(chosen)} trials", plots.curves(chosen)))
+    with_lr = [r for r in ranked if isinstance(r.get("learning_rate"), (int, float))]
+    if len(with_lr) > 1:
+        figures.append(("Learning rate and optimizer", plots.learning_rate(with_lr, metric)))
+    with_depth = [r for r in ranked if isinstance(r.get("unfreeze_depth"), (int, float))]
+    if len({r["unfreeze_depth"] for r in with_depth}) > 1:
+        figures.append(("Unfreeze depth per backbone", plots.unfreeze_depth(with_depth, metric)))
+    return [
+        {"title": title, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+        for title, png in figures
+    ]

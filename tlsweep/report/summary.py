@@ -1,0 +1,309 @@
+"""From trial records to answers: one row per trial, the ranking, each choice's effect, warnings.
+
+A row is a flat dict (the columns of ``trials.csv``) so every output — HTML, Markdown, CSV — shows
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+
+from tlsweep.report.collect import Job, Sweep, Trial
+
+CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
+HIDDEN_CHOICES = ("optimizer",)  # the loaded optimizers; the one a trial used is a hyperparameter
+HYPERPARAMETER_ORDER = ("learning_rate", "optimizer", "unfreeze_depth")
+METRIC_COLUMNS = (
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "stage1_val_accuracy",
+    "stage1_val_loss",
+    "best_epoch",
+    "best_stage",
+    "stage2",
+    "epochs",
+    "duration_s",
+    "overfitting",
+    "error",
+    "tensorboard",
+)
+METRIC_OF_OBJECTIVE = {  # the column that holds each tuner objective
+    "val_accuracy": "val_accuracy",
+    "val_loss": "val_loss",
+    "accuracy": "train_accuracy",
+    "loss": "train_loss",
+}
+GROUPS = ("backbone", "augmentation", "optimizer", "unfreeze_depth")  # always compared, when present
+OVERFIT_MIN_RISE = 2  # epochs of rising validation loss after its minimum
+OVERFIT_MIN_GAP_GROWTH = 0.05  # growth of (train accuracy - validation accuracy) since that minimum
+
+
+@dataclass
+class Table:
+    """Rows (dicts) and the order of their columns."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Effect:
+    """How one value of one group did across all trials that used it."""
+
+    group: str
+    value: str
+    trials: int
+    best: float
+    median: float
+    worst: float
+    best_trial: str
+
+
+@dataclass
+class Summary:
+    """What a report says about a sweep."""
+
+    sweep: Sweep
+    objective: str
+    metric: str  # the column the objective is in
+    table: Table
+    setup_columns: list[str]  # group choices and swept overrides
+    hyperparameter_columns: list[str]
+    effects: list[Effect]
+    warnings: list[str]
+
+    @property
+    def constants(self) -> dict[str, Any]:
+        """Setup and hyperparameter columns with one value in every trial: said once, not in every row."""
+        constants = {}
+        for column in (*self.setup_columns, *self.hyperparameter_columns):
+            values = {str(r[column]) for r in self.table.rows if r.get(column) is not None}
+            if len(values) == 1 and all(r.get(column) is not None for r in self.table.rows):
+                constants[column] = self.table.rows[0][column]
+        return constants
+
+    @property
+    def shown_columns(self) -> list[str]:
+        """The table's columns less the constants (the CSV keeps every column)."""
+        constants = self.constants
+        return [c for c in self.table.columns if c not in constants]
+
+    @property
+    def ranked(self) -> list[dict[str, Any]]:
+        return [r for r in self.table.rows if r["rank"] is not None]
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def maximize(self) -> bool:
+        return not self.objective.endswith("loss")
+
+
+def summarize(sweep: Sweep) -> Summary:
+    """Rank every trial of the sweep by its jobs' objective and compare the choices."""
+    objectives = {job.objective for job in sweep.jobs if job.trials}
+    objective = objectives.pop() if len(objectives) == 1 else "val_accuracy"  # mixed: compare on accuracy
+    metric = METRIC_OF_OBJECTIVE.get(objective, "val_accuracy")
+    maximize = not objective.endswith("loss")
+    varying = _varying_overrides(sweep.jobs)
+    rows = [_row(job, trial, objective, varying) for job, trial in sweep.trials]
+    _rank(rows, metric, maximize)
+    choice_keys = _ordered({k for r in rows for k in r.get("_choices", {})}, CHOICE_ORDER)
+    hp_keys = _ordered({k for r in rows for k in r.get("_hyperparameters", {})}, HYPERPARAMETER_ORDER)
+    for row in rows:
+        choices, hps = row.pop("_choices"), row.pop("_hyperparameters")
+        row.update({k: choices.get(k) for k in choice_keys}, **{k: hps.get(k) for k in hp_keys})
+    columns = ["rank", "job", "trial", "status", *choice_keys, *varying, *hp_keys, *METRIC_COLUMNS]
+    table = Table(columns, sorted(rows, key=_display_order))
+    effects = []
+    for group in dict.fromkeys(g for g in (*GROUPS, *choice_keys, *varying) if g in columns):
+        group_effect = group_effects(table.rows, group, metric, maximize)
+        if len(group_effect) > 1:  # one value everywhere shows no effect
+            effects += group_effect
+    warnings = [f"{r['job']} trial_{r['trial']}: {r['overfitting']}" for r in table.rows if r["overfitting"]]
+    return Summary(sweep, objective, metric, table, [*choice_keys, *varying], hp_keys, effects, warnings)
+
+
+def _row(job: Job, trial: Trial, objective: str, varying: list[str]) -> dict[str, Any]:
+    record, history = trial.record, trial.history
+    completed = trial.status == "completed"
+    best = _entry(history, record.get("best_epoch")) if completed else _best_entry(history, objective)
+    head = record.get("stages", {}).get("head", {}) if completed else {}
+    stage1 = _entry(history, head.get("epoch")) or _best_entry([e for e in history if e["stage"] == "head"], objective)
+    overrides = dict(_split_override(o) for o in job.overrides)
+    choices = {k: str(v) for k, v in (record.get("choices") or job.record.get("choices") or {}).items()}
+    return {
+        "rank": None,
+        "job": job.name,
+        "trial": trial.trial_id,
+        "status": trial.status,
+        "_choices": {k: v for k, v in choices.items() if k not in HIDDEN_CHOICES},
+        **{k: overrides.get(k) for k in varying},
+        "_hyperparameters": record.get("hyperparameters", {}),
+        "val_accuracy": best.get("val_accuracy"),
+        "val_loss": best.get("val_loss"),
+        "train_accuracy": best.get("accuracy"),
+        "train_loss": best.get("loss"),
+        "stage1_val_accuracy": stage1.get("val_accuracy"),
+        "stage1_val_loss": stage1.get("val_loss"),
+        "best_epoch": best.get("epoch"),
+        "best_stage": best.get("stage"),
+        "stage2": _stage2(record, history, completed),
+        "epochs": len(history),
+        "duration_s": record.get("duration_s"),
+        "overfitting": overfitting(history),
+        "error": trial.error,
+        "tensorboard": str((trial.path.parent.parent / record["tensorboard"]).relative_to(job.path.parent))
+        if record.get("tensorboard")
+        else None,
+    }
+
+
+def _entry(history: list[dict[str, Any]], epoch: Any) -> dict[str, Any]:
+    return next((e for e in history if e.get("epoch") == epoch), {})
+
+
+def _best_entry(history: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The best epoch so far of an unfinished trial."""
+    scored = [e for e in history if isinstance(e.get(objective), (int, float))]
+    if not scored:
+        return {}
+    return (min if objective.endswith("loss") else max)(scored, key=lambda e: e[objective])
+
+
+def _stage2(record: dict[str, Any], history: list[dict[str, Any]], completed: bool) -> str:
+    if not any(e.get("stage") == "finetune" for e in history):
+        return "not run"
+    if not completed:
+        return "unfinished"
+    return "rolled back" if record.get("rolled_back") else "improved"
+
+
+def _rank(rows: list[dict[str, Any]], metric: str, maximize: bool) -> None:
+    """Rank completed trials by ``metric``, best first; the others keep ``rank`` None."""
+    scored = [r for r in rows if r["status"] == "completed" and isinstance(r.get(metric), (int, float))]
+    sign = -1 if maximize else 1
+    for rank, row in enumerate(sorted(scored, key=lambda r: (sign * r[metric], r["job"], _num(r["trial"]))), 1):
+        row["rank"] = rank
+
+
+def _display_order(row: dict[str, Any]) -> tuple:
+    return (row["rank"] is None, row["rank"] or 0, row["job"], _num(row["trial"]))
+
+
+def _num(trial_id: str) -> tuple[int, str]:
+    return (int(trial_id), "") if str(trial_id).isdigit() else (1 << 30, str(trial_id))
+
+
+def group_effects(rows: list[dict[str, Any]], group: str, metric: str, maximize: bool = True) -> list[Effect]:
+    """Best, median and worst ``metric`` of the ranked trials for each value of ``group``, best value first."""
+    by_value: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["rank"] is not None and row.get(group) is not None:
+            by_value.setdefault(str(row[group]), []).append(row)
+    effects = []
+    for value, members in by_value.items():
+        scores = [r[metric] for r in members]
+        best_row = min(members, key=lambda r: r["rank"])
+        effects.append(
+            Effect(
+                group,
+                value,
+                len(members),
+                best=max(scores) if maximize else min(scores),
+                median=statistics.median(scores),
+                worst=min(scores) if maximize else max(scores),
+                best_trial=f"{best_row['job']} trial_{best_row['trial']}",
+            )
+        )
+    return sorted(effects, key=lambda e: (-e.best if maximize else e.best, -e.median if maximize else e.median))
+
+
+def overfitting(history: list[dict[str, Any]]) -> str | None:
+    """A warning when, after its minimum, validation loss keeps rising while the train/val gap grows."""
+    keys = ("val_loss", "accuracy", "val_accuracy")
+    epochs = [e for e in history if all(isinstance(e.get(k), (int, float)) for k in keys)]
+    if len(epochs) < OVERFIT_MIN_RISE + 1:
+        return None
+    low = min(range(len(epochs)), key=lambda i: epochs[i]["val_loss"])
+    after = epochs[low:]
+    rises = sum(b["val_loss"] > a["val_loss"] for a, b in zip(after, after[1:], strict=False))
+    gap_then = epochs[low]["accuracy"] - epochs[low]["val_accuracy"]
+    gap_now = epochs[-1]["accuracy"] - epochs[-1]["val_accuracy"]
+    if rises < OVERFIT_MIN_RISE or gap_now - gap_then < OVERFIT_MIN_GAP_GROWTH:
+        return None
+    return (
+        f"overfits after epoch {epochs[low]['epoch']}: validation loss rose from {epochs[low]['val_loss']:.3f} "
+        f"to {epochs[-1]['val_loss']:.3f} while the train/validation accuracy gap grew from {gap_then:+.3f} "
+        f"to {gap_now:+.3f} (more augmentation or dropout, fewer epochs, or a lower learning rate may help)"
+    )
+
+
+def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson interval of an accuracy measured on ``n`` validation images."""
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# Settings that reproduce one trial: its hyperparameters become a one-point search.
+_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner")
+
+
+def reproduce_command(job: Job, hyperparameters: dict[str, Any]) -> str:
+    """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters."""
+    kept = [o for o in job.overrides if not _pinned(_split_override(o)[0])]
+    pinned = []
+    if "learning_rate" in hyperparameters:
+        lr = float(hyperparameters["learning_rate"])
+        pinned += [f"search.learning_rate.min={lr!r}", f"search.learning_rate.max={lr!r}"]
+    if "optimizer" in hyperparameters:
+        pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
+    if job.config.get("finetune", {}).get("mode", "top") == "top" and "unfreeze_depth" in hyperparameters:
+        pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
+    pinned += ["tuner=random", "tuner.max_trials=1"]
+    return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
+
+
+def _pinned(key: str) -> bool:
+    if key == "tuner.objective":
+        return False
+    return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)
+
+
+def _split_override(override: str) -> tuple[str, str]:
+    """``(key, value)`` of a Hydra override such as ``backbone=resnet`` or ``+a.b=1``."""
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        return parsed.key_or_group, parsed.get_value_element_as_str()
+    except OverrideParseException:
+        key, _, value = override.partition("=")
+        return key.lstrip("+~"), value
+
+
+def _varying_overrides(jobs: list[Job]) -> list[str]:
+    """Override keys (not config groups) whose value differs between jobs, e.g. ``finetune.lr_scale``."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        overrides = dict(_split_override(o) for o in job.overrides)
+        for key in {*values, *overrides}:
+            values.setdefault(key, set()).add(overrides.get(key, "(default)"))
+    groups = {k for job in jobs for k in job.record.get("choices", {})} | set(CHOICE_ORDER)
+    return sorted(k for k, v in values.items() if len(v) > 1 and k not in groups and not k.startswith("hydra."))
+
+
+def _ordered(keys: Iterable[str], first: Iterable[str]) -> list[str]:
+    keys = set(keys)
+    return [k for k in first if k in keys] + sorted(keys - set(first))
