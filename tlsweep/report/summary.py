@@ -11,6 +11,7 @@ import shlex
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -118,7 +119,7 @@ def summarize(sweep: Sweep) -> Summary:
     metric = METRIC_OF_OBJECTIVE.get(objective, "val_accuracy")
     maximize = not objective.endswith("loss")
     varying = _varying_overrides(sweep.jobs)
-    rows = [_row(job, trial, objective, varying) for job, trial in sweep.trials]
+    rows = [_row(job, trial, objective, varying, sweep.root) for job, trial in sweep.trials]
     _rank(rows, metric, maximize)
     choice_keys = _ordered({k for r in rows for k in r.get("_choices", {})}, CHOICE_ORDER)
     hp_keys = _ordered({k for r in rows for k in r.get("_hyperparameters", {})}, HYPERPARAMETER_ORDER)
@@ -136,7 +137,7 @@ def summarize(sweep: Sweep) -> Summary:
     return Summary(sweep, objective, metric, table, [*choice_keys, *varying], hp_keys, effects, warnings)
 
 
-def _row(job: Job, trial: Trial, objective: str, varying: list[str]) -> dict[str, Any]:
+def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path) -> dict[str, Any]:
     record, history = trial.record, trial.history
     completed = trial.status == "completed"
     best = _entry(history, record.get("best_epoch")) if completed else _best_entry(history, objective)
@@ -165,7 +166,7 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str]) -> dict[str
         "duration_s": record.get("duration_s"),
         "overfitting": overfitting(history),
         "error": trial.error,
-        "tensorboard": str((trial.path.parent.parent / record["tensorboard"]).relative_to(job.path.parent))
+        "tensorboard": str((trial.path.parent.parent / record["tensorboard"]).relative_to(root))
         if record.get("tensorboard")
         else None,
     }
