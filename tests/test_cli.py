@@ -25,7 +25,7 @@ def test_multirun_runs_one_search_per_job_into_readable_folders(tmp_path: Path) 
     assert result.returncode == 0, result.stdout
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
-    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir())
+    jobs = sorted(p.name for p in sweeps[0].iterdir() if p.is_dir() and p.name != "best")
     assert len(jobs) == 2 and all(j.startswith("augmentation=") for j in jobs), jobs
     for job in jobs:
         job_dir = sweeps[0] / job
@@ -63,3 +63,5 @@ def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
     run_dir = next((tmp_path / "outputs" / "runs").iterdir())
     assert (run_dir / "best.keras").is_file() and (run_dir / "labels.txt").read_text().split() == list("56789")
     assert (run_dir / "report.html").is_file() and "report written to" in result.stdout
+    evaluation = json.loads((run_dir / "best" / "evaluation.json").read_text())  # the demo holds out a test split
+    assert evaluation["images"] > 100 and f"test accuracy {evaluation['accuracy']:.4f}" in result.stdout

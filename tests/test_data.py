@@ -125,7 +125,32 @@ def test_digits_demo_targets_classes_the_tiny_backbone_never_saw() -> None:
     assert not set(DIGITS_SOURCE_CLASSES) & set(DIGITS_TARGET_CLASSES)
     data = load_dataset(make_config().dataset, 32)
     assert data.class_names == ["5", "6", "7", "8", "9"]
-    assert data.x_train.shape[1:] == (32, 32, 3) and len(data.y_train) + len(data.y_val) > 850
+    assert data.x_train.shape[1:] == (32, 32, 3) and len(data.y_train) + len(data.y_val) + len(data.y_test) > 850
+    assert len(data.y_test) > 100 and set(data.y_test.tolist()) == set(range(5))  # held out for the final test
+
+
+def test_test_split_holds_out_images_the_search_never_sees(image_folder: Path) -> None:
+    data = load_dataset(folder_cfg(image_folder, "dataset.test_split=0.25"), 16)
+    whole = load_dataset(folder_cfg(image_folder), 16)
+    assert whole.y_test is None
+    assert len(data.y_train) + len(data.y_test) == len(whole.y_train) and len(data.y_val) == len(whole.y_val)
+    assert np.bincount(data.y_test).tolist() == [2, 2, 2]  # a quarter of each class's 8 training images
+    held_out = {x.tobytes() for x in data.x_test}
+    assert not held_out & {x.tobytes() for x in data.x_train} and not held_out & {x.tobytes() for x in data.x_val}
+
+
+def test_a_test_folder_is_the_test_set(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "images")
+    make_image_folder(root / "test", per_class=4, split=False, seed=1)
+    data = load_dataset(folder_cfg(root, "dataset.test_split=0.5"), 16)  # the folder wins over the split
+    assert np.bincount(data.y_test).tolist() == [4, 4, 4] and len(data.y_train) == 24
+
+
+def test_a_test_folder_with_other_classes_is_one_clear_error(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "images")
+    make_image_folder(tmp_path / "other", classes=("cat", "dog", "owl"), per_class=2, split=False)
+    with pytest.raises(TlsweepError, match="differ"):
+        load_dataset(folder_cfg(root, f"dataset.test={tmp_path / 'other'}"), 16)
 
 
 def test_tf_flowers_through_tfds_mock_data() -> None:

@@ -20,6 +20,7 @@ from tlsweep.report import build_report
 from tlsweep.report.__main__ import main as report_main
 from tlsweep.report.collect import load_sweep
 from tlsweep.report.plots import MAX_LEGEND, _series
+from tlsweep.report.render import _fmt
 from tlsweep.report.summary import accuracy_interval, overfitting, summarize
 
 ODD_CLASS = "<b>x<i>"  # class names are user data: the HTML must show them, escaped
@@ -43,7 +44,8 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("sweep")
     images = make_image_folder(work / "images", classes=("cat", ODD_CLASS, "fox"))
     paths = f"{images},{work / 'missing'}"
-    result = run_cli(["-m", "dataset=folder", f"dataset.path={paths}", "augmentation=none,light", *FAST], work)
+    args = ["-m", "dataset=folder", f"dataset.path={paths}", "augmentation=none,light", "dataset.test_split=0.25"]
+    result = run_cli([*args, *FAST], work)
     (root,) = (work / "outputs" / "sweeps").iterdir()
     return root, result
 
@@ -53,8 +55,9 @@ def test_the_sweep_writes_its_report_at_the_end_although_jobs_failed(sweep) -> N
     root, result = sweep
     assert result.returncode == 1 and "2 job(s) failed" in result.stdout and "Traceback" not in result.stdout
     assert f"report written to {root.relative_to(root.parents[2])}/report.html" in result.stdout
-    for name in ("report.html", "report.md", "trials.csv"):
+    for name in ("report.html", "report.md", "trials.csv", "best/model.keras", "best/evaluation.json"):
         assert (root / name).is_file()
+    assert f"exported to {root.relative_to(root.parents[2])}/best" in result.stdout
     assert sorted(json.loads(p.read_text())["status"] for p in root.glob("*/job.json")) == [
         "completed",
         "completed",
@@ -105,11 +108,14 @@ def test_the_html_headline_names_the_best_trial_and_escapes_user_text(sweep) -> 
     best = min(read_csv(root / "trials.csv"), key=lambda r: int(r["rank"]))
     headline = html[html.index('class="headline"') : html.index("<h2>Jobs")]
     assert f"{best['job']} trial_{best['trial']}" in headline
-    assert f"val_accuracy {float(best['val_accuracy']):.4f}".rstrip("0") in headline
+    assert f"val_accuracy {_fmt(float(best['val_accuracy']))}" in headline
     assert "python -m tlsweep " in headline
     assert "&lt;b&gt;x&lt;i&gt;" in html and ODD_CLASS not in html
     assert html.count("data:image/png;base64,") >= 2 and "http://" not in html and "https://" not in html
     assert "does not exist" in html  # the failed jobs, with their error
+    evaluation = json.loads((root / "best" / "evaluation.json").read_text())
+    assert f"Held-out test: accuracy <b>{_fmt(evaluation['accuracy'])}</b>" in html
+    assert f"python -m tlsweep.predict {root.relative_to(root.parents[2]) / 'best'}" in html
     assert f"tensorboard --logdir {root}" in html
 
 

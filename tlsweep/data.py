@@ -39,6 +39,8 @@ class ImageData:
     class_names: list[str]
     description: str
     skipped: list[str] = field(default_factory=list)
+    x_test: np.ndarray | None = None  # held out from the search; evaluated once, on the best model
+    y_test: np.ndarray | None = None
 
     def summary(self) -> str:
         """One line saying what was loaded, for the job log."""
@@ -49,6 +51,8 @@ class ImageData:
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", …" if len(self.skipped) > 3 else "")
             line += f"; skipped {len(self.skipped)} unreadable image(s): {shown}"
+        if self.y_test is not None:
+            line += f"; {len(self.y_test)} test images held out"
         return line
 
 
@@ -63,6 +67,7 @@ def load_dataset(cfg: DictConfig, image_size: int) -> ImageData:
         raise TlsweepError(f"unknown dataset '{cfg.name}'; use one of: {', '.join(loaders)}")
     _check_fractions(cfg)
     data = loaders[cfg.name](cfg, image_size)
+    _hold_out_test(data, float(cfg.get("test_split", 0.0)), cfg.seed)
     return _take_fraction(data, cfg.fraction, cfg.seed)
 
 
@@ -98,10 +103,17 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
     if not root.is_dir():
         raise TlsweepError(f"dataset.path {root} is a file, not a folder; point it at a folder of class sub-folders")
     train_root = root / "train" if (root / "train").is_dir() else root
+    if train_root == root and (root / "test").is_dir():
+        raise TlsweepError(
+            f"{root} has a test/ folder but no train/ folder; put the training images in {root / 'train'}"
+        )
     val_root = next((root / v for v in ("val", "validation") if (root / v).is_dir()), None)
     if train_root == root:
         val_root = None
 
+    test_root = Path(cfg.test).expanduser() if cfg.get("test") else root / "test"
+    if cfg.get("test") and not test_root.is_dir():
+        raise TlsweepError(f"dataset.test {test_root} is not a folder; point it at a folder of class sub-folders")
     train_files = _class_files(train_root)
     workers = int(cfg.get("workers", 4))
     x, y, skipped = _decode_all(train_files, image_size, workers)
@@ -119,7 +131,17 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
         x_train, y_train = x, y
         x_val, y_val, skipped_val = _decode_all(val_files, image_size, workers)
         skipped += skipped_val
-    return ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {root}", skipped)
+    data = ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {root}", skipped)
+    if test_root.is_dir():
+        test_files = _class_files(test_root)
+        if list(test_files) != class_names:
+            raise TlsweepError(
+                f"the class folders of {train_root} and {test_root} differ "
+                f"({', '.join(sorted(set(train_files) ^ set(test_files)))}); give both the same classes"
+            )
+        data.x_test, data.y_test, skipped_test = _decode_all(test_files, image_size, workers)
+        data.skipped += skipped_test
+    return data
 
 
 def _load_tfds(cfg: DictConfig, image_size: int) -> ImageData:
@@ -186,7 +208,7 @@ def _decode_all(
     labels = np.array([i for i, ps in enumerate(files.values()) for _ in ps], dtype=np.int32)
     log.info("decoding %d images at %d px …", len(paths), image_size)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        images = list(pool.map(lambda p: _decode(p, image_size), paths, chunksize=16))
+        images = list(pool.map(lambda p: decode_image(p, image_size), paths, chunksize=16))
     ok = np.array([im is not None for im in images], dtype=bool)
     skipped = [str(p) for p, good in zip(paths, ok, strict=True) if not good]
     for label, name in enumerate(files):
@@ -196,7 +218,7 @@ def _decode_all(
     return x, labels[ok], skipped
 
 
-def _decode(path: Path, image_size: int) -> np.ndarray | None:
+def decode_image(path: Path, image_size: int) -> np.ndarray | None:
     """Decode one image to RGB uint8 at ``image_size``; None if it cannot be read."""
     try:
         with Image.open(path) as im:
@@ -226,6 +248,15 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(val)
 
 
+def _hold_out_test(data: ImageData, test_split: float, seed: int) -> None:
+    """Move ``test_split`` of each class's training images to the test set (unless a test folder gave one)."""
+    if data.y_test is not None or test_split <= 0:
+        return
+    train, test = stratified_split(data.y_train, test_split, seed + 1)  # independent of the validation split
+    data.x_test, data.y_test = data.x_train[test], data.y_train[test]
+    data.x_train, data.y_train = data.x_train[train], data.y_train[train]
+
+
 def _take_fraction(data: ImageData, fraction: float, seed: int) -> ImageData:
     if fraction >= 1.0:
         return data
@@ -240,6 +271,8 @@ def _check_fractions(cfg: DictConfig) -> None:
         raise TlsweepError(f"dataset.fraction={cfg.fraction} must be in (0, 1], e.g. dataset.fraction=0.25")
     if not 0.0 < cfg.validation_split < 1.0:
         raise TlsweepError(f"dataset.validation_split={cfg.validation_split} must be between 0 and 1, e.g. 0.2")
+    if not 0.0 <= cfg.get("test_split", 0.0) < 1.0:
+        raise TlsweepError(f"dataset.test_split={cfg.test_split} must be in [0, 1), e.g. 0.2 (0: no test set)")
     if cfg.batch_size < 1:
         raise TlsweepError(f"dataset.batch_size={cfg.batch_size} must be at least 1")
 

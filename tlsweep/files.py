@@ -17,6 +17,12 @@ TUNER_DIR = "tuner"  # KerasTuner's own project
 BEST_MODEL = "best.keras"
 LABELS = "labels.txt"
 
+# Inside a run's or sweep's folder, the exported best model (tlsweep.export):
+EXPORT_DIR = "best"
+EXPORT_RECORD = "export.json"  # what the export holds; tlsweep.predict reads it
+EVALUATION = "evaluation.json"  # the held-out test
+MODEL_CARD = "model_card.md"
+
 
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""

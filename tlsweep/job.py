@@ -69,7 +69,12 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         choices={k: str(v) for k, v in choices.items()},
         settings=job_settings(cfg, image_size),
         objective=str(cfg.tuner.objective),
-        data={"classes": data.class_names, "train_images": int(len(data.y_train)), "val_images": int(len(data.y_val))},
+        data={
+            "classes": data.class_names,
+            "train_images": int(len(data.y_train)),
+            "val_images": int(len(data.y_val)),
+            "test_images": 0 if data.y_test is None else int(len(data.y_test)),
+        },
         verbose=bool(cfg.verbose),
     )
     tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names)), job)

@@ -69,6 +69,21 @@ def build_classifier(
     return keras.Model(inputs, outputs, name="classifier")
 
 
+def inference_model(model: keras.Model) -> keras.Model:
+    """The classifier without its augmentation block, for export and serving.
+
+    Keras' random augmentation layers default to training mode when a graph is traced without a
+    ``training`` flag (as ``export`` does), so a SavedModel or TFLite file would augment every
+    image it serves. Every other block is shared with ``model``, weights included.
+    """
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x = inputs
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.InputLayer) and layer.name != "augmentation":
+            x = layer(x, training=False)
+    return keras.Model(inputs, x, name="classifier")
+
+
 def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
     """The backbone's layers from input to output, without its input layer."""
     return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]

@@ -75,6 +75,8 @@ class Sweep:
 
     root: Path
     jobs: list[Job]
+    export: dict[str, Any] | None = None  # best/export.json, when the best model was exported
+    evaluation: dict[str, Any] | None = None  # best/evaluation.json, its held-out test
 
     @property
     def trials(self) -> list[tuple[Job, Trial]]:
@@ -85,6 +87,9 @@ def find_job_dirs(root: Path) -> list[Path]:
     """Folders under ``root`` (``root`` included) that hold a job: a ``job.json`` or Hydra's ``.hydra/``."""
     found = []
     for current, dirs, names in os.walk(root):
+        if Path(current) == Path(root) / files.EXPORT_DIR:
+            dirs.clear()
+            continue
         if files.JOB_RECORD in names or HYDRA_DIR in dirs:
             found.append(Path(current))
             dirs.clear()  # a job's own sub-folders (trials, tensorboard, tuner) hold no jobs
@@ -96,7 +101,9 @@ def find_job_dirs(root: Path) -> list[Path]:
 def load_sweep(root: Path) -> Sweep:
     """Read every job and trial under ``root``."""
     root = Path(root)
-    return Sweep(root, [load_job(path, root) for path in find_job_dirs(root)])
+    export, _ = _read_json(root / files.EXPORT_DIR / files.EXPORT_RECORD)
+    evaluation, _ = _read_json(root / files.EXPORT_DIR / files.EVALUATION)
+    return Sweep(root, [load_job(path, root) for path in find_job_dirs(root)], export, evaluation)
 
 
 def load_job(path: Path, root: Path) -> Job:

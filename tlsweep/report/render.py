@@ -95,7 +95,35 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         "rows": summary.table.rows,
         "top": top,
         "logdir": str(sweep.root.resolve()),
+        "export": _export(sweep),
     }
+
+
+def _export(sweep: Any) -> dict[str, Any] | None:
+    """The exported best model and its held-out test, when the export ran."""
+    if not sweep.export:
+        return None
+    folder = sweep.root / files.EXPORT_DIR
+    context: dict[str, Any] = {
+        "folder": str(folder),
+        "formats": ", ".join(sweep.export.get("formats", {}).values()),
+        "model": f"{sweep.export.get('job')} trial_{sweep.export.get('trial')}",
+        "predict": f"python -m tlsweep.predict {folder} path/to/images",
+        "test": None,
+    }
+    evaluation = sweep.evaluation
+    if evaluation and evaluation.get("images"):
+        low, high = accuracy_interval(evaluation["accuracy"], evaluation["images"])
+        names = [c["name"] for c in evaluation["classes"]]
+        context["test"] = {
+            "accuracy": evaluation["accuracy"],
+            "images": evaluation["images"],
+            "interval": f"95% interval {low:.3f}–{high:.3f}",
+            "classes": evaluation["classes"],
+            "names": names,
+            "confusion": list(zip(names, evaluation["confusion"], strict=True)),
+        }
+    return context
 
 
 def _interval(row: dict[str, Any], metric: str, n: int | None) -> str:
@@ -157,6 +185,7 @@ def to_markdown(context: dict[str, Any]) -> str:
         ]
     else:
         lines += ["No trial has completed yet.", ""]
+    lines += _md_export(context["export"])
     lines += ["## Jobs", "", f"Trials: {context['trial_counts']}.", ""]
     if context["constants"]:
         same = ", ".join(f"{k}={v}" for k, v in context["constants"].items())
@@ -181,6 +210,28 @@ def to_markdown(context: dict[str, Any]) -> str:
     lines += _md_table(columns, [[_fmt(r[c]) for c in columns] for r in context["rows"]])
     lines += ["", "## TensorBoard", "", "```", f"tensorboard --logdir {context['logdir']}", "```", ""]
     return "\n".join(lines)
+
+
+def _md_export(export: dict[str, Any] | None) -> list[str]:
+    if not export:
+        return []
+    lines = ["## Best model, exported", "", f"{_md(export['model'])} in {_md(export['folder'])}: {export['formats']}."]
+    test = export["test"]
+    if test:
+        lines += [
+            "",
+            f"Held-out test: accuracy **{_fmt(test['accuracy'])}** on {test['images']} images ({test['interval']}).",
+            "",
+        ]
+        lines += _md_table(
+            ["class", "precision", "recall", "images"],
+            [[c["name"], c["precision"], c["recall"], c["images"]] for c in test["classes"]],
+        )
+        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
+        lines += _md_table(["", *test["names"]], [[name, *counts] for name, counts in test["confusion"]])
+    else:
+        lines += ["", "No held-out test set (dataset.test_split or a test/ folder gives one)."]
+    return [*lines, "", "Predict:", "", "```", export["predict"], "```", ""]
 
 
 def _md(text: Any) -> str:

@@ -1,0 +1,55 @@
+"""What happens when a run or a sweep ends: export the best model (tested on held-out data), then the report.
+
+Hydra calls these after the last job, also when some jobs failed (tlsweep's jobs record their
+failure instead of raising). Each step reads what the jobs wrote to disk, and a problem in one
+step is logged with the command that retries it; it never fails the sweep, whose results are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("tlsweep")
+
+
+class SweepEnd(Callback):
+    """Export the best trial's model into ``<folder>/best/`` and write the report into ``<folder>``."""
+
+    def __init__(self, export: DictConfig, report: DictConfig) -> None:
+        self.export = export
+        self.report = report
+
+    def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if job_return is not None and getattr(job_return, "hydra_cfg", None) is not None:
+            self.finish(Path(job_return.hydra_cfg.hydra.runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.finish(Path(config.hydra.sweep.dir))
+
+    def finish(self, root: Path) -> None:
+        """Export, then report: the report shows the export's test results."""
+        if self.export.enabled:
+            try:
+                from tlsweep.export import export_best
+
+                export_best(root, self.export)
+            except Exception as e:  # the trials are on disk; the export can be redone
+                log.error(
+                    "error: could not export the best model (%s); retry with: python -m tlsweep.export %s", e, root
+                )
+        if self.report.enabled:
+            try:
+                from tlsweep.report import build_report
+
+                paths = build_report(root, int(self.report.top))
+            except Exception as e:  # the trials are on disk; the report can be rebuilt
+                log.error(
+                    "error: could not write the report (%s); rebuild it with: python -m tlsweep.report %s", e, root
+                )
+                return
+            log.info("report written to %s (also %s and %s)", paths["html"], paths["md"].name, paths["csv"].name)

@@ -1,0 +1,246 @@
+"""Ship the winner: export the best trial's model of a run or sweep, and test it once on held-out data.
+
+Writes ``<run or sweep folder>/best/``::
+
+    model.keras        the classifier (without its augmentation block) for Keras
+    saved_model/       a TensorFlow SavedModel, for TF Serving            (export.saved_model)
+    model.tflite       a TFLite model, float32, float16 or int8 weights   (export.tflite, export.quantize)
+    labels.txt         the class names, one per line, in output order
+    export.json        what is in the folder; ``python -m tlsweep.predict`` reads it
+    evaluation.json    the held-out test: accuracy, per-class precision/recall, confusion matrix
+    model_card.md      data, backbone, hyperparameters, metrics, and how to use it
+
+``python -m tlsweep.export <folder>`` (re)exports a sweep that ended without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+import tlsweep
+from tlsweep import files
+from tlsweep.errors import TlsweepError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tlsweep-export"
+FORMAT_VERSION = 1  # bump when the folder's layout changes; predict refuses versions it does not know
+QUANTIZE = ("none", "float16", "int8")
+CALIBRATION_IMAGES = 200  # training images that calibrate int8 quantisation
+
+
+def export_best(root: Path, cfg: DictConfig) -> Path | None:
+    """Export the best trial of the run or sweep in ``root`` into ``root/best``; None if no trial completed."""
+    from tlsweep.report.collect import load_sweep
+    from tlsweep.report.summary import reproduce_command, summarize
+
+    if cfg.quantize not in QUANTIZE:
+        raise TlsweepError(f"export.quantize={cfg.quantize} must be one of: {', '.join(QUANTIZE)}")
+    summary = summarize(load_sweep(root))
+    best = summary.best
+    if best is None:
+        log.warning("no trial completed in %s: nothing to export", root)
+        return None
+    job = next(j for j in summary.sweep.jobs if j.name == best["job"])
+    model_file = job.path / files.BEST_MODEL
+    if not model_file.is_file():
+        raise TlsweepError(f"{model_file} is missing, so the best trial's model cannot be exported")
+    trial = next(t for t in job.trials if t.trial_id == best["trial"])
+
+    import keras
+
+    from tlsweep.model import inference_model
+
+    model = inference_model(keras.saving.load_model(model_file, compile=False))
+    image_size = int(model.input_shape[1])
+    classes = job.classes
+    data = _test_and_calibration_data(job.config, image_size, need_calibration=cfg.tflite and cfg.quantize == "int8")
+
+    target = Path(root) / files.EXPORT_DIR
+    staging = Path(root) / f".{files.EXPORT_DIR}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        formats = _write_formats(model, staging, image_size, cfg, data.get("calibration"))
+        files.write_text(staging / files.LABELS, "\n".join(classes) + "\n")
+        evaluation = None
+        if data.get("x_test") is not None:
+            from tlsweep.evaluate import evaluate
+
+            log.info("testing the best model on %d held-out images …", len(data["y_test"]))
+            probabilities = model.predict(data["x_test"].astype("float32"), batch_size=64, verbose=0)
+            evaluation = evaluate(probabilities, data["y_test"], classes)
+            files.write_json(staging / files.EVALUATION, evaluation)
+        record = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "tlsweep": tlsweep.__version__,
+            "formats": formats,
+            "image_size": image_size,
+            "input": "RGB pixels 0..255, float32, shape (batch, size, size, 3); preprocessing is inside the model",
+            "classes": classes,
+            "job": job.name,
+            "trial": best["trial"],
+            "metrics": {k: best[k] for k in ("val_accuracy", "val_loss", "stage1_val_accuracy") if k in best},
+            "hyperparameters": trial.record.get("hyperparameters", {}),
+            "reproduce": reproduce_command(job, trial.record.get("hyperparameters", {})),
+        }
+        files.write_json(staging / files.EXPORT_RECORD, record)
+        files.write_text(staging / files.MODEL_CARD, model_card(record, job.record, job.config, evaluation, target))
+        _replace_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    test_note = f", test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} images" if evaluation else ""
+    log.info("best model (%s trial_%s%s) exported to %s", job.name, best["trial"], test_note, target)
+    return target
+
+
+def _test_and_calibration_data(config: dict[str, Any], image_size: int, need_calibration: bool) -> dict[str, Any]:
+    """The job's held-out test images, and training images for int8 calibration, decoded as in training."""
+    dataset = OmegaConf.create(config).get("dataset") if config else None
+    wants_test = dataset is not None and (
+        dataset.get("test_split", 0) > 0 or dataset.get("test") or _has_test_dir(dataset)
+    )
+    if dataset is None or not (wants_test or need_calibration):
+        return {}
+    from tlsweep.data import load_dataset
+
+    data = load_dataset(dataset, image_size)
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(data.x_train))[:CALIBRATION_IMAGES]
+    return {"x_test": data.x_test, "y_test": data.y_test, "calibration": data.x_train[pick]}
+
+
+def _has_test_dir(dataset: DictConfig) -> bool:
+    return dataset.get("name") == "folder" and bool(dataset.get("path")) and (Path(dataset.path) / "test").is_dir()
+
+
+def _write_formats(
+    model: Any, folder: Path, image_size: int, cfg: DictConfig, calibration: np.ndarray | None
+) -> dict[str, str]:
+    """Write each requested format into ``folder``; returns ``{format: file name}``."""
+    formats = {"keras": "model.keras"}
+    model.save(folder / formats["keras"])
+    if cfg.saved_model or cfg.tflite:
+        model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
+        formats["saved_model"] = "saved_model"
+    if cfg.tflite:
+        (folder / "model.tflite").write_bytes(_tflite(folder / "saved_model", cfg.quantize, calibration))
+        formats["tflite"] = "model.tflite"
+        if not cfg.saved_model:
+            shutil.rmtree(folder / "saved_model")
+            del formats["saved_model"]
+    return formats
+
+
+def _tflite(saved_model: Path, quantize: str, calibration: np.ndarray | None) -> bytes:
+    """Convert a SavedModel to TFLite; ``int8`` quantises weights and activations, calibrated on images."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise TlsweepError("export.quantize=int8 needs training images to calibrate on, and none were found")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None].astype("float32")] for image in calibration)
+    return converter.convert()
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put ``new`` in place of ``target`` with renames only, so a crash leaves one whole folder."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_card(
+    record: dict[str, Any],
+    job_record: dict[str, Any],
+    config: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    folder: Path,
+) -> str:
+    """A short Markdown card: what the model is, how it was chosen, how good it is, how to use it."""
+    backbone, dataset = config.get("backbone", {}), config.get("dataset", {})
+    metrics = record["metrics"]
+    lines = [
+        f"# Model card: {record['job']} trial_{record['trial']}",
+        "",
+        "## Model",
+        f"- Image classifier over {len(record['classes'])} classes: {', '.join(record['classes'])}",
+        f"- Backbone: {backbone.get('name', '?')} (weights: {backbone.get('weights', '?')}), "
+        f"{record['image_size']} px input; preprocessing is inside the model",
+        f"- Input: {record['input']}",
+        "- Trained by tlsweep in two stages: a new head on the frozen backbone, then the top layers fine-tuned",
+        f"- Hyperparameters: {', '.join(f'{k}={v}' for k, v in record['hyperparameters'].items())}",
+        "",
+        "## Data",
+        f"- Dataset: {dataset.get('name', '?')}" + (f" ({dataset['path']})" if dataset.get("path") else ""),
+        f"- Images: {job_record.get('train_images', '?')} training, {job_record.get('val_images', '?')} validation, "
+        f"{evaluation['images'] if evaluation else 0} held-out test",
+        "",
+        "## Metrics",
+        f"- Validation accuracy {metrics.get('val_accuracy', float('nan')):.4f} (the search chose this trial on it, "
+        "so it is optimistic)",
+    ]
+    if evaluation:
+        lines += [
+            f"- Test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} held-out images (unbiased)",
+            "",
+            "| class | precision | recall | images |",
+            "|---|---|---|---|",
+            *[
+                f"| {c['name']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['images']} |"
+                for c in evaluation["classes"]
+            ],
+        ]
+    else:
+        lines.append("- No held-out test set (set dataset.test_split or give a test/ folder for one)")
+    lines += [
+        "",
+        "## Use",
+        f"- Files: {', '.join(record['formats'].values())}, labels.txt",
+        f"- `python -m tlsweep.predict {folder} path/to/images`",
+        f"- Reproduce: `{record['reproduce']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tlsweep.export FOLDER``: export a run's or sweep's best model; one error line on failure."""
+    parser = argparse.ArgumentParser(prog="python -m tlsweep.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
+    parser.add_argument("--no-saved-model", action="store_true", help="skip the TensorFlow SavedModel")
+    parser.add_argument("--tflite", action="store_true", help="also write model.tflite")
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="TFLite weights (default none)")
+    args = parser.parse_args(argv)
+    cfg = OmegaConf.create({"saved_model": not args.no_saved_model, "tflite": args.tflite, "quantize": args.quantize})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if not args.folder.is_dir():
+            raise TlsweepError(f"{args.folder} is not a folder; give a sweep or run folder under outputs/")
+        target = export_best(args.folder, cfg)
+    except TlsweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0 if target else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

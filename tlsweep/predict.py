@@ -1,0 +1,175 @@
+"""``python -m tlsweep.predict MODEL_DIR IMAGES…``: the top classes of each image, from an exported model.
+
+MODEL_DIR is an export folder (``outputs/sweeps/<time>/best``). Images are decoded and resized
+exactly as in training; the model holds its own preprocessing. Any exported format works:
+``model.keras`` first, then the SavedModel, then ``model.tflite`` (or choose with ``--format``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from tlsweep import files  # noqa: E402
+from tlsweep.data import IMAGE_EXTENSIONS, decode_image  # noqa: E402
+from tlsweep.errors import TlsweepError  # noqa: E402
+from tlsweep.export import FORMAT, FORMAT_VERSION  # noqa: E402
+
+FORMATS = ("keras", "saved_model", "tflite")
+BATCH = 32
+
+
+@dataclass
+class Predictor:
+    """An exported model, loaded in one of its formats: images (N, size, size, 3) 0..255 → probabilities."""
+
+    classes: list[str]
+    image_size: int
+    format: str
+    run: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = [self.run(images[i : i + BATCH].astype("float32")) for i in range(0, len(images), BATCH)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), "float32")
+
+
+def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
+    """Load the export in ``folder``; raises TlsweepError saying what is wrong with the folder."""
+    folder = Path(folder)
+    record_file = folder / files.EXPORT_RECORD
+    if not record_file.is_file():
+        inside = folder / files.EXPORT_DIR
+        hint = f" (the export is in {inside})" if (inside / files.EXPORT_RECORD).is_file() else ""
+        raise TlsweepError(
+            f"{folder} is not a tlsweep export folder: it has no {files.EXPORT_RECORD}{hint}; "
+            "give outputs/sweeps/<time>/best, or create it with python -m tlsweep.export <sweep folder>"
+        )
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TlsweepError(f"{record_file} is unreadable ({e}); re-export with python -m tlsweep.export") from e
+    version = record.get("version") if record.get("format") == FORMAT else None
+    if version != FORMAT_VERSION:
+        raise TlsweepError(
+            f"{folder} holds export format {version!r}, and this tlsweep reads format {FORMAT_VERSION}; "
+            "re-export it with this version (python -m tlsweep.export <sweep folder>) or use the tlsweep that made it"
+        )
+    available = [f for f in FORMATS if f in record.get("formats", {}) and (folder / record["formats"][f]).exists()]
+    if fmt is not None and fmt not in available:
+        raise TlsweepError(f"{folder} has no {fmt} model; it has: {', '.join(available) or 'none'}")
+    if not available:
+        raise TlsweepError(f"{folder} lists no model file that exists; re-export with python -m tlsweep.export")
+    chosen = fmt or available[0]
+    path = folder / record["formats"][chosen]
+    try:
+        run = {"keras": _keras, "saved_model": _saved_model, "tflite": _tflite}[chosen](path)
+    except Exception as e:  # a damaged or foreign file: say which, not a traceback
+        raise TlsweepError(f"could not load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    return Predictor([str(c) for c in record["classes"]], int(record["image_size"]), chosen, run)
+
+
+def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    return lambda x: np.asarray(model.predict(x, verbose=0))
+
+
+def _saved_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return lambda x: next(iter(serve(tf.constant(x)).values())).numpy()
+
+
+def _tflite(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # TF announces its move to LiteRT; the interpreter still works
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    input_index = interpreter.get_input_details()[0]["index"]
+    output_index = interpreter.get_output_details()[0]["index"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interpreter.resize_tensor_input(input_index, x.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(input_index, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(output_index).copy()
+
+    return run
+
+
+def image_paths(inputs: list[Path]) -> list[Path]:
+    """The image files named, and those inside the folders named (recursively, sorted)."""
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            inside = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not inside:
+                raise TlsweepError(f"{item} has no images ({'/'.join(IMAGE_EXTENSIONS)})")
+            found += inside
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise TlsweepError(f"{item} does not exist")
+    return found
+
+
+def predict_files(predictor: Predictor, paths: list[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[Path]]:
+    """``([(path, probabilities)], [unreadable paths])`` for ``paths``."""
+    decoded = [(p, decode_image(p, predictor.image_size)) for p in paths]
+    good = [(p, im) for p, im in decoded if im is not None]
+    bad = [p for p, im in decoded if im is None]
+    probabilities = predictor(np.stack([im for _, im in good])) if good else np.zeros((0, len(predictor.classes)))
+    return [(p, probs) for (p, _), probs in zip(good, probabilities, strict=True)], bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the top-k classes per image (or write them as CSV); one ``error:`` line per problem."""
+    parser = argparse.ArgumentParser(prog="python -m tlsweep.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="an export folder, e.g. outputs/sweeps/<time>/best")
+    parser.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    parser.add_argument("--format", choices=FORMATS, help="which exported model to use (default: the first found)")
+    parser.add_argument("--csv", type=Path, help="also write path, class and probability columns to this CSV file")
+    args = parser.parse_args(argv)
+    try:
+        predictor = load_predictor(args.model, args.format)
+        results, unreadable = predict_files(predictor, image_paths(args.images))
+    except TlsweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    k = max(1, min(args.top_k, len(predictor.classes)))
+    for path in unreadable:
+        print(f"error: cannot read {path} as an image; skipped", file=sys.stderr)
+    rows = []
+    for path, probs in results:
+        top = np.argsort(probs)[::-1][:k]
+        print(f"{path}: " + ", ".join(f"{predictor.classes[i]} {probs[i]:.3f}" for i in top))
+        rows.append([str(path), *(x for i in top for x in (predictor.classes[i], f"{probs[i]:.6f}"))])
+    if args.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", *(f"{name}_{j}" for j in range(1, k + 1) for name in ("class", "probability"))])
+        writer.writerows(rows)
+        files.write_text(args.csv, buffer.getvalue())
+        print(f"predictions of {len(rows)} images written to {args.csv}")
+    return 1 if unreadable else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
