@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tlsweep.config import register_resolvers  # noqa: E402
-from tlsweep.errors import TlsweepError  # noqa: E402
+from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 
 log = logging.getLogger("tlsweep")
 register_resolvers()
@@ -45,6 +46,12 @@ def main(cfg: DictConfig) -> None:
             sys.exit(1)
         _failed_jobs.append(f"{job_dir.name}: {e}")
     except Exception as e:  # a bug in one job must not stop the other jobs of a sweep
+        if is_disk_full(e):
+            log.error("error: the disk is full (%s); finished results are kept: free space, then resume=true", e)
+            if not multirun:
+                sys.exit(1)
+            _failed_jobs.append(f"{job_dir.name}: disk full")
+            return
         if not multirun:
             raise
         log.exception("job %s failed", job_dir.name)
@@ -57,8 +64,11 @@ def cli() -> None:
         main()
     except KeyboardInterrupt:
         root = _output_root[0] if _output_root else Path("outputs")
+        again = " ".join(["python -m tlsweep", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("resume="))])
         print(
-            f"interrupted: finished trials are kept in {root}; report on them: python -m tlsweep.report {root}",
+            f"interrupted: finished trials are kept in {root}\n"
+            f"  continue: {again} resume={root}\n"
+            f"  report on them: python -m tlsweep.report {root}",
             file=sys.stderr,
         )
         sys.exit(130)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
@@ -22,6 +24,29 @@ def register_resolvers() -> None:
     """Resolvers the configs use; registered before Hydra composes them."""
     if not OmegaConf.has_resolver("tlsweep_job_dir"):
         OmegaConf.register_new_resolver("tlsweep_job_dir", job_dir_name)
+    if not OmegaConf.has_resolver("tlsweep_output_dir"):  # cached: every job of a sweep gets the same folder
+        OmegaConf.register_new_resolver("tlsweep_output_dir", output_dir, use_cache=True)
+
+
+def output_dir(kind: str, resume: Any, stamp: str, outputs: str = "outputs") -> str:
+    """The folder of a run or sweep (``kind``: runs or sweeps).
+
+    ``resume`` false: a new folder ``outputs/<kind>/<stamp>`` (``_1``, ``_2``… if it exists, so
+    nothing earlier is overwritten); true: the newest existing folder of that kind; else the
+    folder it names, which must exist.
+    """
+    base = Path(outputs) / kind
+    if resume is None or resume is False or str(resume).lower() == "false":
+        path, n = base / stamp, 1
+        while path.exists():
+            path, n = base / f"{stamp}_{n}", n + 1
+        return str(path)
+    if resume is True or str(resume).lower() == "true":
+        existing = sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name))
+        return str(existing[-1]) if existing else str(base / stamp)
+    if not Path(str(resume)).is_dir():
+        raise TlsweepError(f"resume={resume} is not a folder; give a folder under {base} or resume=true for the newest")
+    return str(resume)
 
 
 def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str] | None = None) -> str:

@@ -1,4 +1,6 @@
-"""The one exception type that means "the user can fix this"."""
+"""The exception type that means "the user can fix this", and how to recognise a full disk."""
+
+import errno
 
 
 class TlsweepError(Exception):
@@ -7,3 +9,8 @@ class TlsweepError(Exception):
     tlsweep prints its message as one line (what is wrong and how to fix it) and exits
     non-zero without a traceback; anything else is a bug and keeps its traceback.
     """
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or the user's quota) is full."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)

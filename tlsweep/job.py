@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
     """Run one search in ``job_dir`` and return its job record; records failures before raising."""
     job_dir = Path(job_dir)
+    if cfg.get("resume"):
+        done = _completed_record(job_dir)
+        if done is not None:
+            log.info("job %s already completed; kept as it is (resume)", job_dir.name)
+            return done
     record: dict[str, Any] = {
         "job": job_dir.name,
         "status": "running",
@@ -45,19 +50,47 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         raise
     finally:
         record["duration_s"] = round(time.monotonic() - started, 1)
-        files.write_json(job_dir / files.JOB_RECORD, record)
+        try:
+            files.write_json(job_dir / files.JOB_RECORD, record)
+        except OSError as e:  # e.g. a full disk: keep the error that got us here, and the old record
+            log.warning("could not update %s: %s", job_dir / files.JOB_RECORD, e)
     return record
+
+
+def _completed_record(job_dir: Path) -> dict[str, Any] | None:
+    """The job's record if an earlier run of it completed, else None."""
+    import json
+
+    try:
+        record = json.loads((job_dir / files.JOB_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+
+
+def _best_on_disk(job_dir: Path, objective: str) -> dict[str, Any]:
+    """The best completed trial an earlier, interrupted run of this job left (for resume)."""
+    from tlsweep.report.collect import load_job
+
+    completed = [t.record for t in load_job(job_dir, job_dir).trials if t.status == "completed"]
+    completed = [r for r in completed if isinstance(r.get(objective), (int, float))]
+    if not completed or not (job_dir / files.BEST_MODEL).is_file():
+        return {}
+    best = (min if objective.endswith("loss") else max)(completed, key=lambda r: r[objective])
+    return {"value": best[objective], "trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"]}
 
 
 def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
     import keras
+    import tensorflow as tf
 
     from tlsweep.backbones import load_backbone
-    from tlsweep.data import batches, load_dataset
+    from tlsweep.data import load_dataset
     from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner
 
     validate(cfg)
     keras.utils.set_random_seed(int(cfg.seed))
+    tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
     image_size = int(cfg.dataset.image_size or cfg.backbone.image_size)
     backbone = load_backbone(cfg.backbone, image_size)  # first: a weights problem should not wait for the data
     check_depths(cfg, backbone.num_layers, backbone.name)
@@ -76,13 +109,14 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
             "test_images": 0 if data.y_test is None else int(len(data.y_test)),
         },
         verbose=bool(cfg.verbose),
+        seed=int(cfg.seed),
+        best=_best_on_disk(job_dir, str(cfg.tuner.objective)),
     )
+    if job.best:
+        log.info("resuming: finished trials are kept (best so far trial_%s)", job.best["trial_id"])
     tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names)), job)
-    seed, batch_size = int(cfg.seed), int(cfg.dataset.batch_size)
-    train = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)
-    val = batches(data.x_val, data.y_val, batch_size, shuffle=False, seed=seed)
     log.info("searching with %s in %s", cfg.tuner.name, job_dir)
-    tuner.search(train, validation_data=val, verbose=0)
+    tuner.search(data, verbose=0)
 
     trials = tuner.oracle.trials.values()
     completed = sum(t.status == "COMPLETED" for t in trials)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +72,7 @@ class TrialLog(keras.callbacks.Callback):
 
     def start(self) -> None:
         """Write the record (status running) and the trial's HParams, and announce the trial."""
+        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)  # a restarted trial: no curves twice
         self._write_hparams()
         self._save()
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.record["hyperparameters"].items())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep import files
 from tlsweep.backbones import Backbone
+from tlsweep.data import ImageData, batches
+from tlsweep.errors import TlsweepError, is_disk_full
 from tlsweep.logs import TrialLog
 from tlsweep.model import augmentation, build_classifier, compile_model, unfreeze_top
 
@@ -53,6 +56,9 @@ def stage_plan(
     return plan
 
 
+DIVERGED_LOSS = 1e6  # a cross-entropy this large means the weights blew up: stop the trial
+
+
 class BestWeights(keras.callbacks.Callback):
     """Keeps the best epoch of a trial and rolls stage 2 back when it did not beat stage 1.
 
@@ -76,7 +82,8 @@ class BestWeights(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        if not math.isfinite(logs.get("loss", 0.0)):
+        loss = logs.get("loss", 0.0)
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
             self.diverged_at = epoch + 1
             self.model.stop_training = True
             return
@@ -155,14 +162,22 @@ class TransferHyperModel(kt.HyperModel):
         self,
         hp: kt.HyperParameters,
         model: keras.Model,
-        *args: Any,
+        data: ImageData,
         callbacks: list | None = None,
         epochs: int | None = None,
         initial_epoch: int = 0,
         trial_log: TrialLog | None = None,
+        trial_seed: int = 0,
         **kwargs: Any,
     ) -> dict[str, float]:
-        """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch."""
+        """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch.
+
+        The data pipeline is built per trial from ``trial_seed``, so a trial shuffles the same way
+        whether it runs first, tenth, or again after a resume.
+        """
+        batch_size = int(self.cfg.dataset.batch_size)
+        train = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=trial_seed)
+        val = batches(data.x_val, data.y_val, batch_size, shuffle=False, seed=trial_seed)
         finetune = self.cfg.finetune
         ft_epochs = int(finetune.finetune_epochs) if finetune.mode != "none" else 0
         plan = stage_plan(int(finetune.head_epochs), ft_epochs, epochs, initial_epoch)
@@ -178,7 +193,8 @@ class TransferHyperModel(kt.HyperModel):
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
             model.fit(
-                *args,
+                train,
+                validation_data=val,
                 initial_epoch=first,
                 epochs=end,
                 verbose=0,
@@ -188,7 +204,7 @@ class TransferHyperModel(kt.HyperModel):
             )
             if best.diverged_at is not None:
                 raise kt.errors.FailedTrialError(
-                    f"the loss became NaN or infinite at epoch {best.diverged_at} "
+                    f"the loss became NaN, infinite or exploded (> {DIVERGED_LOSS:g}) at epoch {best.diverged_at} "
                     "(learning rate too high for this optimizer?)"
                 )
         if best.best is None:
@@ -216,7 +232,23 @@ class JobContext:
     objective: str
     data: dict[str, Any]  # classes, train_images, val_images
     verbose: bool = True
+    seed: int = 0
     best: dict[str, Any] = field(default_factory=dict)
+
+
+class StopSearch(TlsweepError, kt.errors.FatalError):
+    """A problem that ends the job's search (KerasTuner goes on after other errors, trial by trial)."""
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    import tensorflow as tf
+
+    return isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError))
+
+
+def trial_seed(seed: int, trial_id: str) -> int:
+    """The seed of one trial: fixed by the job's seed and the trial's id, not by what ran before it."""
+    return zlib.crc32(f"{seed}:{trial_id}".encode()) & 0x7FFFFFFF
 
 
 class SweepTuner:
@@ -227,6 +259,8 @@ class SweepTuner:
         self.job = job
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+        seed = trial_seed(self.job.seed, trial.trial_id)
+        keras.utils.set_random_seed(seed)  # before the model is built: its initial weights, its dropout
         hp = trial.hyperparameters
         values = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
         number = len(self.oracle.trials)
@@ -245,12 +279,21 @@ class SweepTuner:
             },
             self.job.verbose,
         )
-        trial_log.start()
         try:
-            results = super().run_trial(trial, *args, trial_log=trial_log, **kwargs)
+            trial_log.start()
+            results = super().run_trial(trial, *args, trial_log=trial_log, trial_seed=seed, **kwargs)
         except Exception as e:
+            if is_disk_full(e):  # every later trial would fail the same way: stop the job, keep what is written
+                raise StopSearch(
+                    f"the disk is full ({getattr(e, 'filename', None) or self.job.job_dir}); finished trials are "
+                    "kept: free some space, then continue with resume=true"
+                ) from e
+            if _out_of_memory(e):
+                e = kt.errors.FailedTrialError(
+                    "out of memory; lower dataset.batch_size or dataset.image_size, or unfreeze fewer layers"
+                )
             trial_log.fail(e)
-            raise
+            raise e from None
         self._keep_if_best(trial_log)
         return results
 
