@@ -40,10 +40,8 @@ def test_multirun_runs_one_search_per_job_into_readable_folders(tmp_path: Path) 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["dataset=folder", "dataset.path=does/not/exist"], "dataset.path does/not/exist does not exist"),
         (["search.learning_rate.min=0.1", "search.learning_rate.max=0.001"], "is larger than max"),
         (["search.unfreeze_depths=[5,50]"], "has only 23 layers"),
-        (["dataset=folder", "dataset.path=one_class"], "only one class folder"),
         (["backbone=mobilenet_v2", "dataset.image_size=32"], "could not get ImageNet weights from https://"),
     ],
 )

@@ -104,26 +104,34 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
         raise TlsweepError(f"backbone {cfg.name}: cannot import factory '{cfg.factory}' ({e})") from e
     preprocessing_layer(cfg.preprocessing)  # validate the mode before any slow work
     shape = (image_size, image_size, 3)
+    net = _construct(factory, shape, cfg.name)  # a size the architecture refuses fails before any download
     weights = cfg.weights
     if weights == "bundled":
-        net = factory(include_top=False, weights=None, input_shape=shape)
         _load_weights_file(net, _bundled_weights(cfg.name), cfg.name)
-    elif weights is None:
-        net = factory(include_top=False, weights=None, input_shape=shape)
     elif weights == "imagenet":
         net = _download_imagenet(factory, shape, cfg.name)
-    else:
+    elif weights is not None:
         path = Path(to_absolute_path(str(weights))).expanduser()
         if not path.is_file():
             raise TlsweepError(
                 f"backbone {cfg.name}: weights file {path} does not exist; "
                 "fix backbone.weights, or use backbone.weights=imagenet or null"
             )
-        net = factory(include_top=False, weights=None, input_shape=shape)
         _load_weights_file(net, path, cfg.name)
     num_layers = sum(not isinstance(layer, keras.layers.InputLayer) for layer in net.layers)
     log.info("backbone %s: %d layers, weights %s, %d px", cfg.name, num_layers, weights, image_size)
     return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers)
+
+
+def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:
+    """The architecture with random weights; a size it cannot take is a user error, not a traceback."""
+    try:
+        return factory(include_top=False, weights=None, input_shape=shape)
+    except ValueError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TlsweepError(
+            f"backbone {name} cannot take {shape[0]} px images ({reason}); set dataset.image_size to a size it accepts"
+        ) from e
 
 
 def _bundled_weights(name: str) -> Path:

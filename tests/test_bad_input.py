@@ -1,0 +1,151 @@
+"""Bad input, table-driven: each case gets its one-line message and exit code, no traceback, no hang,
+and earlier outputs are left exactly as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import class_image, make_image_folder, run_cli, write_image
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+QUICK = [
+    "dataset.image_size=16",
+    "dataset.batch_size=8",
+    "finetune=none",
+    "finetune.head_epochs=1",
+    "tuner.max_trials=1",
+    "verbose=false",
+    "report.enabled=false",
+    "export.enabled=false",
+]
+TINY_WEIGHTS = Path(__file__).resolve().parents[1] / "tlsweep" / "weights" / "tiny.weights.h5"
+
+
+def folder(root: Path, **kwargs) -> Path:
+    return make_image_folder(root / "images", **kwargs)
+
+
+def with_file_instead(root: Path) -> Path:
+    (root / "images.jpg").write_bytes(b"x")
+    return root / "images.jpg"
+
+
+def without_class_folders(root: Path) -> Path:
+    write_image(root / "images" / "a.png", class_image(0, np.random.default_rng(0)))
+    return root / "images"
+
+
+def with_empty_class(root: Path) -> Path:
+    images = folder(root)
+    for f in (images / "train" / "dog").iterdir():
+        f.unlink()
+    return images
+
+
+def with_different_val_classes(root: Path) -> Path:
+    images = folder(root)
+    (images / "val" / "dog").rename(images / "val" / "wolf")
+    return images
+
+
+def with_corrupt_and_truncated(root: Path) -> Path:
+    images = folder(root)
+    (images / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    png = (images / "train" / "dog" / "dog_3.png").read_bytes()
+    (images / "train" / "dog" / "cut.png").write_bytes(png[: len(png) // 2])
+    return images
+
+
+def with_one_pixel_image(root: Path) -> Path:
+    images = folder(root)
+    write_image(images / "train" / "cat" / "dot.png", np.full((1, 1, 3), 200, np.uint8))
+    return images
+
+
+def with_16_bit_and_cmyk(root: Path) -> Path:
+    images = folder(root)
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(images / "train" / "cat" / "deep.png")
+    Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(images / "train" / "fox" / "print.jpg")
+    return images
+
+
+def with_symlink_loop(root: Path) -> Path:
+    images = folder(root)
+    os.symlink(images / "train", images / "train" / "cat" / "loop")
+    return images
+
+
+def with_non_utf8_names(root: Path) -> Path:
+    images = folder(root)
+    name = os.fsencode(images / "train" / "cat") + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(name, "wb") as f:
+        Image.fromarray(class_image(0, np.random.default_rng(1))).save(f, format="PNG")
+    return images
+
+
+def with_spaces_and_html_in_class_names(root: Path) -> Path:
+    return folder(root, classes=("snow leopard", "<b>x<i>", "fox & hound"))
+
+
+# (name, make the dataset folder or None, extra args, exit code, text that must be in the output)
+CASES: list[tuple[str, Callable[[Path], Path] | None, list[str], int, str]] = [
+    ("missing folder", None, ["dataset.path=no/such/folder"], 1, "dataset.path no/such/folder does not exist"),
+    ("a file, not a folder", with_file_instead, [], 1, "is a file, not a folder"),
+    ("no class folders", without_class_folders, [], 1, "has no class sub-folders"),
+    ("one class", lambda r: folder(r, classes=("cat",), split=False), [], 1, "only one class folder ('cat')"),
+    ("empty class", with_empty_class, [], 1, "class folder 'dog' in"),
+    ("train and val classes differ", with_different_val_classes, [], 1, "differ (dog, wolf)"),
+    ("corrupt JPEG, truncated PNG", with_corrupt_and_truncated, [], 0, "skipped 2 unreadable image(s)"),
+    ("1×1 image", with_one_pixel_image, [], 0, "25 training and 6 validation images"),
+    ("16-bit PNG, CMYK JPEG", with_16_bit_and_cmyk, [], 0, "26 training and 6 validation images"),
+    ("symlink loop", with_symlink_loop, [], 0, "24 training and 6 validation images"),
+    ("non-UTF-8 file name", with_non_utf8_names, [], 0, "25 training and 6 validation images"),
+    ("spaces and HTML in class names", with_spaces_and_html_in_class_names, [], 0, "3 classes"),
+    ("missing weights file", folder, ["backbone.weights=nope.weights.h5"], 1, "nope.weights.h5 does not exist"),
+    (
+        "weights of another backbone",
+        folder,
+        ["backbone=mobilenet_v2", f"backbone.weights={TINY_WEIGHTS}", "dataset.image_size=32"],
+        1,
+        "does not fit this backbone",
+    ),
+    ("an image size the backbone refuses", folder, ["backbone=mobilenet_v2"], 1, "cannot take 16 px images"),
+    ("a word for a number", folder, ["search.learning_rate.min=abc"], 1, "must be positive numbers"),
+    ("max_trials=0", folder, ["tuner.max_trials=0"], 1, "tuner.max_trials=0 must be at least 1"),
+    ("unknown option", folder, ["backbone=resnett"], 1, "Could not find 'backbone/resnett'"),
+    ("unknown group", folder, ["backbon=tiny"], 1, "Could not override 'backbon'"),
+]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name,make,args,code,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(tmp_path: Path, name: str, make, args: list[str], code: int, message: str) -> None:
+    earlier = tmp_path / "outputs" / "runs" / "2026-01-01_00-00-00"
+    (earlier / "trials").mkdir(parents=True)
+    (earlier / "job.json").write_text(json.dumps({"status": "completed"}))
+    (earlier / "trials" / "trial_0.json").write_text(json.dumps({"trial_id": "0", "status": "completed"}))
+    before = snapshot(tmp_path / "outputs")
+
+    dataset = ["dataset=folder", f"dataset.path={make(tmp_path)}"] if make else ["dataset=folder"]
+    result = run_cli([*dataset, *QUICK, *args], tmp_path, timeout=180)
+
+    assert result.returncode == code, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    assert message in result.stdout, result.stdout
+    if code:
+        lines = [line for line in result.stdout.splitlines() if message in line]
+        hydra_error = "Could not" in message  # Hydra's own message for a config typo, with the options
+        assert hydra_error or lines[0].startswith("error: "), result.stdout
+    after = snapshot(tmp_path / "outputs")
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed or vanished
