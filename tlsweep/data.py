@@ -277,23 +277,57 @@ def _check_fractions(cfg: DictConfig) -> None:
         raise TlsweepError(f"dataset.batch_size={cfg.batch_size} must be at least 1")
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
-    """A tf.data pipeline of float32 image batches (pixels 0..255) and labels.
+class EpochBatches:
+    """Batches of one epoch at a time: epoch ``e`` reads view ``e mod V`` in an order fixed by (seed, e).
 
-    It gathers batches by index from the uint8 array, so a memory-mapped array works too.
+    A view is a list of arrays (images, or the cached tensors at a cut through the backbone) with
+    one row per example. Fixing the order and the view by the epoch number makes a trial repeatable
+    on its own (resume) and makes cached and plain training see the same batches. Rows are gathered
+    by index, so memory-mapped arrays work.
     """
-    import tensorflow as tf
 
-    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x[idx], y[idx]
+    def __init__(
+        self, views: list[list[np.ndarray]], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int
+    ) -> None:
+        self.views, self.labels = views, np.asarray(labels)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch = 0
 
-    def load(idx: Any) -> tuple[Any, Any]:
-        images, labels = tf.numpy_function(gather, [idx], (tf.uint8, tf.int32))
-        images.set_shape((None, *x.shape[1:]))
-        labels.set_shape((None,))
-        return tf.cast(images, tf.float32), labels
+    def dataset(self) -> Any:
+        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch."""
+        import tensorflow as tf
 
-    ds = tf.data.Dataset.range(len(x))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in self.views[0]]
+        x_spec = specs[0] if len(specs) == 1 else tuple(specs)
+        y_spec = tf.TensorSpec((None,), tf.as_dtype(self.labels.dtype))
+        steps = -(-len(self.labels) // self.batch_size)
+
+        def generate() -> Any:
+            epoch = self.epoch
+            for i in range(steps):
+                yield self.batch(i, epoch)
+
+        ds = tf.data.Dataset.from_generator(generate, output_signature=(x_spec, y_spec))
+        return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
+
+    def callback(self) -> Any:
+        """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included)."""
+        import keras
+
+        source = self
+
+        class SetEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                source.epoch = epoch
+
+        return SetEpoch()
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.labels)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def batch(self, i: int, epoch: int) -> tuple[Any, np.ndarray]:
+        """Batch ``i`` of ``epoch``."""
+        idx = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[epoch % len(self.views)]]
+        return (arrays[0] if len(arrays) == 1 else tuple(arrays)), self.labels[idx]

@@ -85,6 +85,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     import tensorflow as tf
 
     from tlsweep.backbones import load_backbone
+    from tlsweep.cache import CachedData, PlainData, make_cache
     from tlsweep.data import load_dataset
     from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner
 
@@ -114,9 +115,14 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     )
     if job.best:
         log.info("resuming: finished trials are kept (best so far trial_%s)", job.best["trial_id"])
-    tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names)), job)
+    batch_size = int(cfg.dataset.batch_size)
+    source = CachedData(make_cache(cfg, backbone, data), batch_size) if cfg.cache else PlainData(data, batch_size)
+    tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names), source), job)
     log.info("searching with %s in %s", cfg.tuner.name, job_dir)
-    tuner.search(data, verbose=0)
+    tuner.search(verbose=0)
+    if isinstance(source, CachedData):
+        store = source.cache.store
+        log.info("feature cache: %d arrays computed, %d reused from %s", store.built, store.reused, store.root)
 
     trials = tuner.oracle.trials.values()
     completed = sum(t.status == "COMPLETED" for t in trials)

@@ -103,6 +103,41 @@ def unfreeze_top(model: keras.Model, depth: int) -> int:
     return sum(layer.trainable for layer in layers) if depth > 0 else 0
 
 
+def crossing_tensors(backbone: keras.Model, depth: int) -> list[Any]:
+    """The tensors that flow from the frozen bottom into the top ``depth`` layers of ``backbone``.
+
+    A cut inside a residual block has more than one (the block's input reaches its ``add`` by the
+    skip connection); a cut at depth 0 has one, the backbone's output.
+    """
+    layers = backbone_layers(backbone)
+    if depth <= 0:
+        return [backbone.output]
+    top = layers[len(layers) - depth :]
+    produced_above = {id(t) for layer in top for t in keras.tree.flatten(layer.output)}
+    crossing: list[Any] = []
+    for layer in top:
+        for tensor in keras.tree.flatten(layer.input):
+            if id(tensor) not in produced_above and all(tensor is not c for c in crossing):
+                crossing.append(tensor)
+    return crossing
+
+
+def trainable_part(model: keras.Model, depth: int) -> keras.Model:
+    """The classifier above the cut at ``depth``: cached tensors in, class probabilities out.
+
+    It shares its layers (and so its weights) with ``model``: training it trains ``model``.
+    """
+    backbone, head_block = model.get_layer("backbone"), model.get_layer("head")
+    if depth <= 0:
+        features = keras.Input(backbone.output.shape[1:], name="features")
+        return keras.Model(features, head_block(features), name="cached_head")
+    crossing = crossing_tensors(backbone, depth)
+    top = keras.Model(crossing, backbone.output, name="backbone_top")
+    inputs = [keras.Input(t.shape[1:], name=f"cut_{i}") for i, t in enumerate(crossing)]
+    features = top(inputs, training=False)  # BatchNorm in inference mode, as in the classifier
+    return keras.Model(inputs, head_block(features), name="cached_top")
+
+
 def compile_model(model: keras.Model, optimizer: Any) -> None:
     """Compile for integer class labels with accuracy."""
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep import files
 from tlsweep.backbones import Backbone
-from tlsweep.data import ImageData, batches
+from tlsweep.cache import CachedData, PlainData
 from tlsweep.errors import TlsweepError, is_disk_full
 from tlsweep.logs import TrialLog
 from tlsweep.model import augmentation, build_classifier, compile_model, unfreeze_top
@@ -120,11 +120,12 @@ class BestWeights(keras.callbacks.Callback):
 class TransferHyperModel(kt.HyperModel):
     """A two-stage transfer-learning trial: train a new head, then fine-tune the backbone's top."""
 
-    def __init__(self, cfg: DictConfig, backbone: Backbone, num_classes: int) -> None:
+    def __init__(self, cfg: DictConfig, backbone: Backbone, num_classes: int, source: PlainData | CachedData) -> None:
         super().__init__(name="transfer")
         self.cfg = cfg
         self.backbone = backbone
         self.num_classes = num_classes
+        self.source = source  # where each stage's batches come from: images, or cached tensors
 
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
         """Declare the searched hyperparameters and return this trial's values."""
@@ -162,7 +163,7 @@ class TransferHyperModel(kt.HyperModel):
         self,
         hp: kt.HyperParameters,
         model: keras.Model,
-        data: ImageData,
+        *args: Any,
         callbacks: list | None = None,
         epochs: int | None = None,
         initial_epoch: int = 0,
@@ -172,34 +173,33 @@ class TransferHyperModel(kt.HyperModel):
     ) -> dict[str, float]:
         """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch.
 
-        The data pipeline is built per trial from ``trial_seed``, so a trial shuffles the same way
-        whether it runs first, tenth, or again after a resume.
+        Batches are fixed by ``trial_seed`` and the epoch, so a trial trains the same way whether
+        it runs first, tenth, again after a resume, or on cached tensors.
         """
-        batch_size = int(self.cfg.dataset.batch_size)
-        train = batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=trial_seed)
-        val = batches(data.x_val, data.y_val, batch_size, shuffle=False, seed=trial_seed)
         finetune = self.cfg.finetune
         ft_epochs = int(finetune.finetune_epochs) if finetune.mode != "none" else 0
         plan = stage_plan(int(finetune.head_epochs), ft_epochs, epochs, initial_epoch)
         best = BestWeights(objective(self.cfg))
         kwargs.pop("verbose", None)
         for stage, first, end in plan:
+            depth, lr = 0, hp.get("learning_rate")
             if stage == "finetune":
-                unfreeze_top(model, int(hp.get("unfreeze_depth")))
-                lr = hp.get("learning_rate") * float(finetune.lr_scale)
-                compile_model(model, self.optimizer(hp.get("optimizer"), lr))
+                depth = int(hp.get("unfreeze_depth"))
+                unfreeze_top(model, depth)
+                lr *= float(finetune.lr_scale)
+            fit_model, train, val = self.source.stage(model, depth, trial_seed)
+            compile_model(fit_model, self.optimizer(hp.get("optimizer"), lr))
             best.stage = stage
             extra = trial_log.callbacks() if trial_log else []
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
-            model.fit(
-                train,
-                validation_data=val,
+            fit_model.fit(
+                train.dataset(),
+                validation_data=val.dataset(),
                 initial_epoch=first,
                 epochs=end,
                 verbose=0,
-                shuffle=False,
-                callbacks=[*(callbacks or []), best, *extra],
+                callbacks=[train.callback(), *(callbacks or []), best, *extra],
                 **kwargs,
             )
             if best.diverged_at is not None:

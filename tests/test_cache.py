@@ -1,0 +1,116 @@
+"""The feature cache is exact: a trial on cached tensors trains the same weights as the plain way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import pytest
+from conftest import FAST, make_config
+
+from tlsweep.backbones import load_backbone
+from tlsweep.cache import CachedData, PlainData, Store, make_cache
+from tlsweep.data import load_dataset
+from tlsweep.logs import TrialLog
+from tlsweep.model import crossing_tensors
+from tlsweep.search import TransferHyperModel
+
+DEPTH = 4  # block2_b_conv, block2_b_bn, block2_add, block2_out: a cut inside the last residual block
+
+
+def config(image_folder: Path, tmp_path: Path, augmentation: str):
+    return make_config(
+        [
+            "dataset=folder",
+            f"dataset.path={image_folder}",
+            f"augmentation={augmentation}",
+            *FAST,
+            "finetune.head_epochs=2",
+            "finetune.finetune_epochs=2",
+            f"feature_cache.dir={tmp_path / 'cache'}",
+        ]
+    )
+
+
+def train(cfg, backbone, source, job_dir: Path) -> tuple[keras.Model, list[dict]]:
+    """One trial (learning rate 0.01, Adam, top 4 layers unfrozen), as the tuner runs it."""
+    hypermodel = TransferHyperModel(cfg, backbone, 3, source)
+    hp = kt.HyperParameters()
+    hypermodel.declare(hp)
+    hp.values.update(learning_rate=0.01, optimizer="adam", unfreeze_depth=DEPTH)
+    keras.utils.set_random_seed(123)
+    model = hypermodel.build(hp)
+    log = TrialLog(job_dir, "0", "trial", dict(hp.values), {}, verbose=False)
+    hypermodel.fit(hp, model, trial_log=log, trial_seed=7)
+    return model, log.record["history"]
+
+
+def test_the_cut_inside_a_residual_block_has_two_crossing_tensors(image_folder: Path, tmp_path: Path) -> None:
+    backbone = load_backbone(config(image_folder, tmp_path, "none").backbone, 32).build()
+    producers = sorted(t._keras_history.operation.name for t in crossing_tensors(backbone, DEPTH))
+    assert producers == ["block2_a_relu", "down2_relu"]  # into block2_b_conv, and the skip into block2_add
+
+
+@pytest.mark.parametrize("augmentation", ["none", "light"])
+def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, tmp_path: Path, augmentation) -> None:
+    cfg = config(image_folder, tmp_path, augmentation)
+    data = load_dataset(cfg.dataset, 32)
+    backbone = load_backbone(cfg.backbone, 32)
+    cache = make_cache(cfg, backbone, data)
+    assert cache.views == (4 if augmentation == "light" else 1)  # one view per epoch when augmenting
+
+    cached_model, cached_history = train(cfg, backbone, CachedData(cache, 8), tmp_path / "cached")
+    # The plain way on the same augmented views: the whole model runs every epoch, augmentation done outside it.
+    views = [cache.view_images(v) for v in range(cache.views)]
+    plain_cfg = config(image_folder, tmp_path, "none")
+    plain_model, plain_history = train(plain_cfg, backbone, PlainData(data, 8, views), tmp_path / "plain")
+
+    assert [e["stage"] for e in cached_history] == ["head", "head", "finetune", "finetune"]
+    for cached, plain in zip(cached_history, plain_history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert cached[key] == pytest.approx(plain[key], abs=1e-4), (key, cached, plain)
+    trained = ["block2_b_conv", "head"]  # what stage 2 changes (BatchNorm stays frozen)
+    for name in trained:
+        layer_c = cached_model.get_layer(name) if name == "head" else cached_model.get_layer("backbone").get_layer(name)
+        layer_p = plain_model.get_layer(name) if name == "head" else plain_model.get_layer("backbone").get_layer(name)
+        for a, b in zip(layer_c.get_weights(), layer_p.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    if augmentation == "light":  # the views differ from the images, and from each other
+        assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], data.x_train)
+
+
+def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Path, tmp_path: Path) -> None:
+    cfg = config(image_folder, tmp_path, "none")
+    data = load_dataset(cfg.dataset, 32)
+    backbone = load_backbone(cfg.backbone, 32)
+    first = make_cache(cfg, backbone, data)
+    first.train_views(0), first.val(0), first.train_views(DEPTH)
+    assert (first.store.built, first.store.reused) == (3, 0)
+
+    again = make_cache(cfg, backbone, data)  # another job, or a later sweep, with the same inputs
+    np.testing.assert_array_equal(again.train_views(DEPTH)[0][1], first.train_views(DEPTH)[0][1])
+    assert (again.store.built, again.store.reused) == (0, 1)
+
+    data.x_train[0, 0, 0, 0] ^= 1  # one pixel of one image changed
+    changed = make_cache(cfg, backbone, data)
+    changed.train_views(0)
+    assert (changed.store.built, changed.store.reused) == (1, 0)
+
+
+def test_the_store_memory_maps_big_arrays_keeps_float16_and_survives_a_race(tmp_path: Path) -> None:
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((3, 2), np.float32)]
+    small = Store(tmp_path, memory_mb=100).get({"k": 1}, lambda: arrays)
+    assert not isinstance(small[0], np.memmap)
+    big = Store(tmp_path, memory_mb=0).get({"k": 1}, lambda: pytest.fail("must be reused"))
+    assert isinstance(big[0], np.memmap) and np.array_equal(big[0], arrays[0])
+    half = Store(tmp_path, dtype="float16").get({"k": 2}, lambda: arrays)
+    assert half[0].dtype == np.float16
+
+    store = Store(tmp_path)
+    folder = next(p for p in tmp_path.iterdir() if (p / "done.json").is_file())
+    store._save(folder, arrays, {"k": 1})  # a second process finishing the same key later
+    assert json.loads((folder / "done.json").read_text())["arrays"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,208 @@
+"""The feature cache: a sweep pays for about one pass of the frozen backbone, not one per trial and epoch.
+
+The frozen part of a trial's model computes the same thing in every trial and epoch. So, per job:
+
+- stage 1 trains the head on the backbone's output, computed once;
+- stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
+  tensors that cross that cut (several inside a residual block), computed once per depth;
+- random augmentation becomes V fixed views of the training set (V: one per epoch by default);
+  epoch e trains on view e mod V, in every trial. Validation is never augmented.
+
+Arrays live under ``outputs/.cache/<key>/``, the key a hash of everything that determines them
+(backbone, its weights, image size, preprocessing, the images, the augmentation and its seed,
+the cut), so later jobs and sweeps reuse them. They are loaded into memory when small enough and
+memory-mapped otherwise. Two processes building the same key both write complete copies under
+temporary names and rename them into place, so either result is whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from tlsweep.backbones import Backbone, preprocessing_layer
+from tlsweep.data import EpochBatches, ImageData
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when what is stored changes
+BATCH = 64  # images per forward pass while building
+
+
+@dataclass
+class Store:
+    """Arrays on disk by key, shared by every job and sweep that uses the same folder."""
+
+    root: Path
+    memory_mb: float = 2048.0
+    dtype: str = "float32"
+    built: int = 0
+    reused: int = 0
+
+    def get(self, fields: dict[str, Any], build: Any) -> list[np.ndarray]:
+        """The arrays for ``fields``: from disk if an earlier job built them, else ``build()`` and saved."""
+        key = hashlib.sha256(json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()
+        folder = self.root / key[:24]
+        if not (folder / "done.json").is_file():
+            arrays = [np.asarray(a, dtype=self.dtype) for a in build()]
+            self._save(folder, arrays, fields)
+            self.built += 1
+        else:
+            self.reused += 1
+        return self._load(folder)
+
+    def _save(self, folder: Path, arrays: list[np.ndarray], fields: dict[str, Any]) -> None:
+        staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for i, array in enumerate(arrays):
+            np.save(staging / f"{i}.npy", array)
+        (staging / "done.json").write_text(json.dumps({"arrays": len(arrays), "fields": fields}, default=str))
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process finished the same key first: its copy is as good as ours
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _load(self, folder: Path) -> list[np.ndarray]:
+        count = json.loads((folder / "done.json").read_text())["arrays"]
+        paths = [folder / f"{i}.npy" for i in range(count)]
+        size_mb = sum(p.stat().st_size for p in paths) / 2**20
+        mode = None if size_mb <= self.memory_mb else "r"  # memory-map what does not fit
+        return [np.load(p, mmap_mode=mode) for p in paths]
+
+
+@dataclass
+class FeatureCache:
+    """The cached tensors of one job, built lazily: a cut is computed when a trial first needs it."""
+
+    backbone: Backbone
+    data: ImageData
+    augmentation: DictConfig | None
+    views: int
+    seed: int
+    store: Store
+    _fingerprint: dict[str, Any] = field(default_factory=dict)
+    _memo: dict[tuple, list[np.ndarray]] = field(default_factory=dict)
+
+    def train_views(self, depth: int) -> list[list[np.ndarray]]:
+        """For each view, the tensors at the cut for ``depth`` of every training image."""
+        return [self._arrays(depth, "train", v) for v in range(self.views)]
+
+    def val(self, depth: int) -> list[np.ndarray]:
+        """The tensors at the cut for ``depth`` of every validation image (never augmented)."""
+        return self._arrays(depth, "val", 0)
+
+    def view_images(self, view: int) -> np.ndarray:
+        """Training images as view ``view`` augments them (the images themselves without augmentation)."""
+        from tlsweep.model import augmentation
+
+        x = self.data.x_train
+        augment = augmentation(self.augmentation, self.seed + 7919 * view) if self.augmentation else None
+        if augment is None:
+            return x.astype(np.float32)
+        out = [np.asarray(augment(x[i : i + BATCH].astype(np.float32), training=True)) for i in range(0, len(x), BATCH)]
+        return np.concatenate(out)
+
+    def _arrays(self, depth: int, split: str, view: int) -> list[np.ndarray]:
+        memo_key = (depth, split, view)
+        if memo_key not in self._memo:
+            fields = {**self.fingerprint(), "depth": depth, "split": split, "view": view, "views": self.views}
+            self._memo[memo_key] = self.store.get(fields, lambda: self._compute(depth, split, view))
+        return self._memo[memo_key]
+
+    def _compute(self, depth: int, split: str, view: int) -> list[np.ndarray]:
+        import keras
+
+        from tlsweep.model import crossing_tensors
+
+        images = self.view_images(view) if split == "train" else self.data.x_val.astype(np.float32)
+        where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
+        log.info("feature cache: computing the backbone up to depth %d for %d images (%s) …", depth, len(images), where)
+        net = self.backbone.build()
+        inputs = keras.Input(net.input.shape[1:])
+        bottom = keras.Model(net.input, crossing_tensors(net, depth))
+        outputs = bottom(preprocessing_layer(self.backbone.preprocessing)(inputs), training=False)
+        extract = keras.Model(inputs, outputs)
+        result = extract.predict(images, batch_size=BATCH, verbose=0)
+        return list(result) if isinstance(result, (list, tuple)) else [result]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the cached tensors depend on, besides the cut and the view."""
+        if not self._fingerprint:
+            weights = hashlib.sha256()
+            for array in self.backbone.weights:
+                weights.update(np.ascontiguousarray(array).tobytes())
+            images = hashlib.sha256()
+            for array in (self.data.x_train, self.data.y_train, self.data.x_val, self.data.y_val):
+                images.update(np.ascontiguousarray(array).tobytes())
+            augmentation = OmegaConf.to_container(self.augmentation) if self.augmentation else None
+            self._fingerprint = {
+                "backbone": self.backbone.name,
+                "weights": weights.hexdigest(),
+                "image_size": self.backbone.image_size,
+                "preprocessing": self.backbone.preprocessing,
+                "images": images.hexdigest(),
+                "augmentation": augmentation,
+                "seed": self.seed,
+                "dtype": self.store.dtype,
+            }
+        return self._fingerprint
+
+
+def views_for(cfg: DictConfig) -> int:
+    """How many augmented views: ``feature_cache.views``, or one per epoch; one without augmentation."""
+    if not _augments(cfg.augmentation):
+        return 1
+    if cfg.feature_cache.views:
+        return int(cfg.feature_cache.views)
+    finetune = cfg.finetune
+    return int(finetune.head_epochs) + (int(finetune.finetune_epochs) if finetune.mode != "none" else 0)
+
+
+def _augments(cfg: DictConfig) -> bool:
+    return bool(cfg.flip or cfg.rotation or cfg.zoom or cfg.height or cfg.width)
+
+
+def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData) -> FeatureCache:
+    """The job's feature cache, as ``cfg.feature_cache`` sets it up."""
+    settings = cfg.feature_cache
+    store = Store(Path(settings.dir), float(settings.memory_mb), str(settings.dtype))
+    augmentation = cfg.augmentation if _augments(cfg.augmentation) else None
+    return FeatureCache(backbone, data, augmentation, views_for(cfg), int(cfg.seed), store)
+
+
+class PlainData:
+    """The plain way: every epoch runs the whole model, augmentation included, on the images."""
+
+    def __init__(self, data: ImageData, batch_size: int, train_views: list[np.ndarray] | None = None) -> None:
+        self.data, self.batch_size = data, batch_size
+        self.train_views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
+
+    def stage(self, model: Any, depth: int, seed: int) -> tuple[Any, EpochBatches, EpochBatches]:
+        train = EpochBatches(self.train_views, self.data.y_train, self.batch_size, shuffle=True, seed=seed)
+        val = EpochBatches([[self.data.x_val]], self.data.y_val, self.batch_size, shuffle=False, seed=seed)
+        return model, train, val
+
+
+class CachedData:
+    """Training above the cut, on cached tensors: the same batches as the plain way, without the bottom."""
+
+    def __init__(self, cache: FeatureCache, batch_size: int) -> None:
+        self.cache, self.batch_size = cache, batch_size
+
+    def stage(self, model: Any, depth: int, seed: int) -> tuple[Any, EpochBatches, EpochBatches]:
+        from tlsweep.model import trainable_part
+
+        data = self.cache.data
+        train = EpochBatches(self.cache.train_views(depth), data.y_train, self.batch_size, shuffle=True, seed=seed)
+        val = EpochBatches([self.cache.val(depth)], data.y_val, self.batch_size, shuffle=False, seed=seed)
+        return trainable_part(model, depth), train, val
