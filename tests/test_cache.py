@@ -109,8 +109,13 @@ def test_the_store_memory_maps_big_arrays_keeps_float16_and_survives_a_race(tmp_
     half = Store(tmp_path, dtype="float16").get({"k": 2}, lambda: arrays)
     assert half[0].dtype == np.float16
 
+    folder = next(p for p in tmp_path.iterdir() if json.loads((p / "done.json").read_text())["fields"] == {"k": 1})
+    (folder / "1.npy").write_bytes(b"damaged")
     store = Store(tmp_path)
-    folder = next(p for p in tmp_path.iterdir() if (p / "done.json").is_file())
+    rebuilt = store.get({"k": 1}, lambda: arrays)  # a damaged cache is built again, not loaded
+    assert np.array_equal(rebuilt[1], arrays[1]) and store.built == 1
+
+    store = Store(tmp_path)
     store._save(folder, arrays, {"k": 1})  # a second process finishing the same key later
     assert json.loads((folder / "done.json").read_text())["arrays"] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

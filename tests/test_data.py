@@ -10,7 +10,7 @@ import pytest
 from conftest import class_image, make_config, make_image_folder, write_image
 from PIL import Image
 
-from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, batches, load_dataset
+from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, EpochBatches, load_dataset
 from tlsweep.errors import TlsweepError
 
 
@@ -175,12 +175,23 @@ def test_tf_flowers_offline_says_how_to_get_it(tmp_path: Path, monkeypatch) -> N
         load_dataset(cfg, 24)
 
 
-def test_batches_are_float_images_and_cover_every_example() -> None:
+def test_batches_cover_every_example_in_an_order_fixed_by_seed_and_epoch() -> None:
     x = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
     y = np.arange(10, dtype=np.int32)
-    seen = []
-    for images, labels in batches(x, y, 4, shuffle=True, seed=0):
-        assert images.dtype.name == "float32" and images.shape[1:] == (4, 4, 3)
-        np.testing.assert_array_equal(images.numpy().astype(np.uint8), x[labels.numpy()])
-        seen += labels.numpy().tolist()
-    assert sorted(seen) == list(range(10))
+    views = [[x], [x + 1]]
+    batches = EpochBatches(views, y, 4, shuffle=True, seed=0)
+
+    def epoch(e: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [batches.batch(i, e) for i in range(3)]
+
+    for e in (0, 1):
+        seen = []
+        for images, labels in epoch(e):
+            assert images.dtype.name == "float32" and images.shape[1:] == (4, 4, 3)
+            np.testing.assert_array_equal(images.astype(np.uint8), views[e][0][labels])  # epoch e reads view e
+            seen += labels.tolist()
+        assert sorted(seen) == list(range(10))
+    orders = [np.concatenate([labels for _, labels in epoch(e)]).tolist() for e in (0, 1, 0)]
+    assert orders[0] == orders[2] != orders[1]  # the same epoch, the same order; the next epoch, another
+    ds = EpochBatches([[x]], y, 4, shuffle=False, seed=0).dataset()
+    assert [labels.numpy().tolist() for _, labels in ds] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,16 @@ class Store:
         """The arrays for ``fields``: from disk if an earlier job built them, else ``build()`` and saved."""
         key = hashlib.sha256(json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()
         folder = self.root / key[:24]
-        if not (folder / "done.json").is_file():
-            arrays = [np.asarray(a, dtype=self.dtype) for a in build()]
-            self._save(folder, arrays, fields)
-            self.built += 1
-        else:
-            self.reused += 1
+        if (folder / "done.json").is_file():
+            try:
+                arrays = self._load(folder)
+                self.reused += 1
+                return arrays
+            except (OSError, ValueError, KeyError) as e:  # damaged on disk: build it again
+                log.warning("feature cache %s is damaged (%s); rebuilding it", folder, e)
+                shutil.rmtree(folder, ignore_errors=True)
+        self._save(folder, [np.asarray(a, dtype=self.dtype) for a in build()], fields)
+        self.built += 1
         return self._load(folder)
 
     def _save(self, folder: Path, arrays: list[np.ndarray], fields: dict[str, Any]) -> None:
@@ -132,7 +137,9 @@ class FeatureCache:
         bottom = keras.Model(net.input, crossing_tensors(net, depth))
         outputs = bottom(preprocessing_layer(self.backbone.preprocessing)(inputs), training=False)
         extract = keras.Model(inputs, outputs)
+        started = time.monotonic()
         result = extract.predict(images, batch_size=BATCH, verbose=0)
+        log.info("feature cache: done in %.1fs", time.monotonic() - started)
         return list(result) if isinstance(result, (list, tuple)) else [result]
 
     def fingerprint(self) -> dict[str, Any]:
