@@ -87,17 +87,35 @@ def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Pa
     data = load_dataset(cfg.dataset, 32)
     backbone = load_backbone(cfg.backbone, 32)
     first = make_cache(cfg, backbone, data)
-    first.train_views(0), first.val(0), first.train_views(DEPTH)
-    assert (first.store.built, first.store.reused) == (3, 0)
+    assert first.depths == [0, 3]  # the search's unfreeze depths: every cut is made on first use
+    first.train_views(0)
+    assert (first.store.built, first.store.reused) == (2, 0)
+    first.val(0), first.train_views(DEPTH)  # validation's two cuts; a depth the search did not name
+    assert (first.store.built, first.store.reused) == (5, 0)
 
     again = make_cache(cfg, backbone, data)  # another job, or a later sweep, with the same inputs
     np.testing.assert_array_equal(again.train_views(DEPTH)[0][1], first.train_views(DEPTH)[0][1])
-    assert (again.store.built, again.store.reused) == (0, 1)
+    assert (again.store.built, again.store.reused) == (0, 3)
 
     data.x_train[0, 0, 0, 0] ^= 1  # one pixel of one image changed
     changed = make_cache(cfg, backbone, data)
     changed.train_views(0)
-    assert (changed.store.built, changed.store.reused) == (1, 0)
+    assert (changed.store.built, changed.store.reused) == (2, 0)
+
+
+def test_each_cut_made_from_the_one_below_equals_the_cut_made_from_the_images(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    cfg = config(image_folder, tmp_path, "none")
+    data = load_dataset(cfg.dataset, 32)
+    backbone = load_backbone(cfg.backbone, 32)
+    chained = make_cache(cfg, backbone, data)
+    chained.depths = [0, 2, DEPTH, 8, backbone.num_layers]
+    for depth in chained.depths:
+        direct = chained._compute(depth, "val", 0, None)
+        for a, b in zip(chained.val(depth), direct, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    assert chained.store.built == 5
 
 
 def test_the_store_memory_maps_big_arrays_keeps_float16_and_survives_a_race(tmp_path: Path) -> None:

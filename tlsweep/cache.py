@@ -95,6 +95,7 @@ class FeatureCache:
     views: int
     seed: int
     store: Store
+    depths: list[int] = field(default_factory=lambda: [0])  # every cut the search may ask for
     _fingerprint: dict[str, Any] = field(default_factory=dict)
     _memo: dict[tuple, list[np.ndarray]] = field(default_factory=dict)
 
@@ -118,29 +119,52 @@ class FeatureCache:
         return np.concatenate(out)
 
     def _arrays(self, depth: int, split: str, view: int) -> list[np.ndarray]:
-        memo_key = (depth, split, view)
-        if memo_key not in self._memo:
-            fields = {**self.fingerprint(), "depth": depth, "split": split, "view": view, "views": self.views}
-            self._memo[memo_key] = self.store.get(fields, lambda: self._compute(depth, split, view))
-        return self._memo[memo_key]
+        """The tensors at one cut. All cuts of a split and view are made together, deepest first, each
+        from the one below it: about one pass of the backbone in all, not one per cut."""
+        if (depth, split, view) not in self._memo:
+            below: tuple[int, list[np.ndarray]] | None = None
+            for d in sorted({*self.depths, depth}, reverse=True):
+                if (d, split, view) not in self._memo:
+                    fields = {**self.fingerprint(), "depth": d, "split": split, "view": view, "views": self.views}
+                    build = lambda d=d, below=below: self._compute(d, split, view, below)  # noqa: E731
+                    self._memo[(d, split, view)] = self.store.get(fields, build)
+                below = (d, self._memo[(d, split, view)])
+        return self._memo[(depth, split, view)]
 
-    def _compute(self, depth: int, split: str, view: int) -> list[np.ndarray]:
+    def _compute(
+        self, depth: int, split: str, view: int, below: tuple[int, list[np.ndarray]] | None
+    ) -> list[np.ndarray]:
         import keras
 
         from tlsweep.model import crossing_tensors
 
-        images = self.view_images(view) if split == "train" else self.data.x_val.astype(np.float32)
-        where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
-        log.info("feature cache: computing the backbone up to depth %d for %d images (%s) …", depth, len(images), where)
         net = self.backbone.build()
-        inputs = keras.Input(net.input.shape[1:])
-        bottom = keras.Model(net.input, crossing_tensors(net, depth))
-        outputs = bottom(preprocessing_layer(self.backbone.preprocessing)(inputs), training=False)
-        extract = keras.Model(inputs, outputs)
+        wanted = crossing_tensors(net, depth)
+        if below is None:  # from the images
+            given, source = [net.input], [self.view_images(view) if split == "train" else self.data.x_val]
+        else:  # from the tensors at a deeper cut: only the layers in between run
+            given, source = crossing_tensors(net, below[0]), below[1]
+        passed = {i: next((j for j, g in enumerate(given) if g is t), None) for i, t in enumerate(wanted)}
+        to_compute = [t for i, t in enumerate(wanted) if passed[i] is None]  # the rest cross both cuts
+        where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
+        log.info("feature cache: computing the cut at depth %d for %d images (%s) …", depth, len(source[0]), where)
         started = time.monotonic()
-        result = extract.predict(images, batch_size=BATCH, verbose=0)
+        computed: list[np.ndarray] = []
+        if to_compute:
+            inputs = [keras.Input(g.shape[1:]) for g in given]
+            middle = keras.Model(given, to_compute)
+            if below is None:
+                outputs = middle(preprocessing_layer(self.backbone.preprocessing)(inputs[0]), training=False)
+            else:
+                outputs = middle(inputs, training=False)
+            part = keras.Model(inputs, outputs)
+            result = part.predict([np.asarray(a, np.float32) for a in source], batch_size=BATCH, verbose=0)
+            computed = list(result) if isinstance(result, (list, tuple)) else [result]
         log.info("feature cache: done in %.1fs", time.monotonic() - started)
-        return list(result) if isinstance(result, (list, tuple)) else [result]
+        if below is None and depth >= self.backbone.num_layers:  # the cut below every layer: preprocessed images
+            return [np.asarray(preprocessing_layer(self.backbone.preprocessing)(source[0].astype(np.float32)))]
+        it = iter(computed)
+        return [np.asarray(source[passed[i]]) if passed[i] is not None else next(it) for i in range(len(wanted))]
 
     def fingerprint(self) -> dict[str, Any]:
         """What the cached tensors depend on, besides the cut and the view."""
@@ -184,7 +208,10 @@ def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData) -> FeatureC
     settings = cfg.feature_cache
     store = Store(Path(settings.dir), float(settings.memory_mb), str(settings.dtype))
     augmentation = cfg.augmentation if _augments(cfg.augmentation) else None
-    return FeatureCache(backbone, data, augmentation, views_for(cfg), int(cfg.seed), store)
+    mode = cfg.finetune.mode
+    depths = [0] + ([int(d) for d in cfg.search.unfreeze_depths] if mode == "top" else [])
+    depths += [backbone.num_layers] if mode == "full" else []
+    return FeatureCache(backbone, data, augmentation, views_for(cfg), int(cfg.seed), store, sorted(set(depths)))
 
 
 class PlainData:

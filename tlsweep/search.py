@@ -369,7 +369,14 @@ def make_tuner(cfg: DictConfig, hypermodel: TransferHyperModel, job: JobContext)
         kwargs["max_trials"] = int(t.max_trials)
     if t.name == "bayesian":
         kwargs["num_initial_points"] = int(t.num_initial_points)
-    return TUNERS[t.name](**kwargs)
+    try:
+        return TUNERS[t.name](**kwargs)  # reloads the state of an interrupted search, if there is one
+    except ValueError as e:  # KerasTuner's own state files are not written atomically; a kill can cut one
+        state = job.job_dir / files.TUNER_DIR
+        raise TlsweepError(
+            f"KerasTuner's saved state in {state} is damaged ({type(e).__name__}: {e}); move that folder away "
+            "to restart this job's search (the trial records in trials/ are kept)"
+        ) from e
 
 
 def job_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
