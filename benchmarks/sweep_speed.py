@@ -69,22 +69,22 @@ def forward_pass_floor() -> float:
     backbone = load_backbone(cfg.backbone, 160)
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(backbone, data, None, 1, 0, Store(Path(tmp)))
-        cache._compute(0, "train", 0)  # warm-up: graph tracing
+        cache._compute(0, "train", 0, None)  # warm-up: graph tracing
         started = time.perf_counter()
-        cache._compute(0, "train", 0)
-        cache._compute(0, "val", 0)
+        cache._compute(0, "train", 0, None)
+        cache._compute(0, "val", 0, None)
         return time.perf_counter() - started
 
 
 def main() -> None:
     if not (FLOWERS.is_dir() and WEIGHTS.is_file()):
         sys.exit(f"needs the flower photos and MobileNetV2 weights in {SHARED}")
+    floor = forward_pass_floor()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         plain = sweep("plain", [*SEARCH, "cache=false"], work)
         cached = sweep("cached", [*SEARCH, "cache=true"], work)
         head_only = sweep("head_only", [*SEARCH, "cache=true", "finetune=none"], work)
-    floor = forward_pass_floor()
     print("6-trial search, both stages, unfreeze depths 0/10/20, Adam and SGD, MobileNetV2 at 160 px:")
     for name, r in (("cache=false", plain), ("cache=true", cached), ("cache=true, head only", head_only)):
         print(f"  {name:22s} wall {r['wall']:7.1f} s   search {r['search']:7.1f} s   best val_accuracy {r['best']:.3f}")

@@ -98,6 +98,7 @@ class FeatureCache:
     depths: list[int] = field(default_factory=lambda: [0])  # every cut the search may ask for
     _fingerprint: dict[str, Any] = field(default_factory=dict)
     _memo: dict[tuple, list[np.ndarray]] = field(default_factory=dict)
+    _parts: dict[tuple, tuple[Any, list[int | None]]] = field(default_factory=dict)
 
     def train_views(self, depth: int) -> list[list[np.ndarray]]:
         """For each view, the tensors at the cut for ``depth`` of every training image."""
@@ -134,37 +135,49 @@ class FeatureCache:
     def _compute(
         self, depth: int, split: str, view: int, below: tuple[int, list[np.ndarray]] | None
     ) -> list[np.ndarray]:
+
+
+        below_depth = None if below is None else below[0]
+        if (below_depth, depth) not in self._parts:  # one model per pair of cuts: traced once, for every view
+            self._parts[(below_depth, depth)] = self._part(below_depth, depth)
+        part, passed = self._parts[(below_depth, depth)]
+        if below is None:  # from the images
+            source = [self.view_images(view) if split == "train" else self.data.x_val.astype(np.float32)]
+        else:  # from the tensors at a deeper cut: only the layers in between run
+            source = below[1]
+        where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
+        log.info("feature cache: computing the cut at depth %d for %d images (%s) …", depth, len(source[0]), where)
+        started = time.monotonic()
+        computed: list[np.ndarray] = []
+        if part is not None:
+            result = part.predict([np.asarray(a, np.float32) for a in source], batch_size=BATCH, verbose=0)
+            computed = list(result) if isinstance(result, (list, tuple)) else [result]
+        log.info("feature cache: done in %.1fs", time.monotonic() - started)
+        if below is None and depth >= self.backbone.num_layers:  # the cut below every layer: preprocessed images
+            return [np.asarray(preprocessing_layer(self.backbone.preprocessing)(source[0]))]
+        it = iter(computed)
+        return [np.asarray(source[j]) if j is not None else next(it) for j in passed]
+
+    def _part(self, below_depth: int | None, depth: int) -> tuple[Any, list[int | None]]:
+        """The layers from one cut (or the images) to another, and which wanted tensors cross both cuts."""
         import keras
 
         from tlsweep.model import crossing_tensors
 
         net = self.backbone.build()
         wanted = crossing_tensors(net, depth)
-        if below is None:  # from the images
-            given, source = [net.input], [self.view_images(view) if split == "train" else self.data.x_val]
-        else:  # from the tensors at a deeper cut: only the layers in between run
-            given, source = crossing_tensors(net, below[0]), below[1]
-        passed = {i: next((j for j, g in enumerate(given) if g is t), None) for i, t in enumerate(wanted)}
-        to_compute = [t for i, t in enumerate(wanted) if passed[i] is None]  # the rest cross both cuts
-        where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
-        log.info("feature cache: computing the cut at depth %d for %d images (%s) …", depth, len(source[0]), where)
-        started = time.monotonic()
-        computed: list[np.ndarray] = []
-        if to_compute:
-            inputs = [keras.Input(g.shape[1:]) for g in given]
-            middle = keras.Model(given, to_compute)
-            if below is None:
-                outputs = middle(preprocessing_layer(self.backbone.preprocessing)(inputs[0]), training=False)
-            else:
-                outputs = middle(inputs, training=False)
-            part = keras.Model(inputs, outputs)
-            result = part.predict([np.asarray(a, np.float32) for a in source], batch_size=BATCH, verbose=0)
-            computed = list(result) if isinstance(result, (list, tuple)) else [result]
-        log.info("feature cache: done in %.1fs", time.monotonic() - started)
-        if below is None and depth >= self.backbone.num_layers:  # the cut below every layer: preprocessed images
-            return [np.asarray(preprocessing_layer(self.backbone.preprocessing)(source[0].astype(np.float32)))]
-        it = iter(computed)
-        return [np.asarray(source[passed[i]]) if passed[i] is not None else next(it) for i in range(len(wanted))]
+        given = [net.input] if below_depth is None else crossing_tensors(net, below_depth)
+        passed = [next((j for j, g in enumerate(given) if g is t), None) for t in wanted]
+        to_compute = [t for t, j in zip(wanted, passed, strict=True) if j is None]
+        if not to_compute:
+            return None, passed
+        inputs = [keras.Input(g.shape[1:]) for g in given]
+        middle = keras.Model(given, to_compute)
+        if below_depth is None:
+            outputs = middle(preprocessing_layer(self.backbone.preprocessing)(inputs[0]), training=False)
+        else:
+            outputs = middle(inputs, training=False)
+        return keras.Model(inputs, outputs), passed
 
     def fingerprint(self) -> dict[str, Any]:
         """What the cached tensors depend on, besides the cut and the view."""
