@@ -20,6 +20,20 @@ SHARED = REPO.parent / "shared"
 FLOWERS_MINI = SHARED / "data" / "flowers-mini"
 MOBILENET_WEIGHTS = SHARED / "weights" / "mobilenet_v2_no_top.weights.h5"
 
+# One quick trial of pretrained MobileNetV2 on the shared flower photos (96 px, Adam at 3e-3).
+FLOWERS_TRIAL = [
+    "dataset=folder",
+    f"dataset.path={FLOWERS_MINI}",
+    "dataset.image_size=96",
+    "backbone=mobilenet_v2",
+    f"backbone.weights={MOBILENET_WEIGHTS}",
+    "tuner.max_trials=1",
+    "search.optimizers=[adam]",
+    "search.learning_rate.min=3e-3",
+    "search.learning_rate.max=3e-3",
+    "verbose=false",
+]
+
 needs_shared = pytest.mark.skipif(
     not (FLOWERS_MINI.is_dir() and MOBILENET_WEIGHTS.is_file()),
     reason=f"needs the shared test assets (flower photos, MobileNetV2 weights) at {SHARED}",

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import FAST, FLOWERS_MINI, MOBILENET_WEIGHTS, make_config, make_image_folder, needs_shared
+from conftest import FAST, FLOWERS_MINI, FLOWERS_TRIAL, make_config, make_image_folder, needs_shared
 from omegaconf import OmegaConf
 
 from tlsweep.data import load_dataset
@@ -147,22 +147,7 @@ def test_predict_bad_input_is_one_error_line(exported, tmp_path: Path, capsys, d
 
 @needs_shared
 def test_predict_on_flower_photos_beats_chance(tmp_path: Path) -> None:
-    cfg = make_config(
-        [
-            "dataset=folder",
-            f"dataset.path={FLOWERS_MINI}",
-            "dataset.image_size=96",
-            "backbone=mobilenet_v2",
-            f"backbone.weights={MOBILENET_WEIGHTS}",
-            "finetune=none",
-            "finetune.head_epochs=3",
-            "tuner.max_trials=1",
-            "search.optimizers=[adam]",
-            "search.learning_rate.min=3e-3",
-            "search.learning_rate.max=3e-3",
-            "verbose=false",
-        ]
-    )
+    cfg = make_config([*FLOWERS_TRIAL, "finetune=none", "finetune.head_epochs=3"])
     run_job(cfg, tmp_path / "run", {"backbone": "mobilenet_v2", "dataset": "folder"})
     best = export_best(tmp_path / "run", export_cfg(tflite=False))
     predictor = load_predictor(best, "saved_model")

@@ -209,6 +209,8 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_continue(tmp_path: Path) -> None:
 
 def test_a_damaged_tuner_state_is_one_clear_error(image_folder: Path, tmp_path: Path) -> None:
     folder_job(image_folder, tmp_path / "job", "tuner.max_trials=1")
+    record = json.loads((tmp_path / "job" / "job.json").read_text())
+    (tmp_path / "job" / "job.json").write_text(json.dumps({**record, "status": "interrupted"}))
     (tmp_path / "job" / "tuner" / "oracle.json").write_text('{"ongoing_trials": {')  # cut off by a kill
     with pytest.raises(TlsweepError, match=r"KerasTuner's saved state in .*tuner is damaged"):
         folder_job(image_folder, tmp_path / "job", "resume=true", "tuner.max_trials=2")

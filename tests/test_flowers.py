@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import FLOWERS_MINI, MOBILENET_WEIGHTS, make_config, needs_shared
+from conftest import FLOWERS_TRIAL, make_config, needs_shared
 
 from tlsweep.job import run_job
 
@@ -14,20 +14,11 @@ from tlsweep.job import run_job
 def test_mobilenet_v2_on_flower_photos(tmp_path: Path) -> None:
     cfg = make_config(
         [
-            "dataset=folder",
-            f"dataset.path={FLOWERS_MINI}",
-            "dataset.image_size=96",
-            "backbone=mobilenet_v2",
-            f"backbone.weights={MOBILENET_WEIGHTS}",
+            *FLOWERS_TRIAL,
             "augmentation=light",
-            "tuner.max_trials=1",
             "finetune.head_epochs=3",
             "finetune.finetune_epochs=1",
-            "search.optimizers=[adam]",
-            "search.learning_rate.min=3e-3",
-            "search.learning_rate.max=3e-3",
             "search.unfreeze_depths=[10]",
-            "verbose=false",
         ]
     )
     record = run_job(cfg, tmp_path / "job", {"backbone": "mobilenet_v2", "dataset": "folder"})

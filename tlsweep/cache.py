@@ -136,7 +136,6 @@ class FeatureCache:
         self, depth: int, split: str, view: int, below: tuple[int, list[np.ndarray]] | None
     ) -> list[np.ndarray]:
 
-
         below_depth = None if below is None else below[0]
         if (below_depth, depth) not in self._parts:  # one model per pair of cuts: traced once, for every view
             self._parts[(below_depth, depth)] = self._part(below_depth, depth)

@@ -117,6 +117,34 @@ class BestWeights(keras.callbacks.Callback):
             variable.assign(value)
 
 
+class OnWholeModel(keras.callbacks.Callback):
+    """Runs a KerasTuner callback on the whole classifier while only its part above a cut trains.
+
+    KerasTuner checkpoints ``self.model`` and Hyperband later loads that checkpoint into a freshly
+    built classifier, so it must be the classifier's. The part shares its weights with it.
+    """
+
+    def __init__(self, inner: keras.callbacks.Callback, whole: keras.Model) -> None:
+        super().__init__()
+        self.inner, self.whole = inner, whole
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        self.inner.set_model(self.whole)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.inner.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.inner.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.inner.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.inner.on_train_end(logs)
+
+
 class TransferHyperModel(kt.HyperModel):
     """A two-stage transfer-learning trial: train a new head, then fine-tune the backbone's top."""
 
@@ -193,13 +221,14 @@ class TransferHyperModel(kt.HyperModel):
             extra = trial_log.callbacks() if trial_log else []
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
+            tuner_callbacks = [OnWholeModel(c, model) if fit_model is not model else c for c in callbacks or []]
             fit_model.fit(
                 train.dataset(),
                 validation_data=val.dataset(),
                 initial_epoch=first,
                 epochs=end,
                 verbose=0,
-                callbacks=[train.callback(), *(callbacks or []), best, *extra],
+                callbacks=[train.callback(), *tuner_callbacks, best, *extra],
                 **kwargs,
             )
             if best.diverged_at is not None:
