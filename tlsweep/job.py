@@ -1,4 +1,4 @@
-"""One Hydra job: config → dataset → backbone → KerasTuner search → best model, with a job record.
+"""One Hydra job: config → backbone → dataset → feature cache → KerasTuner search → best model.
 
 ``job.json`` in the job folder says whether the job is running, completed or failed (and why),
 so a sweep's results can be read from disk whatever happened to the process.

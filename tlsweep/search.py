@@ -1,8 +1,9 @@
 """The KerasTuner search inside a job: a two-stage trial as a ``HyperModel``, and tlsweep's tuners.
 
 ``TransferHyperModel.build`` declares the searched hyperparameters (learning rate, optimizer,
-unfreeze depth) so KerasTuner records them; ``fit`` runs both stages on one epoch axis.
-The tuners are KerasTuner's own, with ``SweepTuner`` mixed in to log each trial.
+unfreeze depth) so KerasTuner records them; ``fit`` runs both stages on one epoch axis, on
+images (the plain way) or on the feature cache's tensors. The tuners are KerasTuner's own, with
+``SweepTuner`` mixed in to seed and log each trial.
 """
 
 from __future__ import annotations
