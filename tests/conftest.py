@@ -89,16 +89,26 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m tlsweep <args>`` in ``cwd``; returns the finished process (stdout+stderr in ``.stdout``)."""
+def start_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """``python -m tlsweep <args>`` started in ``cwd``, still running (stdout+stderr in ``.stdout``)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "tlsweep", *args],
         cwd=cwd,
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
     )
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m tlsweep <args>`` in ``cwd``; returns the finished process (stdout+stderr in ``.stdout``)."""
+    process = start_cli(args, cwd, env)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out)

@@ -7,15 +7,13 @@ import json
 import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import keras
 import pytest
 import tensorflow as tf
-from conftest import FAST, make_config, make_image_folder, run_cli
+from conftest import FAST, make_config, make_image_folder, run_cli, start_cli
 
 from tlsweep import files
 from tlsweep.config import output_dir
@@ -147,10 +145,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_same_results(tmp_path: Path) ->
 
     work = tmp_path / "killed"
     work.mkdir()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tlsweep", *args], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
+    process = start_cli(args, work)
 
     def second_job_mid_trial() -> bool:  # the second job has finished one trial and is inside the next
         records = list(work.glob("outputs/sweeps/*/augmentation=light/trials/trial_*.json"))
@@ -161,7 +156,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_same_results(tmp_path: Path) ->
         wait_for(second_job_mid_trial)
     finally:
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.communicate()
     (sweep,) = (work / "outputs" / "sweeps").iterdir()
     first_job = sweep / "augmentation=none"
     finished_before = {p.name: p.stat().st_mtime_ns for p in (first_job / "trials").iterdir()}
@@ -182,15 +177,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_same_results(tmp_path: Path) ->
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_continue(tmp_path: Path) -> None:
     args = [*FAST, "tuner.max_trials=3", "finetune.head_epochs=4"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tlsweep", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_cli(args, tmp_path)
     try:
         wait_for(lambda: any(json.loads(p.read_text())["history"] for p in tmp_path.glob("outputs/runs/*/trials/*")))
     finally:

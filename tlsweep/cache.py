@@ -212,7 +212,9 @@ def views_for(cfg: DictConfig) -> int:
 
 
 def _augments(cfg: DictConfig) -> bool:
-    return bool(cfg.flip or cfg.rotation or cfg.zoom or cfg.height or cfg.width)
+    from tlsweep.model import augmentation
+
+    return augmentation(cfg, 0) is not None
 
 
 def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData) -> FeatureCache:

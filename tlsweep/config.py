@@ -56,19 +56,21 @@ def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str
     jobs and would only make every name long. ``command_line`` defaults to ``sys.argv[1:]``.
     """
     fixed = _fixed_keys(sys.argv[1:] if command_line is None else command_line)
-    parts = sorted(str(o) for o in task_overrides if _key(str(o)) not in fixed)
+    parts = sorted(str(o) for o in task_overrides if split_override(str(o))[0] not in fixed)
     name = re.sub(r"[/\\:*?\"<>|\s]+", "_", ",".join(parts)).strip("._") or f"job{job_num}"
     if len(name) > 120:
         name = f"{name[:100]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
 
 
-def _key(override: str) -> str:
-    """The key an override sets (``backbone`` for ``backbone=resnet``, ``a.b`` for ``+a.b=1``)."""
+def split_override(override: str) -> tuple[str, str]:
+    """``(key, value)`` of a Hydra override, e.g. ``("backbone", "resnet")``; ``+a.b=1`` sets ``a.b``."""
     try:
-        return OverridesParser.create().parse_override(override).key_or_group
+        parsed = OverridesParser.create().parse_override(override)
+        return parsed.key_or_group, parsed.get_value_element_as_str()
     except OverrideParseException:
-        return override
+        key, _, value = override.partition("=")
+        return key.lstrip("+~"), value
 
 
 def _fixed_keys(command_line: list[str]) -> set[str]:

@@ -59,13 +59,10 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
 
 def _completed_record(job_dir: Path) -> dict[str, Any] | None:
     """The job's record if an earlier run of it completed, else None."""
-    import json
+    from tlsweep.report.collect import load_job
 
-    try:
-        record = json.loads((job_dir / files.JOB_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+    job = load_job(job_dir, job_dir)
+    return job.record if job.status == "completed" else None
 
 
 def _best_on_disk(job_dir: Path, objective: str) -> dict[str, Any]:

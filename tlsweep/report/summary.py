@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
-
+from tlsweep.config import split_override
 from tlsweep.report.collect import Job, Sweep, Trial
 
 CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
@@ -143,7 +141,7 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path)
     best = _entry(history, record.get("best_epoch")) if completed else _best_entry(history, objective)
     head = record.get("stages", {}).get("head", {}) if completed else {}
     stage1 = _entry(history, head.get("epoch")) or _best_entry([e for e in history if e["stage"] == "head"], objective)
-    overrides = dict(_split_override(o) for o in job.overrides)
+    overrides = dict(split_override(o) for o in job.overrides)
     choices = {k: str(v) for k, v in (record.get("choices") or job.record.get("choices") or {}).items()}
     return {
         "rank": None,
@@ -265,7 +263,7 @@ _PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_de
 
 def reproduce_command(job: Job, hyperparameters: dict[str, Any]) -> str:
     """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters."""
-    kept = [o for o in job.overrides if not _pinned(_split_override(o)[0])]
+    kept = [o for o in job.overrides if not _pinned(split_override(o)[0])]
     pinned = []
     if "learning_rate" in hyperparameters:
         lr = float(hyperparameters["learning_rate"])
@@ -284,21 +282,11 @@ def _pinned(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)
 
 
-def _split_override(override: str) -> tuple[str, str]:
-    """``(key, value)`` of a Hydra override such as ``backbone=resnet`` or ``+a.b=1``."""
-    try:
-        parsed = OverridesParser.create().parse_override(override)
-        return parsed.key_or_group, parsed.get_value_element_as_str()
-    except OverrideParseException:
-        key, _, value = override.partition("=")
-        return key.lstrip("+~"), value
-
-
 def _varying_overrides(jobs: list[Job]) -> list[str]:
     """Override keys (not config groups) whose value differs between jobs, e.g. ``finetune.lr_scale``."""
     values: dict[str, set[str]] = {}
     for job in jobs:
-        overrides = dict(_split_override(o) for o in job.overrides)
+        overrides = dict(split_override(o) for o in job.overrides)
         for key in {*values, *overrides}:
             values.setdefault(key, set()).add(overrides.get(key, "(default)"))
     groups = {k for job in jobs for k in job.record.get("choices", {})} | set(CHOICE_ORDER)
