@@ -112,3 +112,44 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
         process.kill()
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, out)
+
+
+def make_hub_model(path: Path, size: int = 16, seed: int = 0) -> Path:
+    """A TF2 SavedModel in TF Hub's image feature-vector format, exported from a small Keras CNN with BatchNorm.
+
+    Like the tfhub.dev models, it is called as ``model(images, training=...)`` on pixels in [0, 1], lists
+    its ``variables`` bottom to top, and returns pooled features. Its six blocks by variable name
+    are ``stem_conv``, ``stem_bn``, ``mid_conv``, ``mid_bn``, ``top_conv``, ``top_bn``.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for name, filters in (("stem", 4), ("mid", 6), ("top", 8)):
+        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU()(x)
+    net = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    for layer in net.layers:  # BatchNorm statistics as after pretraining, so inference mode differs from training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.1, "float32"))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, "float32"))
+
+    class FeatureVector(tf.__internal__.tracking.AutoTrackable):
+        def __init__(self, model: keras.Model) -> None:
+            self._model = model
+            self.variables = [v.value for v in model.variables]
+            self.trainable_variables = [v.value for v in model.trainable_variables]
+
+        @tf.function
+        def __call__(self, images, training=False):
+            return self._model(images, training=training)
+
+    module = FeatureVector(net)
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    for training in (False, True):
+        module.__call__.get_concrete_function(spec, training=training)
+    tf.saved_model.save(module, str(path))
+    return path

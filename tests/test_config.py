@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_config, run_cli
+from conftest import REPO, make_config, run_cli
 
 from tlsweep.config import check_depths, job_dir_name, validate
 from tlsweep.errors import TlsweepError
 
 GROUP_OPTIONS = {
-    "backbone": ["tiny", "mobilenet_v2", "resnet", "efficientnet"],
+    "backbone": [path.stem for path in (REPO / "conf" / "backbone").glob("*.yaml")],
     "augmentation": ["none", "light", "standard"],
     "finetune": ["none", "top", "full"],
     "dataset": ["digits", "folder", "tf_flowers"],
@@ -28,7 +28,8 @@ def test_default_config_is_the_offline_demo() -> None:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes(group: str, option: str) -> None:
-    cfg = make_config([f"{group}={option}", "dataset.path=x"] if option == "folder" else [f"{group}={option}"])
+    needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"]}
+    cfg = make_config([f"{group}={option}", *needs.get(option, [])])
     assert cfg[group] is not None
     validate(cfg)
 

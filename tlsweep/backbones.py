@@ -1,18 +1,19 @@
 """Backbones: build a pretrained feature extractor from its config, with its own preprocessing.
 
-A backbone config names a ``factory`` with the signature of ``keras.applications``
-(``include_top``, ``weights``, ``input_shape``). Its pretrained weights are loaded once per
-job and copied into a fresh network for every trial, since fine-tuning changes them.
+A backbone config names either a ``factory`` with the signature of ``keras.applications``
+(``include_top``, ``weights``, ``input_shape``) or a TF Hub ``handle`` (see ``tlsweep.hub``).
+Its pretrained weights are loaded once per job and copied into a fresh network for every trial,
+since fine-tuning changes them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,12 @@ class Backbone:
     preprocessing: str
     factory: Callable[..., keras.Model]
     weights: list[np.ndarray]
-    num_layers: int
+    num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's blocks
+    cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
+
+    def cut_depth(self, depth: int) -> int:
+        """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen."""
+        return min(depth, self.cuts)
 
     def build(self) -> keras.Model:
         """A new backbone network named ``backbone`` holding the pretrained weights."""
@@ -98,15 +104,31 @@ class Backbone:
 
 def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     """Build the backbone ``cfg`` describes and load its weights, failing early and clearly."""
-    try:
-        factory = get_method(cfg.factory)
-    except Exception as e:
-        raise TlsweepError(f"backbone {cfg.name}: cannot import factory '{cfg.factory}' ({e})") from e
+    handle = cfg.get("handle")
+    if handle:
+        from tlsweep.hub import hub_network, is_remote, resolve
+
+        handle = handle if is_remote(handle) else to_absolute_path(str(handle))
+        resolve(handle, cfg.name)  # download now, with this backbone's name in any error
+        factory: Callable[..., keras.Model] = partial(hub_network, handle)
+    else:
+        try:
+            factory = get_method(cfg.factory)
+        except Exception as e:
+            raise TlsweepError(f"backbone {cfg.name}: cannot import factory '{cfg.factory}' ({e})") from e
     preprocessing_layer(cfg.preprocessing)  # validate the mode before any slow work
     shape = (image_size, image_size, 3)
     net = _construct(factory, shape, cfg.name)  # a size the architecture refuses fails before any download
     weights = cfg.weights
-    if weights == "bundled":
+    if handle and weights != "hub" and (weights is None or weights in ("bundled", "imagenet")):
+        raise TlsweepError(
+            f"backbone {cfg.name}: a hub backbone's weights come with its SavedModel; "
+            "set backbone.weights=hub (or a weights file saved from the same backbone)"
+        )
+    if weights == "hub":
+        if not handle:
+            raise TlsweepError(f"backbone {cfg.name}: backbone.weights=hub needs a backbone.handle")
+    elif weights == "bundled":
         _load_weights_file(net, _bundled_weights(cfg.name), cfg.name)
     elif weights == "imagenet":
         net = _download_imagenet(factory, shape, cfg.name)
@@ -118,9 +140,13 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
                 "fix backbone.weights, or use backbone.weights=imagenet or null"
             )
         _load_weights_file(net, path, cfg.name)
-    num_layers = sum(not isinstance(layer, keras.layers.InputLayer) for layer in net.layers)
-    log.info("backbone %s: %d layers, weights %s, %d px", cfg.name, num_layers, weights, image_size)
-    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers)
+    from tlsweep.model import backbone_layers, depth_units
+
+    cuts = len(backbone_layers(net))
+    num_layers = depth_units(net)
+    unit = "blocks" if handle else "layers"
+    log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
+    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts)
 
 
 def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:
@@ -166,17 +192,19 @@ def _download_imagenet(factory: Callable[..., keras.Model], shape: tuple, name: 
         if "URL fetch failure" in message:
             problem = "no network?"
         elif "Incomplete or corrupted" in message or isinstance(e, OSError):
-            problem = f"the cached or downloaded file is incomplete or corrupt: delete it from {_weights_cache()}"
+            problem = f"the cached or downloaded file is incomplete or corrupt: delete it from {keras_weights_dir()}"
         else:
             raise
         raise TlsweepError(
             f"backbone {name}: could not get ImageNet weights{tried} ({problem}); "
-            f"ways out: run once on a machine with internet and copy {_weights_cache()} (or set KERAS_HOME), "
+            f"ways out: run `python -m tlsweep.weights fetch backbone={name}` on a machine with internet and copy "
+            f"{keras_weights_dir()} here (or set KERAS_HOME), "
             "or set backbone.weights=path/to/file.weights.h5, or backbone.weights=null for random init"
         ) from e
 
 
-def _weights_cache() -> str:
+def keras_weights_dir() -> Path:
+    """Where Keras caches downloaded application weights: ``$KERAS_HOME/models`` (``~/.keras/models``)."""
     from keras.src.backend import config
 
-    return os.path.join(config.keras_home(), "models")
+    return Path(config.keras_home()) / "models"

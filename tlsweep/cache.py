@@ -152,7 +152,7 @@ class FeatureCache:
             result = part.predict([np.asarray(a, np.float32) for a in source], batch_size=BATCH, verbose=0)
             computed = list(result) if isinstance(result, (list, tuple)) else [result]
         log.info("feature cache: done in %.1fs", time.monotonic() - started)
-        if below is None and depth >= self.backbone.num_layers:  # the cut below every layer: preprocessed images
+        if below is None and depth >= self.backbone.cuts:  # the cut below every layer: preprocessed images
             return [np.asarray(preprocessing_layer(self.backbone.preprocessing)(source[0]))]
         it = iter(computed)
         return [np.asarray(source[j]) if j is not None else next(it) for j in passed]
@@ -225,7 +225,8 @@ def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData) -> FeatureC
     mode = cfg.finetune.mode
     depths = [0] + ([int(d) for d in cfg.search.unfreeze_depths] if mode == "top" else [])
     depths += [backbone.num_layers] if mode == "full" else []
-    return FeatureCache(backbone, data, augmentation, views_for(cfg), int(cfg.seed), store, sorted(set(depths)))
+    cuts = sorted({backbone.cut_depth(d) for d in depths})
+    return FeatureCache(backbone, data, augmentation, views_for(cfg), int(cfg.seed), store, cuts)
 
 
 class PlainData:
@@ -250,7 +251,7 @@ class CachedData:
     def stage(self, model: Any, depth: int, seed: int) -> tuple[Any, EpochBatches, EpochBatches]:
         from tlsweep.model import trainable_part
 
-        data = self.cache.data
-        train = EpochBatches(self.cache.train_views(depth), data.y_train, self.batch_size, shuffle=True, seed=seed)
-        val = EpochBatches([self.cache.val(depth)], data.y_val, self.batch_size, shuffle=False, seed=seed)
-        return trainable_part(model, depth), train, val
+        data, cut = self.cache.data, self.cache.backbone.cut_depth(depth)
+        train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=seed)
+        val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=seed)
+        return trainable_part(model, cut), train, val

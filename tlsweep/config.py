@@ -93,7 +93,11 @@ def validate(cfg: DictConfig) -> None:
     """Raise TlsweepError naming the first invalid setting and how to fix it."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        hint = " (e.g. dataset.path=path/to/images)" if "dataset.path" in missing else ""
+        hints = {
+            "dataset.path": " (e.g. dataset.path=path/to/images)",
+            "backbone.handle": " (a tfhub.dev or Kaggle Models URL, or a SavedModel folder)",
+        }
+        hint = hints.get(missing[0], "")
         raise TlsweepError(f"{missing[0]} must be set{hint}")
 
     lr = cfg.search.learning_rate
@@ -148,13 +152,13 @@ def validate(cfg: DictConfig) -> None:
         raise TlsweepError(f"tuner.max_trials={tuner.max_trials} must be at least 1")
 
 
-def check_depths(cfg: DictConfig, num_layers: int, backbone: str) -> None:
-    """Unfreeze depths must fit inside the backbone."""
+def check_depths(cfg: DictConfig, num_layers: int, backbone: str, unit: str = "layers") -> None:
+    """Unfreeze depths must fit inside the backbone (``unit``: layers, or blocks for a hub model)."""
     if cfg.finetune.mode != "top":
         return
     too_deep = [d for d in cfg.search.unfreeze_depths if d > num_layers]
     if too_deep:
         raise TlsweepError(
-            f"search.unfreeze_depths has {too_deep[0]}, but backbone {backbone} has only {num_layers} layers; "
+            f"search.unfreeze_depths has {too_deep[0]}, but backbone {backbone} has only {num_layers} {unit}; "
             f"use depths up to {num_layers} (or finetune=full to unfreeze all)"
         )

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from tlsweep.backbones import preprocessing_layer
 from tlsweep.errors import TlsweepError
+from tlsweep.hub import HubLayer
 
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
@@ -36,11 +37,11 @@ def augmentation(cfg: DictConfig, seed: int) -> keras.Sequential | None:
     return keras.Sequential(layers, name="augmentation") if layers else None
 
 
-def head(num_classes: int, dropout: float) -> keras.Sequential:
-    """The new classifier: global average pooling → dropout → softmax."""
+def head(num_classes: int, dropout: float, pool: bool = True) -> keras.Sequential:
+    """The new classifier: global average pooling → dropout → softmax (hub feature vectors come pooled)."""
     return keras.Sequential(
         [
-            keras.layers.GlobalAveragePooling2D(name="pool"),
+            *([keras.layers.GlobalAveragePooling2D(name="pool")] if pool else []),
             keras.layers.Dropout(dropout, name="dropout"),
             keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="classifier"),
         ],
@@ -65,7 +66,7 @@ def build_classifier(
     x = augment(inputs) if augment is not None else inputs
     x = preprocessing_layer(preprocessing)(x)
     features = backbone(x, training=False)
-    outputs = head(num_classes, dropout)(features)
+    outputs = head(num_classes, dropout, pool=len(features.shape) == 4)(features)
     return keras.Model(inputs, outputs, name="classifier")
 
 
@@ -89,14 +90,28 @@ def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
 
 
+def _hub_layer(backbone: keras.Model) -> HubLayer | None:
+    layers = backbone_layers(backbone)
+    return layers[0] if len(layers) == 1 and isinstance(layers[0], HubLayer) else None
+
+
+def depth_units(backbone: keras.Model) -> int:
+    """How deep the backbone can be unfrozen: its layers, or a hub model's blocks (see ``tlsweep.hub``)."""
+    hub = _hub_layer(backbone)
+    return len(hub.blocks) if hub is not None else len(backbone_layers(backbone))
+
+
 def unfreeze_top(model: keras.Model, depth: int) -> int:
-    """Make the top ``depth`` backbone layers trainable, BatchNorm excepted; returns how many are.
+    """Make the top ``depth`` backbone layers (hub blocks) trainable, BatchNorm excepted; returns how many are.
 
     Recompile the model afterwards: Keras reads ``trainable`` when it compiles.
     """
     backbone = model.get_layer("backbone")
     layers = backbone_layers(backbone)
     backbone.trainable = depth > 0
+    hub = _hub_layer(backbone)
+    if hub is not None:
+        return hub.unfreeze_top(depth)
     first = len(layers) - depth
     for i, layer in enumerate(layers):
         layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)

@@ -230,7 +230,7 @@ class TransferHyperModel(kt.HyperModel):
                 epochs=end,
                 verbose=0,
                 callbacks=[train.callback(), *tuner_callbacks, best, *extra],
-                **kwargs,
+                **{"shuffle": False, **kwargs},  # EpochBatches already orders each epoch's batches
             )
             if best.diverged_at is not None:
                 raise kt.errors.FailedTrialError(

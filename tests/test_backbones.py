@@ -1,0 +1,73 @@
+"""Every backbone config: its preprocessing against Keras' reference, and one training step of each architecture."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO, make_config
+
+from tlsweep.backbones import load_backbone, preprocessing_layer
+from tlsweep.model import backbone_layers, build_classifier, compile_model, unfreeze_top
+
+apps = keras.applications
+BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
+HUB = [name for name in BACKBONES if name == "hub" or name.startswith("hub_")]
+KERAS = [name for name in BACKBONES if name not in HUB and name != "tiny"]
+
+
+def unit(pixels: np.ndarray) -> np.ndarray:
+    return pixels / 255.0
+
+
+# What each backbone's pretrained weights expect, as Keras (or TF Hub's documentation) defines it.
+REFERENCE = {
+    "tiny": unit,
+    "mobilenet_v2": apps.mobilenet_v2.preprocess_input,
+    "mobilenet_v3_small": apps.mobilenet_v3.preprocess_input,
+    "mobilenet_v3_large": apps.mobilenet_v3.preprocess_input,
+    "efficientnet": apps.efficientnet.preprocess_input,
+    "efficientnet_v2": apps.efficientnet_v2.preprocess_input,
+    "convnext": apps.convnext.preprocess_input,
+    "resnet": apps.resnet_v2.preprocess_input,
+    "resnet101": apps.resnet_v2.preprocess_input,
+    "densenet121": apps.densenet.preprocess_input,
+    "xception": apps.xception.preprocess_input,
+    **{name: unit for name in HUB},  # TF Hub image models take [0, 1]
+}
+MIN_SIZE = {"xception": 71}
+
+
+def test_every_backbone_config_has_a_reference_preprocessing() -> None:
+    assert sorted(REFERENCE) == BACKBONES  # a new backbone config needs its entry here
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbone_preprocessing_matches_its_reference(name: str) -> None:
+    cfg = make_config([f"backbone={name}"]).backbone
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    ours = keras.ops.convert_to_numpy(preprocessing_layer(cfg.preprocessing)(pixels))
+    np.testing.assert_allclose(ours, REFERENCE[name](pixels.copy()), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", KERAS)
+def test_keras_backbone_builds_and_trains_one_step_at_its_deepest_default_depth(name: str) -> None:
+    cfg = make_config([f"backbone={name}", "backbone.weights=null"])
+    backbone = load_backbone(cfg.backbone, MIN_SIZE.get(name, 32))
+    net = backbone.build()
+    if cfg.backbone.preprocessing == "none":  # the network must then rescale inside, as Keras' versions do
+        first = [type(layer).__name__ for layer in backbone_layers(net)[:4]]
+        assert {"Rescaling", "Normalization"} & set(first), first
+    depth = max(cfg.search.unfreeze_depths)
+    assert 0 < depth <= backbone.num_layers
+    model = build_classifier(net, cfg.backbone.preprocessing, 2, 0.2, None)
+    unfreeze_top(model, depth)
+    compile_model(model, keras.optimizers.SGD(0.1))
+    model.run_eagerly = True  # one step: tracing a graph of hundreds of layers would take longer than running it
+    unfrozen = model.get_layer("backbone").trainable_weights
+    before = [v.numpy().copy() for v in unfrozen]
+    size = backbone.image_size
+    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    loss = model.train_on_batch(images, np.array([0, 1]))
+    assert np.isfinite(loss[0] if isinstance(loss, list) else loss)
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, unfrozen, strict=True))

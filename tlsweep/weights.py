@@ -1,0 +1,152 @@
+"""``python -m tlsweep.weights``: download backbone weights on a connected machine, list what is cached.
+
+Cluster nodes often have no internet. Fetch the weights where there is, with the same backbone
+(and ``dataset.image_size``) overrides the runs will use, then copy the two caches across:
+
+    python -m tlsweep.weights fetch backbone=mobilenet_v2,resnet,hub_resnet
+    python -m tlsweep.weights list
+
+Keras application weights go to ``$KERAS_HOME/models`` (``~/.keras/models``), TF Hub models to
+``$TFHUB_CACHE_DIR`` (``~/.cache/tfhub_modules``). Fetching builds each backbone exactly as a run
+does, so a backbone that fetched here loads offline there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tlsweep import hub  # noqa: E402
+from tlsweep.backbones import keras_weights_dir  # noqa: E402
+from tlsweep.errors import TlsweepError  # noqa: E402
+
+log = logging.getLogger("tlsweep.weights")
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """Each combination of a command line's sweeps (``backbone=a,b``), as plain override lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    options = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            options.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            options.append([override.input_line])
+    return [list(combination) for combination in itertools.product(*options)]
+
+
+def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
+    """Load the backbone of each combination of ``overrides`` as a run would, downloading what is missing.
+
+    Returns a line per backbone that is ready, and the error of each that is not.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from tlsweep.backbones import load_backbone
+    from tlsweep.config import register_resolvers
+
+    register_resolvers()
+    lines, errors = [], []
+    for combination in expand(overrides):
+        try:
+            with initialize_config_module("tlsweep.conf", version_base="1.3"):
+                cfg = compose("config", overrides=combination)
+        except HydraException as e:
+            raise TlsweepError(str(e).strip().splitlines()[0]) from e
+        backbone, size = cfg.backbone, int(cfg.dataset.image_size or cfg.backbone.image_size)
+        try:
+            load_backbone(backbone, size)
+        except TlsweepError as e:
+            errors.append(e)
+            continue
+        if backbone.get("handle"):
+            where = hub.resolve(backbone.handle, backbone.name) if hub.is_remote(backbone.handle) else backbone.handle
+        elif backbone.weights == "imagenet":
+            where = str(keras_weights_dir())
+        else:
+            lines.append(f"ready    {backbone.name}: nothing to download (weights: {backbone.weights})")
+            continue
+        lines.append(f"ready    {backbone.name} at {size} px: {where}")
+    return lines, errors
+
+
+def cached() -> list[str]:
+    """Lines describing the Keras and TF Hub weight caches: each file or model, its size, and problems."""
+    lines = []
+    keras_dir = keras_weights_dir()
+    files = sorted(p for p in keras_dir.glob("*") if p.is_file()) if keras_dir.is_dir() else []
+    lines.append(f"Keras application weights in {keras_dir} (set KERAS_HOME to move it):")
+    lines += [f"  {_size(p.stat().st_size):>9}  {p.name}" for p in files] or ["  (none)"]
+    hub_dir = hub.cache_dir()
+    lines.append(f"TF Hub models in {hub_dir} (set TFHUB_CACHE_DIR to move it):")
+    models = sorted(p for p in hub_dir.iterdir() if p.is_dir()) if hub_dir.is_dir() else []
+    shown = 0
+    for model in models:
+        if model.name.endswith(".tmp"):
+            lines.append(f"  {'partial':>9}  {model.name}: a download that did not finish; delete it")
+            shown += 1
+            continue
+        descriptor = model.with_name(f"{model.name}.descriptor.txt")
+        handle = _handle_in(descriptor) if descriptor.is_file() else model.name
+        size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+        problem = ""
+        if not (model / "saved_model.pb").is_file() or not (model / "variables").is_dir():
+            problem = f"  INCOMPLETE: delete {model} and fetch again"
+        elif model.with_name(f"{model.name}.lock").exists():
+            problem = "  (a download is in progress, or one was cut off)"
+        lines.append(f"  {_size(size):>9}  {handle}  [{model}]{problem}")
+        shown += 1
+    if not shown:
+        lines.append("  (none)")
+    return lines
+
+
+def _handle_in(descriptor: Path) -> str:
+    for line in descriptor.read_text(errors="replace").splitlines():
+        if line.startswith("Module: "):
+            return line.removeprefix("Module: ").strip()
+    return descriptor.name.removesuffix(".descriptor.txt")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fetch`` or ``list``; one ``error:`` line and exit code 1 on a user error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tlsweep.weights",
+        description="Download backbone weights on a machine with internet (fetch), or show the caches (list). "
+        "Copy $KERAS_HOME/models and $TFHUB_CACHE_DIR to a machine without internet to run there.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    get = commands.add_parser("fetch", help="download the weights the given backbones need")
+    get.add_argument("overrides", nargs="*", help="Hydra overrides as for a run, e.g. backbone=resnet,efficientnet")
+    commands.add_parser("list", help="show cached weights, where they are and their sizes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        lines, errors = fetch(args.overrides) if args.command == "fetch" else (cached(), [])
+    except TlsweepError as e:
+        lines, errors = [], [e]
+    print("\n".join(lines))
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
