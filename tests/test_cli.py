@@ -63,3 +63,18 @@ def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
     assert (run_dir / "report.html").is_file() and "report written to" in result.stdout
     evaluation = json.loads((run_dir / "best" / "evaluation.json").read_text())  # the demo holds out a test split
     assert evaluation["images"] > 100 and f"test accuracy {evaluation['accuracy']:.4f}" in result.stdout
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "processes"])
+def test_launchers_run_jobs_in_other_processes_with_the_same_outputs(tmp_path: Path, launcher: str) -> None:
+    images = make_image_folder(tmp_path / "images")
+    settings = [*FAST, "tuner.max_trials=1", "search.unfreeze_depths=[0]", "threads=1"]
+    extra = ["hydra.launcher.gpus_per_node=0"] if launcher == "processes" else []
+    args = ["-m", f"hydra/launcher={launcher}", *extra, "dataset=folder", f"dataset.path={images},{tmp_path}/missing"]
+    result = run_cli([*args, *settings], tmp_path)
+    assert result.returncode == 1 and "1 job(s) failed:" in result.stdout, result.stdout
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    jobs = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/job.json")}
+    assert sorted(jobs.values()) == ["completed", "failed"], jobs
+    assert all(name.startswith("dataset.path=") for name in jobs)  # named by the swept value only
+    assert (sweep / "best" / "model.keras").is_file() and "does not exist" in (sweep / "report.md").read_text()

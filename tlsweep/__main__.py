@@ -1,11 +1,13 @@
 """``python -m tlsweep``: Hydra composes the config from ``conf/``; ``tlsweep.job`` runs each job.
 
 A user error ends a single run with one line and exit code 1; in a multirun (``-m``) the job
-is recorded as failed, the other jobs go on, and the sweep exits 1 at the end.
+is recorded as failed, the other jobs go on, and the sweep exits 1 at the end (the failures are
+read from the job folders, so this holds whichever Hydra launcher ran the jobs).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -19,12 +21,12 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tlsweep.config import register_resolvers  # noqa: E402
+from tlsweep.callbacks import FAILED_JOBS  # noqa: E402
+from tlsweep.config import COMMAND_LINE_VARIABLE, register_resolvers  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 
 log = logging.getLogger("tlsweep")
 register_resolvers()
-_failed_jobs: list[str] = []
 _output_root: list[Path] = []  # the run's or the sweep's folder, for the message after Ctrl-C
 
 
@@ -44,22 +46,20 @@ def main(cfg: DictConfig) -> None:
         log.error("error: %s", e)
         if not multirun:
             sys.exit(1)
-        _failed_jobs.append(f"{job_dir.name}: {e}")
     except Exception as e:  # a bug in one job must not stop the other jobs of a sweep
         if is_disk_full(e):
             log.error("error: the disk is full (%s); finished results are kept: free space, then resume=true", e)
             if not multirun:
                 sys.exit(1)
-            _failed_jobs.append(f"{job_dir.name}: disk full")
             return
         if not multirun:
             raise
         log.exception("job %s failed", job_dir.name)
-        _failed_jobs.append(f"{job_dir.name}: {type(e).__name__}: {e}")
 
 
 def cli() -> None:
     """Entry point of ``python -m tlsweep`` and the ``tlsweep`` command."""
+    os.environ[COMMAND_LINE_VARIABLE] = json.dumps(sys.argv[1:])  # for jobs a launcher runs in other processes
     try:
         main()
     except KeyboardInterrupt:
@@ -72,8 +72,8 @@ def cli() -> None:
             file=sys.stderr,
         )
         sys.exit(130)
-    if _failed_jobs:
-        print(f"{len(_failed_jobs)} job(s) failed:", *_failed_jobs, sep="\n  ", file=sys.stderr)
+    if FAILED_JOBS:
+        print(f"{len(FAILED_JOBS)} job(s) failed:", *FAILED_JOBS, sep="\n  ", file=sys.stderr)
         sys.exit(1)
 
 

@@ -15,6 +15,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("tlsweep")
+FAILED_JOBS: list[str] = []  # "job: reason" for each failed job of the sweep that just ended, read from its folder
+
+
+def failed_jobs(root: Path) -> list[str]:
+    """The jobs of a sweep that did not complete, whichever launcher ran them (in this process or not)."""
+    from tlsweep.report.collect import load_sweep
+
+    return [f"{job.name}: {job.error}" for job in load_sweep(root).jobs if job.status not in ("completed", "running")]
 
 
 class SweepEnd(Callback):
@@ -29,7 +37,12 @@ class SweepEnd(Callback):
             self.finish(Path(job_return.hydra_cfg.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.finish(Path(config.hydra.sweep.dir))
+        root = Path(config.hydra.sweep.dir)
+        try:
+            FAILED_JOBS[:] = failed_jobs(root)
+        except Exception as e:  # e.g. no job folder at all: the exit code then says nothing more
+            log.warning("could not read the jobs of %s: %s", root, e)
+        self.finish(root)
 
     def finish(self, root: Path) -> None:
         """Export, then report: the report shows the export's test results."""

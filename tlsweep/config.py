@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,6 +20,8 @@ FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
 SAMPLINGS = ("log", "linear")
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+COMMAND_LINE_VARIABLE = "TLSWEEP_COMMAND_LINE"  # the command line, for jobs that run in other processes
 
 
 def register_resolvers() -> None:
@@ -53,9 +57,13 @@ def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str
     """A readable, safe folder name for a multirun job from the values it sweeps, e.g. ``backbone=resnet``.
 
     Overrides given once on the command line for every job are left out: they are the same in all
-    jobs and would only make every name long. ``command_line`` defaults to ``sys.argv[1:]``.
+    jobs and would only make every name long. ``command_line`` defaults to the one ``tlsweep`` was
+    started with, which launchers that run jobs in other processes pass on in ``$TLSWEEP_COMMAND_LINE``.
     """
-    fixed = _fixed_keys(sys.argv[1:] if command_line is None else command_line)
+    if command_line is None:
+        passed = os.environ.get(COMMAND_LINE_VARIABLE)
+        command_line = json.loads(passed) if passed else sys.argv[1:]
+    fixed = _fixed_keys(command_line)
     parts = sorted(str(o) for o in task_overrides if split_override(str(o))[0] not in fixed)
     name = re.sub(r"[/\\:*?\"<>|\s]+", "_", ",".join(parts)).strip("._") or f"job{job_num}"
     if len(name) > 120:
@@ -142,6 +150,11 @@ def validate(cfg: DictConfig) -> None:
             raise TlsweepError(
                 f"search.unfreeze_depths={depths} must be a non-empty list of whole numbers ≥ 0, e.g. [0,5,10]"
             )
+
+    if cfg.precision not in PRECISIONS:
+        raise TlsweepError(f"precision={cfg.precision} must be one of: {', '.join(PRECISIONS)}")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise TlsweepError(f"threads={cfg.threads} must be a whole number ≥ 1, or null for all cores")
 
     tuner = cfg.tuner
     if tuner.name not in TUNER_NAMES:

@@ -308,7 +308,7 @@ class EpochBatches:
                 yield self.batch(i, epoch)
 
         ds = tf.data.Dataset.from_generator(generate, output_signature=(x_spec, y_spec))
-        return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
+        return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
 
     def callback(self) -> Any:
         """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included)."""

@@ -93,6 +93,7 @@ class HubLayer(keras.layers.Layer):
     """A SavedModel as a Keras 3 layer whose variables Keras tracks, trains and saves."""
 
     def __init__(self, handle: str, **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"  # the SavedModel computes in its own dtype, whatever the precision policy
         super().__init__(**kwargs)
         self.handle = handle if is_remote(handle) else str(Path(handle).expanduser().resolve())
         path = resolve(self.handle)

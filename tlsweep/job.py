@@ -84,9 +84,11 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     from tlsweep.backbones import load_backbone
     from tlsweep.cache import CachedData, PlainData, make_cache
     from tlsweep.data import load_dataset
+    from tlsweep.device import configure
     from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner
 
     validate(cfg)
+    configure(cfg)  # GPUs, precision, threads: before TensorFlow builds anything
     keras.utils.set_random_seed(int(cfg.seed))
     tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
     image_size = int(cfg.dataset.image_size or cfg.backbone.image_size)

@@ -153,6 +153,10 @@ def trainable_part(model: keras.Model, depth: int) -> keras.Model:
     return keras.Model(inputs, head_block(features), name="cached_top")
 
 
-def compile_model(model: keras.Model, optimizer: Any) -> None:
-    """Compile for integer class labels with accuracy."""
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def compile_model(model: keras.Model, optimizer: Any, jit_compile: bool | str = False) -> None:
+    """Compile for integer class labels with accuracy; ``jit_compile=True`` compiles the steps with XLA."""
+    if keras.mixed_precision.global_policy().name.startswith("mixed"):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # keeps small float16 gradients from vanishing
+    model.compile(
+        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
+    )

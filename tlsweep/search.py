@@ -181,7 +181,7 @@ class TransferHyperModel(kt.HyperModel):
             float(self.cfg.finetune.dropout),
             augment,
         )
-        compile_model(model, self.optimizer(values["optimizer"], values["learning_rate"]))
+        compile_model(model, self.optimizer(values["optimizer"], values["learning_rate"]), bool(self.cfg.jit_compile))
         return model
 
     def optimizer(self, name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -217,7 +217,7 @@ class TransferHyperModel(kt.HyperModel):
                 unfreeze_top(model, depth)
                 lr *= float(finetune.lr_scale)
             fit_model, train, val = self.source.stage(model, depth, trial_seed)
-            compile_model(fit_model, self.optimizer(hp.get("optimizer"), lr))
+            compile_model(fit_model, self.optimizer(hp.get("optimizer"), lr), bool(self.cfg.jit_compile))
             best.stage = stage
             extra = trial_log.callbacks() if trial_log else []
             if trial_log:
