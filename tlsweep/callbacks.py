@@ -33,6 +33,8 @@ class SweepEnd(Callback):
         self.report = report
 
     def on_run_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        if config.get("distributed", {}).get("role") == "worker":  # the chief exports and reports
+            return
         if job_return is not None and getattr(job_return, "hydra_cfg", None) is not None:
             self.finish(Path(job_return.hydra_cfg.hydra.runtime.output_dir))
 

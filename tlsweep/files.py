@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ TRIALS_DIR = "trials"  # trial_<id>.json, one record per trial
 TENSORBOARD_DIR = "tensorboard"  # trial_<id>/, one TensorBoard run per trial
 TUNER_DIR = "tuner"  # KerasTuner's own project
 BEST_MODEL = "best.keras"
+BEST_RECORD = "best.json"  # which trial best.keras holds: shared by every process of a distributed search
 LABELS = "labels.txt"
 
 # Inside a run's or sweep's folder, the exported best model (tlsweep.export):
@@ -59,3 +61,20 @@ def write_json(path: Path, data: Any) -> None:
 def save_model(model: Any, path: Path) -> None:
     """Save a Keras model to ``path`` (``.keras``) atomically."""
     atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, across processes."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per job folder there, nothing to share
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
     """Run one search in ``job_dir`` and return its job record; records failures before raising."""
     job_dir = Path(job_dir)
+    if cfg.distributed.role == "worker":  # the chief keeps the job's record; a worker only runs trials
+        return _search(cfg, job_dir, choices)
     if cfg.get("resume"):
         done = _completed_record(job_dir)
         if done is not None:
@@ -65,18 +67,6 @@ def _completed_record(job_dir: Path) -> dict[str, Any] | None:
     return job.record if job.status == "completed" else None
 
 
-def _best_on_disk(job_dir: Path, objective: str) -> dict[str, Any]:
-    """The best completed trial an earlier, interrupted run of this job left (for resume)."""
-    from tlsweep.report.collect import load_job
-
-    completed = [t.record for t in load_job(job_dir, job_dir).trials if t.status == "completed"]
-    completed = [r for r in completed if isinstance(r.get(objective), (int, float))]
-    if not completed or not (job_dir / files.BEST_MODEL).is_file():
-        return {}
-    best = (min if objective.endswith("loss") else max)(completed, key=lambda r: r[objective])
-    return {"value": best[objective], "trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"]}
-
-
 def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
     import keras
     import tensorflow as tf
@@ -85,7 +75,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     from tlsweep.cache import CachedData, PlainData, make_cache
     from tlsweep.data import load_dataset
     from tlsweep.device import configure
-    from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner
+    from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner, read_best
 
     validate(cfg)
     configure(cfg)  # GPUs, precision, threads: before TensorFlow builds anything
@@ -110,25 +100,31 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         },
         verbose=bool(cfg.verbose),
         seed=int(cfg.seed),
-        best=_best_on_disk(job_dir, str(cfg.tuner.objective)),
+        best=read_best(job_dir),
     )
     if job.best:
         log.info("resuming: finished trials are kept (best so far trial_%s)", job.best["trial_id"])
     batch_size = int(cfg.dataset.batch_size)
     source = CachedData(make_cache(cfg, backbone, data), batch_size) if cfg.cache else PlainData(data, batch_size)
+    role = join_search(cfg.distributed)
     tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names), source), job)
-    log.info("searching with %s in %s", cfg.tuner.name, job_dir)
+    log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
     tuner.search(verbose=0)
+    if role:  # trials ran in other processes too: the best is on disk
+        job.best.update(read_best(job_dir))
     if isinstance(source, CachedData):
         store = source.cache.store
         log.info("feature cache: %d arrays computed, %d reused from %s", store.built, store.reused, store.root)
 
-    trials = tuner.oracle.trials.values()
+    trials = list(tuner.oracle.trials.values()) if role != "worker" else []  # a worker sees only its own
     completed = sum(t.status == "COMPLETED" for t in trials)
     if not job.best:
         raise TlsweepError(
             f"every trial of this job failed; the reasons are in {job_dir / 'trials'} and {job_dir / 'tlsweep.log'}"
         )
+    if role == "worker":
+        log.info("worker done: the chief reports the search; best so far trial_%s", job.best["trial_id"])
+        return {}
     log.info(
         "job done: %d of %d trials completed; best trial_%s %s %.4f with %s",
         completed,
@@ -152,6 +148,26 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         "skipped_images": data.skipped,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def join_search(cfg: DictConfig) -> str | None:
+    """Set up KerasTuner's distributed mode for ``distributed.role``: the chief serves trials, workers run them.
+
+    KerasTuner reads its settings from the environment: the chief listens on the port of
+    ``distributed.chief`` (on every interface); a worker connects to that address.
+    """
+    role = cfg.role
+    if not role:
+        return None
+    if role not in ("chief", "worker"):
+        raise TlsweepError(f"distributed.role={role} must be chief, worker or null")
+    host, _, port = str(cfg.chief).rpartition(":")
+    if not host or not port.isdigit():
+        raise TlsweepError(f"distributed.chief={cfg.chief} must be host:port, e.g. node1:8000")
+    os.environ["KERASTUNER_ORACLE_IP"] = "0.0.0.0" if role == "chief" else host
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+    os.environ["KERASTUNER_TUNER_ID"] = "chief" if role == "chief" else f"worker-{socket.gethostname()}-{os.getpid()}"
+    return str(role)
 
 
 def _logdir_hint(job_dir: Path) -> str:

@@ -8,6 +8,7 @@ images (the plain way) or on the feature cache's tensors. The tuners are KerasTu
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import zlib
@@ -266,6 +267,17 @@ class JobContext:
     best: dict[str, Any] = field(default_factory=dict)
 
 
+def read_best(job_dir: Path) -> dict[str, Any]:
+    """Which trial ``best.keras`` holds (value, trial id, hyperparameters); empty when there is none yet."""
+    path = Path(job_dir) / files.BEST_RECORD
+    if not path.is_file() or not (Path(job_dir) / files.BEST_MODEL).is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 class StopSearch(TlsweepError, kt.errors.FatalError):
     """A problem that ends the job's search (KerasTuner goes on after other errors, trial by trial)."""
 
@@ -293,7 +305,7 @@ class SweepTuner:
         keras.utils.set_random_seed(seed)  # before the model is built: its initial weights, its dropout
         hp = trial.hyperparameters
         values = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
-        number = len(self.oracle.trials)
+        number = int(trial.trial_id) + 1 if trial.trial_id.isdigit() else len(self.oracle.trials)
         total = self.oracle.max_trials
         label = f"trial {number}/{total}" if total else f"trial {number}"
         trial_log = TrialLog(
@@ -306,6 +318,7 @@ class SweepTuner:
                 "settings": self.job.settings,
                 "objective": self.job.objective,
                 "data": self.job.data,
+                "worker": self.tuner_id,
             },
             self.job.verbose,
         )
@@ -333,12 +346,16 @@ class SweepTuner:
         trial_log.model_to_keep = None
         obj = self.oracle.objective
         value = record[obj.name]
-        best = self.job.best
-        is_best = not best or obj.better_than(value, best["value"])
-        if is_best and model is not None:
-            files.save_model(model, self.job.job_dir / files.BEST_MODEL)
-            files.write_text(self.job.job_dir / files.LABELS, "\n".join(self.job.data["classes"]) + "\n")
-            best.update(value=value, trial_id=record["trial_id"], hyperparameters=record["hyperparameters"])
+        job_dir = self.job.job_dir
+        with files.locked(job_dir / ".best.lock"):  # workers of a distributed search share best.keras
+            best = self.job.best
+            best.update(read_best(job_dir))  # another process may have saved a better trial meanwhile
+            is_best = not best or obj.better_than(value, best["value"])
+            if is_best and model is not None:
+                files.save_model(model, job_dir / files.BEST_MODEL)
+                files.write_text(job_dir / files.LABELS, "\n".join(self.job.data["classes"]) + "\n")
+                best.update(value=value, trial_id=record["trial_id"], hyperparameters=record["hyperparameters"])
+                files.write_json(job_dir / files.BEST_RECORD, best)
         best_line = f"best so far {best['value']:.4f} (trial_{best['trial_id']})"
         log.info(
             "%s done in %.0fs: %s %.4f at epoch %d%s; %s",
