@@ -157,7 +157,9 @@ def join_search(cfg: DictConfig) -> str | None:
     ``distributed.chief`` (on every interface); a worker connects to that address.
     """
     role = cfg.role
-    if not role:
+    if not role:  # an earlier job of this process may have joined a distributed search
+        for variable in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+            os.environ.pop(variable, None)
         return None
     if role not in ("chief", "worker"):
         raise TlsweepError(f"distributed.role={role} must be chief, worker or null")
