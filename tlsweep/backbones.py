@@ -90,6 +90,7 @@ class Backbone:
     weights: list[np.ndarray]
     num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's blocks
     cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
+    unit: str = "layers"  # what num_layers counts: "layers", or "blocks" for a hub model
 
     def cut_depth(self, depth: int) -> int:
         """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen."""
@@ -120,7 +121,7 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     shape = (image_size, image_size, 3)
     net = _construct(factory, shape, cfg.name)  # a size the architecture refuses fails before any download
     weights = cfg.weights
-    if handle and weights != "hub" and (weights is None or weights in ("bundled", "imagenet")):
+    if handle and weights in (None, "bundled", "imagenet"):
         raise TlsweepError(
             f"backbone {cfg.name}: a hub backbone's weights come with its SavedModel; "
             "set backbone.weights=hub (or a weights file saved from the same backbone)"
@@ -146,7 +147,7 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     num_layers = depth_units(net)
     unit = "blocks" if handle else "layers"
     log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
-    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts)
+    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts, unit)
 
 
 def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:

@@ -83,7 +83,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
     image_size = int(cfg.dataset.image_size or cfg.backbone.image_size)
     backbone = load_backbone(cfg.backbone, image_size)  # first: a weights problem should not wait for the data
-    check_depths(cfg, backbone.num_layers, backbone.name, "blocks" if cfg.backbone.get("handle") else "layers")
+    check_depths(cfg, backbone.num_layers, backbone.name, backbone.unit)
     data = load_dataset(cfg.dataset, image_size)
     log.info(data.summary())
 
