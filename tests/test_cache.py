@@ -37,14 +37,17 @@ def config(image_folder: Path, tmp_path: Path, augmentation: str):
 
 def train(cfg, backbone, source, job_dir: Path) -> tuple[keras.Model, list[dict]]:
     """One trial (learning rate 0.01, Adam, top 4 layers unfrozen), as the tuner runs it."""
-    hypermodel = TransferHyperModel(cfg, backbone, 3, source)
+    return trial(TransferHyperModel(cfg, backbone, 3, source), job_dir)
+
+
+def trial(hypermodel: TransferHyperModel, job_dir: Path, learning_rate: float = 0.01, seed: int = 7):
     hp = kt.HyperParameters()
     hypermodel.declare(hp)
-    hp.values.update(learning_rate=0.01, optimizer="adam", unfreeze_depth=DEPTH)
-    keras.utils.set_random_seed(123)
+    hp.values.update(learning_rate=learning_rate, optimizer="adam", unfreeze_depth=DEPTH)
+    keras.utils.set_random_seed(seed)
     model = hypermodel.build(hp)
-    log = TrialLog(job_dir, "0", "trial", dict(hp.values), {}, verbose=False)
-    hypermodel.fit(hp, model, trial_log=log, trial_seed=7)
+    log = TrialLog(job_dir, str(seed), "trial", dict(hp.values), {}, verbose=False)
+    hypermodel.fit(hp, model, trial_log=log, trial_seed=seed)
     return model, log.record["history"]
 
 
@@ -80,6 +83,21 @@ def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, t
             np.testing.assert_allclose(a, b, atol=1e-4)
     if augmentation == "light":  # the views differ from the images, and from each other
         assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], data.x_train)
+
+
+def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Path, tmp_path: Path) -> None:
+    """A job reuses one classifier and its compiled steps: no weight, optimizer or random state leaks."""
+    cfg = config(image_folder, tmp_path, "light")  # plain: augmentation and dropout draw inside the model
+    data = load_dataset(cfg.dataset, 32)
+    hypermodel = TransferHyperModel(cfg, load_backbone(cfg.backbone, 32), 3, PlainData(data, 8))
+    model, first = trial(hypermodel, tmp_path)
+    weights = [w.copy() for w in model.get_weights()]
+    trial(hypermodel, tmp_path, learning_rate=0.05, seed=8)  # same depth and optimizer: the same compiled model
+    model, again = trial(hypermodel, tmp_path)
+
+    assert [(e["loss"], e["val_accuracy"]) for e in again] == [(e["loss"], e["val_accuracy"]) for e in first]
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Path, tmp_path: Path) -> None:

@@ -195,3 +195,25 @@ def test_batches_cover_every_example_in_an_order_fixed_by_seed_and_epoch() -> No
     assert orders[0] == orders[2] != orders[1]  # the same epoch, the same order; the next epoch, another
     ds = EpochBatches([[x]], y, 4, shuffle=False, seed=0).dataset()
     assert [labels.numpy().tolist() for _, labels in ds] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_the_pipeline_gives_the_same_batches_from_memory_and_from_a_memory_mapped_file(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((10, 3, 5)).astype(np.float16)
+    np.save(tmp_path / "x.npy", x)
+    y = np.arange(10, dtype=np.int32)
+    sources = {
+        "memory": EpochBatches([[x, x[:, 0]], [x + 1, x[:, 1]]], y, 4, shuffle=True, seed=3),
+        "memory-mapped": EpochBatches(
+            [[np.load(tmp_path / "x.npy", mmap_mode="r"), x[:, 0]], [x + 1, x[:, 1]]], y, 4, True, 3
+        ),
+    }
+    for source in sources.values():
+        ds, set_epoch = source.dataset(), source.callback()
+        for epoch in (0, 1, 0):
+            set_epoch.on_epoch_begin(epoch)  # as fit does before each epoch
+            for i, ((a, b), labels) in enumerate(ds):
+                (want_a, want_b), want_labels = source.batch(i, epoch)
+                np.testing.assert_array_equal(labels.numpy(), want_labels)
+                np.testing.assert_array_equal(a.numpy(), want_a)
+                np.testing.assert_array_equal(b.numpy(), want_b)
+                assert a.dtype.name == "float32"

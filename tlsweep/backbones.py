@@ -2,8 +2,8 @@
 
 A backbone config names either a ``factory`` with the signature of ``keras.applications``
 (``include_top``, ``weights``, ``input_shape``) or a TF Hub ``handle`` (see ``tlsweep.hub``).
-Its pretrained weights are loaded once per job and copied into a fresh network for every trial,
-since fine-tuning changes them.
+Its pretrained weights are loaded once per job and kept in memory: fine-tuning changes a
+network's weights, and every trial starts again from the pretrained ones.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -81,7 +81,7 @@ def tiny_cnn(
 
 @dataclass
 class Backbone:
-    """A backbone with its pretrained weights in memory; ``build()`` gives a fresh copy per trial."""
+    """A backbone with its pretrained weights in memory; ``build()`` gives a new network holding them."""
 
     name: str
     image_size: int
@@ -91,6 +91,7 @@ class Backbone:
     num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's blocks
     cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
     unit: str = "layers"  # what num_layers counts: "layers", or "blocks" for a hub model
+    spare: keras.Model | None = field(default=None, repr=False)  # built while loading: the first build's
 
     def cut_depth(self, depth: int) -> int:
         """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen."""
@@ -98,8 +99,10 @@ class Backbone:
 
     def build(self) -> keras.Model:
         """A new backbone network named ``backbone`` holding the pretrained weights."""
-        net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
-        net.set_weights(self.weights)
+        net, self.spare = self.spare, None  # constructing a big network takes seconds: use the one loading made
+        if net is None:
+            net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
+            net.set_weights(self.weights)
         return keras.Model(net.input, net.output, name="backbone")
 
 
@@ -147,7 +150,7 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     num_layers = depth_units(net)
     unit = "blocks" if handle else "layers"
     log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
-    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts, unit)
+    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts, unit, net)
 
 
 def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:

@@ -99,6 +99,7 @@ class FeatureCache:
     _fingerprint: dict[str, Any] = field(default_factory=dict)
     _memo: dict[tuple, list[np.ndarray]] = field(default_factory=dict)
     _parts: dict[tuple, tuple[Any, list[int | None]]] = field(default_factory=dict)
+    _network: Any = None  # one network for every part: the cache never trains it
 
     def train_views(self, depth: int) -> list[list[np.ndarray]]:
         """For each view, the tensors at the cut for ``depth`` of every training image."""
@@ -148,9 +149,12 @@ class FeatureCache:
         log.info("feature cache: computing the cut at depth %d for %d images (%s) …", depth, len(source[0]), where)
         started = time.monotonic()
         computed: list[np.ndarray] = []
-        if part is not None:
-            result = part.predict([np.asarray(a, np.float32) for a in source], batch_size=BATCH, verbose=0)
-            computed = list(result) if isinstance(result, (list, tuple)) else [result]
+        if part is not None:  # batch by batch: the source may be memory-mapped
+            batches = [
+                part(*(np.asarray(a[i : i + BATCH], np.float32) for a in source))
+                for i in range(0, len(source[0]), BATCH)
+            ]
+            computed = [np.concatenate([np.asarray(b[k]) for b in batches]) for k in range(len(batches[0]))]
         log.info("feature cache: done in %.1fs", time.monotonic() - started)
         if below is None and depth >= self.backbone.cuts:  # the cut below every layer: preprocessed images
             return [np.asarray(preprocessing_layer(self.backbone.preprocessing)(source[0]))]
@@ -158,12 +162,16 @@ class FeatureCache:
         return [np.asarray(source[j]) if j is not None else next(it) for j in passed]
 
     def _part(self, below_depth: int | None, depth: int) -> tuple[Any, list[int | None]]:
-        """The layers from one cut (or the images) to another, and which wanted tensors cross both cuts."""
+        """The layers from one cut (or the images) to another, as a function traced once for any batch
+        size, and which wanted tensors cross both cuts (so are passed on, not computed)."""
         import keras
+        import tensorflow as tf
 
         from tlsweep.model import crossing_tensors
 
-        net = self.backbone.build()
+        if self._network is None:
+            self._network = self.backbone.build()
+        net = self._network
         wanted = crossing_tensors(net, depth)
         given = [net.input] if below_depth is None else crossing_tensors(net, below_depth)
         passed = [next((j for j, g in enumerate(given) if g is t), None) for t in wanted]
@@ -176,7 +184,13 @@ class FeatureCache:
             outputs = middle(preprocessing_layer(self.backbone.preprocessing)(inputs[0]), training=False)
         else:
             outputs = middle(inputs, training=False)
-        return keras.Model(inputs, outputs), passed
+        model = keras.Model(inputs, outputs)
+        specs = [tf.TensorSpec((None, *g.shape[1:]), tf.float32) for g in given]
+
+        def forward(*xs: Any) -> list[Any]:
+            return keras.tree.flatten(model(xs[0] if len(xs) == 1 else list(xs), training=False))
+
+        return tf.function(forward, input_signature=specs), passed
 
     def fingerprint(self) -> dict[str, Any]:
         """What the cached tensors depend on, besides the cut and the view."""
@@ -233,13 +247,23 @@ class PlainData:
     """The plain way: every epoch runs the whole model, augmentation included, on the images."""
 
     def __init__(self, data: ImageData, batch_size: int, train_views: list[np.ndarray] | None = None) -> None:
-        self.data, self.batch_size = data, batch_size
-        self.train_views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
+        views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
+        self.train = EpochBatches(views, data.y_train, batch_size, shuffle=True, seed=0)
+        self.val = EpochBatches([[data.x_val]], data.y_val, batch_size, shuffle=False, seed=0)
 
-    def stage(self, model: Any, depth: int, seed: int) -> tuple[Any, EpochBatches, EpochBatches]:
-        train = EpochBatches(self.train_views, self.data.y_train, self.batch_size, shuffle=True, seed=seed)
-        val = EpochBatches([[self.data.x_val]], self.data.y_val, self.batch_size, shuffle=False, seed=seed)
-        return model, train, val
+    def cut(self, depth: int) -> int | None:
+        """Where the batches enter the classifier: no cut, the images go in whole."""
+        return None
+
+    def part(self, model: Any, depth: int) -> Any:
+        """What trains: the whole classifier (a new model over its layers)."""
+        import keras
+
+        return keras.Model(model.inputs, model.outputs, name="classifier")
+
+    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
+        """Training and validation batches of the images, in the order of the trial's ``seed``."""
+        return self.train.reseed(seed), self.val.reseed(seed)
 
 
 class CachedData:
@@ -247,11 +271,25 @@ class CachedData:
 
     def __init__(self, cache: FeatureCache, batch_size: int) -> None:
         self.cache, self.batch_size = cache, batch_size
+        self._batches: dict[int, tuple[EpochBatches, EpochBatches]] = {}  # by cut
 
-    def stage(self, model: Any, depth: int, seed: int) -> tuple[Any, EpochBatches, EpochBatches]:
+    def cut(self, depth: int) -> int | None:
+        """Where the batches enter the classifier: the cut below the top ``depth`` units."""
+        return self.cache.backbone.cut_depth(depth)
+
+    def part(self, model: Any, depth: int) -> Any:
+        """What trains: the classifier above the cut for ``depth``, sharing its layers."""
         from tlsweep.model import trainable_part
 
+        return trainable_part(model, self.cache.backbone.cut_depth(depth))
+
+    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
+        """Training and validation batches of the cached tensors at the cut for ``depth``, in the
+        order of the trial's ``seed``."""
         data, cut = self.cache.data, self.cache.backbone.cut_depth(depth)
-        train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=seed)
-        val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=seed)
-        return trainable_part(model, cut), train, val
+        if cut not in self._batches:
+            train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=0)
+            val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=0)
+            self._batches[cut] = (train, val)
+        train, val = self._batches[cut]
+        return train.reseed(seed), val.reseed(seed)

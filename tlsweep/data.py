@@ -292,23 +292,71 @@ class EpochBatches:
         self.views, self.labels = views, np.asarray(labels)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
+        self._rows: Any = None  # the in-pipeline copy of rows(epoch), once dataset() made one
+        self._dataset: Any = None
+
+    def reseed(self, seed: int) -> EpochBatches:
+        """The same examples in another trial's order: a job builds its pipeline once, not per trial."""
+        self.seed = seed
+        self.set_epoch(0)
+        return self
 
     def dataset(self) -> Any:
-        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch."""
+        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch.
+
+        Arrays in memory are copied into TensorFlow once and each batch is gathered inside the
+        pipeline; memory-mapped arrays are read batch by batch in Python instead (slower per step,
+        but never loaded whole). Both give the batches ``batch`` gives.
+        """
+        import tensorflow as tf
+
+        if self._dataset is not None:
+            return self._dataset
+        if any(isinstance(a, np.memmap) for view in self.views for a in view):
+            self._dataset = self._read_in_python()
+            return self._dataset
+        n, size = len(self.labels), self.batch_size
+        with tf.device("/CPU:0"):  # the pipeline's tensors stay on the host
+            stacked = [
+                tf.Variable(np.concatenate([view[k] for view in self.views]), trainable=False)
+                for k in range(len(self.views[0]))
+            ]
+            labels = tf.Variable(self.labels, trainable=False)
+            self._rows = tf.Variable(self.rows(self.epoch), trainable=False)  # set anew at every epoch
+
+        def gather(i: Any) -> tuple[Any, Any]:
+            rows = self._rows[i * size : (i + 1) * size]
+            x = [tf.cast(tf.gather(t, rows), tf.float32) for t in stacked]
+            return (x[0] if len(x) == 1 else tuple(x)), tf.gather(labels, rows % n)
+
+        self._dataset = tf.data.Dataset.range(self.steps).map(gather).prefetch(tf.data.AUTOTUNE)
+        return self._dataset
+
+    def _read_in_python(self) -> Any:
         import tensorflow as tf
 
         specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in self.views[0]]
         x_spec = specs[0] if len(specs) == 1 else tuple(specs)
         y_spec = tf.TensorSpec((None,), tf.as_dtype(self.labels.dtype))
-        steps = -(-len(self.labels) // self.batch_size)
 
         def generate() -> Any:
             epoch = self.epoch
-            for i in range(steps):
+            for i in range(self.steps):
                 yield self.batch(i, epoch)
 
         ds = tf.data.Dataset.from_generator(generate, output_signature=(x_spec, y_spec))
-        return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(tf.data.AUTOTUNE)
+        return ds.apply(tf.data.experimental.assert_cardinality(self.steps)).prefetch(tf.data.AUTOTUNE)
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch."""
+        return -(-len(self.labels) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The coming epoch: its view and order. The pipeline reads them when ``fit`` starts the epoch."""
+        self.epoch = epoch
+        if self._rows is not None:
+            self._rows.assign(self.rows(epoch))
 
     def callback(self) -> Any:
         """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included)."""
@@ -318,9 +366,13 @@ class EpochBatches:
 
         class SetEpoch(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-                source.epoch = epoch
+                source.set_epoch(epoch)
 
         return SetEpoch()
+
+    def rows(self, epoch: int) -> np.ndarray:
+        """The rows ``epoch`` reads, in order, counting through the views stacked one after another."""
+        return (epoch % len(self.views)) * len(self.labels) + self.order(epoch)
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.labels)

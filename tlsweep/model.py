@@ -3,20 +3,26 @@
 The model is built from four named blocks so the frozen part (``preprocessing`` and
 ``backbone``) and the trained part (``head``, plus the backbone's unfrozen top in stage 2)
 can be told apart: ``model.get_layer("backbone")``, ``model.get_layer("head")``.
+A job builds its classifier once (``SharedClassifier``) and resets it for every trial.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import keras
+import numpy as np
 from omegaconf import DictConfig
 
-from tlsweep.backbones import preprocessing_layer
+from tlsweep.backbones import Backbone, preprocessing_layer
 from tlsweep.errors import TlsweepError
 from tlsweep.hub import HubLayer
 
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
+LOSS, METRICS = "sparse_categorical_crossentropy", ["accuracy"]  # integer class labels
 
 
 def augmentation(cfg: DictConfig, seed: int) -> keras.Sequential | None:
@@ -158,5 +164,99 @@ def compile_model(model: keras.Model, optimizer: Any, jit_compile: bool | str = 
     if keras.mixed_precision.global_policy().name.startswith("mixed"):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # keeps small float16 gradients from vanishing
     model.compile(
-        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile
+        optimizer=optimizer,
+        loss=LOSS,
+        metrics=METRICS,
+        jit_compile=jit_compile,
+        steps_per_execution=STEPS_PER_EXECUTION,
     )
+
+
+class SharedClassifier:
+    """The job's classifier: built once, reset for every trial, each training step traced once.
+
+    Building a backbone and tracing a training step take seconds, more than a trial spends
+    training a head on cached features. So a trial does not build its own: it resets this one
+    to what a fresh build gives (the pretrained backbone, frozen; a head and augmentation drawn
+    from the current random seed) and trains with the compiled model kept for its stage's
+    (unfreeze depth, optimizer), whose optimizer state is reset too. A trial trains the same
+    whichever trials ran before it.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        num_classes: int,
+        dropout: float,
+        augment: Callable[[], keras.Sequential | None],
+        jit_compile: bool | str = False,
+    ) -> None:
+        self.backbone = backbone
+        self.new_head = lambda pool: head(num_classes, dropout, pool)
+        self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
+        self.jit_compile = jit_compile
+        self.model = build_classifier(backbone.build(), backbone.preprocessing, num_classes, dropout, augment())
+        self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray]]] = {}
+        self._evaluators: dict[Any, keras.Model] = {}
+        logging.getLogger("tensorflow").addFilter(_one_trace_per_model)
+
+    def fresh(self) -> keras.Model:
+        """The classifier as a new build would make it now: pretrained frozen backbone, newly drawn head."""
+        network = self.model.get_layer("backbone")
+        network.set_weights(self.backbone.weights)
+        network.trainable = False
+        features = network.output.shape
+        _reset_from(self.model.get_layer("head"), self.new_head(len(features) == 4), features)
+        if any(layer.name == "augmentation" for layer in self.model.layers):
+            _reset_from(self.model.get_layer("augmentation"), self.new_augmentation(), self.model.input_shape)
+        return self.model
+
+    def trainer(
+        self,
+        key: Any,
+        make_model: Callable[[], keras.Model],
+        make_optimizer: Callable[[], Any],
+        learning_rate: float,
+    ) -> keras.Model:
+        """The compiled model for ``key`` (a stage's unfreeze depth and optimizer), its optimizer as new.
+
+        ``make_model`` gives the model that trains (the classifier, or its part above a cut); it
+        shares its layers with the classifier. Set the layers' ``trainable`` first: the step traced
+        on first use trains the variables that were trainable then, so the key must fix them.
+        """
+        if key not in self._trainers:
+            model = make_model()
+            compile_model(model, make_optimizer(), self.jit_compile)
+            model.optimizer.build(model.trainable_variables)
+            self._trainers[key] = (model, [v.numpy() for v in model.optimizer.variables])
+        model, initial = self._trainers[key]
+        for variable, value in zip(model.optimizer.variables, initial, strict=True):
+            variable.assign(value)
+        model.optimizer.learning_rate = learning_rate
+        return model
+
+    def evaluator(self, key: Any, make_model: Callable[[], keras.Model]) -> keras.Model:
+        """The compiled model that scores validation data for ``key`` (where the cached tensors enter).
+
+        Its evaluation step is traced once for every trainer that starts there, whatever
+        optimizer they use: Keras would trace one for each compiled model.
+        """
+        if key not in self._evaluators:
+            model = make_model()
+            model.compile(
+                loss=LOSS, metrics=METRICS, jit_compile=self.jit_compile, steps_per_execution=STEPS_PER_EXECUTION
+            )
+            self._evaluators[key] = model
+        return self._evaluators[key]
+
+
+def _one_trace_per_model(record: logging.LogRecord) -> bool:
+    """Drop TensorFlow's retracing warning: each (depth, optimizer) traces its own step, once, by design."""
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _reset_from(block: keras.Layer, fresh: keras.Layer, input_shape: Any) -> None:
+    """Give ``block`` the state of the newly built ``fresh`` (weights and random-seed state)."""
+    fresh.build(input_shape)
+    for variable, value in zip(block.variables, fresh.variables, strict=True):
+        variable.assign(value)

@@ -13,6 +13,7 @@ import logging
 import math
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 from hydra.utils import instantiate
+from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 from omegaconf import DictConfig, OmegaConf
 
 from tlsweep import files
@@ -27,7 +29,7 @@ from tlsweep.backbones import Backbone
 from tlsweep.cache import CachedData, PlainData
 from tlsweep.errors import TlsweepError, is_disk_full
 from tlsweep.logs import TrialLog
-from tlsweep.model import augmentation, build_classifier, compile_model, unfreeze_top
+from tlsweep.model import SharedClassifier, augmentation, unfreeze_top
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +121,26 @@ class BestWeights(keras.callbacks.Callback):
             variable.assign(value)
 
 
-class OnWholeModel(keras.callbacks.Callback):
-    """Runs a KerasTuner callback on the whole classifier while only its part above a cut trains.
+class Validate(keras.callbacks.Callback):
+    """Adds ``val_loss`` and ``val_accuracy`` to each epoch's logs, as ``fit(validation_data=…)`` would.
 
-    KerasTuner checkpoints ``self.model`` and Hyperband later loads that checkpoint into a freshly
-    built classifier, so it must be the classifier's. The part shares its weights with it.
+    The scores come from an evaluator shared by every trainer with the same inputs (see
+    ``SharedClassifier.evaluator``), so an evaluation step is traced once per cut, not once per
+    optimizer. Put it first: the callbacks after it read the scores.
     """
+
+    def __init__(self, evaluator: keras.Model, data: Any) -> None:
+        super().__init__()
+        self.evaluator, self.data = evaluator, data
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = self.evaluator.evaluate(self.data, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in scores.items()})
+
+
+class OnWholeModel(keras.callbacks.Callback):
+    """Runs a KerasTuner callback on the whole classifier while a model sharing its layers trains."""
 
     def __init__(self, inner: keras.callbacks.Callback, whole: keras.Model) -> None:
         super().__init__()
@@ -154,8 +170,17 @@ class TransferHyperModel(kt.HyperModel):
         super().__init__(name="transfer")
         self.cfg = cfg
         self.backbone = backbone
-        self.num_classes = num_classes
         self.source = source  # where each stage's batches come from: images, or cached tensors
+        self.classifier = SharedClassifier(
+            backbone,
+            num_classes,
+            float(cfg.finetune.dropout),
+            lambda: augmentation(cfg.augmentation, int(cfg.seed)),
+            bool(cfg.jit_compile),
+        )
+        # Hyperband continues a trial from its checkpoint; the other tuners never read one (best.keras
+        # holds the job's best model), so only Hyperband's trials write theirs, once, at the end.
+        self.keep_checkpoints = cfg.tuner.name == "hyperband"
 
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
         """Declare the searched hyperparameters and return this trial's values."""
@@ -173,17 +198,9 @@ class TransferHyperModel(kt.HyperModel):
         return values
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        values = self.declare(hp)
-        augment = augmentation(self.cfg.augmentation, int(self.cfg.seed))
-        model = build_classifier(
-            self.backbone.build(),
-            self.backbone.preprocessing,
-            self.num_classes,
-            float(self.cfg.finetune.dropout),
-            augment,
-        )
-        compile_model(model, self.optimizer(values["optimizer"], values["learning_rate"]), bool(self.cfg.jit_compile))
-        return model
+        """The job's classifier, reset for this trial (see ``SharedClassifier``); ``fit`` compiles what trains."""
+        self.declare(hp)
+        return self.classifier.fresh()
 
     def optimizer(self, name: str, learning_rate: float) -> keras.optimizers.Optimizer:
         """A fresh optimizer from the ``optimizer`` group's settings for ``name``."""
@@ -211,26 +228,31 @@ class TransferHyperModel(kt.HyperModel):
         plan = stage_plan(int(finetune.head_epochs), ft_epochs, epochs, initial_epoch)
         best = BestWeights(objective(self.cfg))
         kwargs.pop("verbose", None)
+        # KerasTuner's checkpoint callback saves the whole model at every better epoch, which costs
+        # more than a cached epoch: BestWeights keeps the best epoch, saved once at the end instead.
+        checkpoints = [c for c in callbacks or [] if isinstance(c, SaveBestEpoch)]
+        tuner_callbacks = [OnWholeModel(c, model) for c in callbacks or [] if c not in checkpoints]
+        name = hp.get("optimizer")
         for stage, first, end in plan:
             depth, lr = 0, hp.get("learning_rate")
             if stage == "finetune":
                 depth = int(hp.get("unfreeze_depth"))
                 unfreeze_top(model, depth)
                 lr *= float(finetune.lr_scale)
-            fit_model, train, val = self.source.stage(model, depth, trial_seed)
-            compile_model(fit_model, self.optimizer(hp.get("optimizer"), lr), bool(self.cfg.jit_compile))
+            make_model, make_optimizer = partial(self.source.part, model, depth), partial(self.optimizer, name, lr)
+            fit_model = self.classifier.trainer((depth, name), make_model, make_optimizer, lr)
+            evaluator = self.classifier.evaluator(self.source.cut(depth), make_model)
+            train, val = self.source.batches(depth, trial_seed)
             best.stage = stage
             extra = trial_log.callbacks() if trial_log else []
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
-            tuner_callbacks = [OnWholeModel(c, model) if fit_model is not model else c for c in callbacks or []]
             fit_model.fit(
                 train.dataset(),
-                validation_data=val.dataset(),
                 initial_epoch=first,
                 epochs=end,
                 verbose=0,
-                callbacks=[train.callback(), *tuner_callbacks, best, *extra],
+                callbacks=[train.callback(), Validate(evaluator, val.dataset()), *tuner_callbacks, best, *extra],
                 **{"shuffle": False, **kwargs},  # EpochBatches already orders each epoch's batches
             )
             if best.diverged_at is not None:
@@ -240,6 +262,9 @@ class TransferHyperModel(kt.HyperModel):
                 )
         if best.best is None:
             raise kt.errors.FailedTrialError("no epoch produced a finite validation metric")
+        if self.keep_checkpoints:
+            for checkpoint in checkpoints:
+                model.save_weights(checkpoint.filepath)
         summary = {
             "best_epoch": best.best["epoch"],
             "best_stage": best.best["stage"],
@@ -299,6 +324,14 @@ class SweepTuner:
     def __init__(self, *args: Any, job: JobContext, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.job = job
+
+    def _try_build(self, hp: kt.HyperParameters) -> keras.Model:
+        """KerasTuner's, without clearing the Keras session and collecting garbage before every trial.
+
+        That clean-up frees the previous trial's model; here every trial reuses the job's
+        classifier (``SharedClassifier``), so there is nothing to free, and it cost a second a trial.
+        """
+        return self._build_hypermodel(hp)
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         seed = trial_seed(self.job.seed, trial.trial_id)
@@ -401,7 +434,7 @@ def make_tuner(cfg: DictConfig, hypermodel: TransferHyperModel, job: JobContext)
         objective=objective(cfg),
         directory=str(job.job_dir),
         project_name=files.TUNER_DIR,
-        seed=int(cfg.seed),
+        seed=int(cfg.seed) + 1,  # KerasTuner takes seed 0 for "no seed" and draws one at random
         max_consecutive_failed_trials=int(t.max_consecutive_failed_trials),
         job=job,
     )
