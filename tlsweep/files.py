@@ -41,21 +41,22 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
         raise
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
+def write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Write ``text`` to ``path`` atomically; ``durable=False`` skips the flush to disk (progress notes)."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
     atomic_write(path, write)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+def write_json(path: Path, data: Any, durable: bool = True) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (see ``write_text``)."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n", durable)
 
 
 def save_model(model: Any, path: Path) -> None:

@@ -98,7 +98,7 @@ class TrialLog(keras.callbacks.Callback):
         entry["learning_rate"] = _number(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         entry["seconds"] = round(time.monotonic() - self._epoch_started, 3)
         self.record["history"].append(entry)
-        self._save()
+        self._save(durable=False)  # atomic still; not flushed to disk: only a machine crash could lose it
         if self.verbose:
             log.info(
                 "  epoch %d/%d %-8s loss %s  accuracy %s  val_loss %s  val_accuracy %s  (%.1fs)",
@@ -121,11 +121,11 @@ class TrialLog(keras.callbacks.Callback):
         self._save(final=True)
         log.warning("%s failed: %s", self.label, self.record["error"].splitlines()[0])
 
-    def _save(self, final: bool = False) -> None:
+    def _save(self, final: bool = False, durable: bool = True) -> None:
         self.record["duration_s"] = round(time.monotonic() - self._started, 3)
         if final:
             self.record["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        files.write_json(self.path, self.record)
+        files.write_json(self.path, self.record, durable)
 
     def _write_hparams(self) -> None:
         import tensorflow as tf

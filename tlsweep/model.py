@@ -203,7 +203,8 @@ class SharedClassifier:
     def fresh(self) -> keras.Model:
         """The classifier as a new build would make it now: pretrained frozen backbone, newly drawn head."""
         network = self.model.get_layer("backbone")
-        network.set_weights(self.backbone.weights)
+        for variable, value in zip(network.weights, self.backbone.weights, strict=True):
+            variable.assign(value)
         network.trainable = False
         features = network.output.shape
         _reset_from(self.model.get_layer("head"), self.new_head(len(features) == 4), features)
