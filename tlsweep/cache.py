@@ -281,12 +281,12 @@ class CachedData:
         """What trains: the classifier above the cut for ``depth``, sharing its layers."""
         from tlsweep.model import trainable_part
 
-        return trainable_part(model, self.cache.backbone.cut_depth(depth))
+        return trainable_part(model, self.cut(depth))
 
     def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
         """Training and validation batches of the cached tensors at the cut for ``depth``, in the
         order of the trial's ``seed``."""
-        data, cut = self.cache.data, self.cache.backbone.cut_depth(depth)
+        data, cut = self.cache.data, self.cut(depth)
         if cut not in self._batches:
             train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=0)
             val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=0)

@@ -22,7 +22,6 @@ from tlsweep.hub import HubLayer
 
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
-LOSS, METRICS = "sparse_categorical_crossentropy", ["accuracy"]  # integer class labels
 
 
 def augmentation(cfg: DictConfig, seed: int) -> keras.Sequential | None:
@@ -159,14 +158,15 @@ def trainable_part(model: keras.Model, depth: int) -> keras.Model:
     return keras.Model(inputs, head_block(features), name="cached_top")
 
 
-def compile_model(model: keras.Model, optimizer: Any, jit_compile: bool | str = False) -> None:
-    """Compile for integer class labels with accuracy; ``jit_compile=True`` compiles the steps with XLA."""
-    if keras.mixed_precision.global_policy().name.startswith("mixed"):
+def compile_model(model: keras.Model, optimizer: Any = None, jit_compile: bool | str = False) -> None:
+    """Compile for integer class labels with accuracy (no optimizer: for scoring only); ``jit_compile=True``
+    compiles the steps with XLA."""
+    if optimizer is not None and keras.mixed_precision.global_policy().name.startswith("mixed"):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # keeps small float16 gradients from vanishing
     model.compile(
         optimizer=optimizer,
-        loss=LOSS,
-        metrics=METRICS,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
         jit_compile=jit_compile,
         steps_per_execution=STEPS_PER_EXECUTION,
     )
@@ -244,9 +244,7 @@ class SharedClassifier:
         """
         if key not in self._evaluators:
             model = make_model()
-            model.compile(
-                loss=LOSS, metrics=METRICS, jit_compile=self.jit_compile, steps_per_execution=STEPS_PER_EXECUTION
-            )
+            compile_model(model, jit_compile=self.jit_compile)
             self._evaluators[key] = model
         return self._evaluators[key]
 
