@@ -16,7 +16,7 @@ from tlsweep.cache import CachedData, PlainData, Store, make_cache
 from tlsweep.data import load_dataset
 from tlsweep.logs import TrialLog
 from tlsweep.model import crossing_tensors
-from tlsweep.search import TransferHyperModel
+from tlsweep.search import TransferHyperModel, seed_keras
 
 DEPTH = 4  # block2_b_conv, block2_b_bn, block2_add, block2_out: a cut inside the last residual block
 
@@ -44,7 +44,7 @@ def trial(hypermodel: TransferHyperModel, job_dir: Path, learning_rate: float = 
     hp = kt.HyperParameters()
     hypermodel.declare(hp)
     hp.values.update(learning_rate=learning_rate, optimizer="adam", unfreeze_depth=DEPTH)
-    keras.utils.set_random_seed(seed)
+    seed_keras(seed)  # as SweepTuner.run_trial seeds a trial
     model = hypermodel.build(hp)
     log = TrialLog(job_dir, str(seed), "trial", dict(hp.values), {}, verbose=False)
     hypermodel.fit(hp, model, trial_log=log, trial_seed=seed)

@@ -181,8 +181,7 @@ def _build_state(model: keras.Model) -> None:
     """
     if model.optimizer is not None:
         model.optimizer.build(model.trainable_variables)
-    x = [np.zeros((1, *t.shape[1:]), t.dtype) for t in model.inputs]
-    x = x[0] if len(x) == 1 else x
+    x = keras.tree.map_structure(lambda t: np.zeros((1, *t.shape[1:]), t.dtype), model.input)
     y = np.zeros((1,), "int32")
     model.compute_metrics(x, y, model(x, training=False))
     model.reset_metrics()
@@ -212,15 +211,24 @@ class SharedClassifier:
         self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
         self.jit_compile = jit_compile
         self.model = build_classifier(backbone.build(), backbone.preprocessing, num_classes, dropout, augment())
+        network = self.model.get_layer("backbone")
+        self._position = {id(v): i for i, v in enumerate(network.weights)}  # backbone variable → pretrained value
+        self._changed: set[int] = set()  # backbone variables a trainer may have changed since the last reset
         self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray]]] = {}
         self._evaluators: dict[Any, keras.Model] = {}
         logging.getLogger("tensorflow").addFilter(_one_trace_per_model)
 
-    def fresh(self) -> keras.Model:
-        """The classifier as a new build would make it now: pretrained frozen backbone, newly drawn head."""
+    def fresh(self, everything: bool = False) -> keras.Model:
+        """The classifier as a new build would make it now: pretrained frozen backbone, newly drawn head.
+
+        Only the backbone variables a trainer has trained since the last reset are restored, or
+        ``everything`` when weights may have been loaded into the classifier (Hyperband does).
+        """
         network = self.model.get_layer("backbone")
-        for variable, value in zip(network.weights, self.backbone.weights, strict=True):
-            variable.assign(value)
+        weights = network.weights
+        for i in range(len(weights)) if everything else sorted(self._changed):
+            weights[i].assign(self.backbone.weights[i])
+        self._changed.clear()
         network.trainable = False
         features = network.output.shape
         _reset_from(self.model.get_layer("head"), self.new_head(len(features) == 4), features)
@@ -246,6 +254,7 @@ class SharedClassifier:
             compile_model(model, make_optimizer(), self.jit_compile)
             self._trainers[key] = (model, [v.numpy() for v in model.optimizer.variables])
         model, initial = self._trainers[key]
+        self._changed.update(self._position[id(v)] for v in model.trainable_variables if id(v) in self._position)
         for variable, value in zip(model.optimizer.variables, initial, strict=True):
             variable.assign(value)
         model.optimizer.learning_rate = learning_rate

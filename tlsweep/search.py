@@ -201,7 +201,7 @@ class TransferHyperModel(kt.HyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The job's classifier, reset for this trial (see ``SharedClassifier``); ``fit`` compiles what trains."""
         self.declare(hp)
-        return self.classifier.fresh()
+        return self.classifier.fresh(everything=self.keep_checkpoints)  # Hyperband loads checkpoints into it
 
     def optimizer(self, name: str, learning_rate: float) -> keras.optimizers.Optimizer:
         """A fresh optimizer from the ``optimizer`` group's settings for ``name``."""
