@@ -121,6 +121,28 @@ def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Pa
     assert (changed.store.built, changed.store.reused) == (2, 0)
 
 
+def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    cfg = config(image_folder, tmp_path, "none")
+    data = load_dataset(cfg.dataset, 32)
+    backbone = load_backbone(cfg.backbone, 32)
+    cache = make_cache(cfg, backbone, data)
+    network = backbone.build()  # the job's classifier's backbone
+    cache.prepare(network)
+    assert (cache.store.built, cache.store.reused) == (4, 0)  # both cuts of train and val, before any trial
+    for variable in network.weights:  # trials then train it
+        variable.assign(variable + 0.5)
+
+    later = cache.train_views(DEPTH)[0]  # a cut the search did not name, asked for mid-search
+    cfg.feature_cache.dir = str(tmp_path / "elsewhere")
+    pristine = make_cache(cfg, backbone, data)
+    for a, b in zip(later, pristine.train_views(DEPTH)[0], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(cache.val(3), pristine.val(3), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_each_cut_made_from_the_one_below_equals_the_cut_made_from_the_images(
     image_folder: Path, tmp_path: Path
 ) -> None:

@@ -87,7 +87,8 @@ class Store:
 
 @dataclass
 class FeatureCache:
-    """The cached tensors of one job, built lazily: a cut is computed when a trial first needs it."""
+    """The cached tensors of one job: every cut the search names is made before it starts (``prepare``),
+    any other when first asked for."""
 
     backbone: Backbone
     data: ImageData
@@ -100,6 +101,21 @@ class FeatureCache:
     _memo: dict[tuple, list[np.ndarray]] = field(default_factory=dict)
     _parts: dict[tuple, tuple[Any, list[int | None]]] = field(default_factory=dict)
     _network: Any = None  # one network for every part: the cache never trains it
+
+    def prepare(self, network: Any = None) -> None:
+        """Compute (or load) every cut the search may ask for, before any trial trains.
+
+        ``network`` is the backbone to run, pretrained and untouched: the job's classifier's, so
+        no second copy is built. It is let go afterwards, as trials train it; a cut asked for
+        later gets a network of its own.
+        """
+        self._network = network
+        try:
+            for split, views in (("train", range(self.views)), ("val", range(1))):
+                for view in views:
+                    self._arrays(max(self.depths), split, view)  # every cut of this split and view
+        finally:
+            self._network, self._parts = None, {}
 
     def train_views(self, depth: int) -> list[list[np.ndarray]]:
         """For each view, the tensors at the cut for ``depth`` of every training image."""

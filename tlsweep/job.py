@@ -110,9 +110,12 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     batch_size = int(cfg.dataset.batch_size)
     source = CachedData(make_cache(cfg, backbone, data), batch_size) if cfg.cache else PlainData(data, batch_size)
     role = join_search(cfg.distributed)
-    tuner = make_tuner(cfg, TransferHyperModel(cfg, backbone, len(data.class_names), source), job)
+    hypermodel = TransferHyperModel(cfg, backbone, len(data.class_names), source)
+    tuner = make_tuner(cfg, hypermodel, job)
+    searching = time.monotonic()  # the search's time includes its feature cache
+    if isinstance(source, CachedData) and role != "chief":  # the chief hands out trials, it trains none
+        source.cache.prepare(hypermodel.classifier.model.get_layer("backbone"))  # before a trial trains it
     log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
-    searching = time.monotonic()
     gc.freeze()  # the backbone, images and classifier outlive every trial: spare the collector rescanning them
     try:
         tuner.search(verbose=0)
