@@ -217,3 +217,39 @@ def test_the_pipeline_gives_the_same_batches_from_memory_and_from_a_memory_mappe
                 np.testing.assert_array_equal(a.numpy(), want_a)
                 np.testing.assert_array_equal(b.numpy(), want_b)
                 assert a.dtype.name == "float32"
+
+
+def test_fit_trains_each_epoch_on_that_epochs_batches(tmp_path: Path) -> None:
+    """Keras makes the next epoch's iterator before the epoch begins; it must still read that epoch."""
+    import keras
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((10, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    y = np.arange(10, dtype=np.int32)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    class Recorder(keras.Model):
+        def train_step(self, data):
+            (a, _), labels = data
+            tf.py_function(lambda a, labels: seen.append((a.numpy(), labels.numpy())), [a, labels], [])
+            return {"batch": tf.shape(labels)[0]}
+
+    for views in ([[x, x]], [[x, x], [x + 1, x]], [[np.load(tmp_path / "x.npy", mmap_mode="r"), x], [x + 1, x]]):
+        source = EpochBatches(views, y, 4, shuffle=True, seed=5)  # 3 batches an epoch, the last one short
+        model = Recorder()
+        model.compile(steps_per_execution=2)  # an epoch's batches in two compiled runs
+        seen.clear()
+        model.fit(
+            source.dataset(),
+            initial_epoch=2,
+            epochs=5,
+            steps_per_epoch=source.steps,
+            callbacks=[source.callback()],
+            verbose=0,
+        )
+        wanted = [source.batch(i, epoch) for epoch in (2, 3, 4) for i in range(source.steps)]
+        assert len(seen) == len(wanted)
+        for (a, labels), ((want_a, _), want_labels) in zip(seen, wanted, strict=True):
+            np.testing.assert_array_equal(labels, want_labels)
+            np.testing.assert_array_equal(a, want_a)

@@ -302,13 +302,14 @@ class EpochBatches:
         return self
 
     def dataset(self) -> Any:
-        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch.
+        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch, and
+        ``steps_per_epoch=steps`` so that Keras makes one iterator an epoch, not two.
 
         Arrays in memory are copied into TensorFlow once and each batch is gathered inside the
-        pipeline (a fixed order needs no gathering: Keras makes two iterators an epoch, and an
-        iterator over a gathering pipeline costs about 10 ms to make). Memory-mapped arrays are
-        read batch by batch in Python instead (slower per step, but never loaded whole). All give
-        the batches ``batch`` gives.
+        pipeline (a fixed order needs no gathering: an iterator over a gathering pipeline costs
+        about 10 ms to make, and Keras makes one or two an epoch). Memory-mapped arrays are read
+        batch by batch in Python instead (slower per step, but never loaded whole). All give the
+        batches ``batch`` gives.
         """
         import tensorflow as tf
 
@@ -367,7 +368,11 @@ class EpochBatches:
             self._rows.assign(self.rows(epoch))
 
     def callback(self) -> Any:
-        """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included)."""
+        """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included).
+
+        With ``fit(steps_per_epoch=steps)`` Keras makes an epoch's iterator before the epoch begins;
+        a ``tf.data`` iterator draws nothing until asked, so it still reads the epoch set here.
+        """
         import keras
 
         source = self

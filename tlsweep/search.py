@@ -252,6 +252,7 @@ class TransferHyperModel(kt.HyperModel):
                 train.dataset(),
                 initial_epoch=first,
                 epochs=end,
+                steps_per_epoch=train.steps,
                 verbose=0,
                 callbacks=[train.callback(), Validate(evaluator, val.dataset()), *tuner_callbacks, best, *extra],
                 **{"shuffle": False, **kwargs},  # EpochBatches already orders each epoch's batches
