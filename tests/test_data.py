@@ -219,6 +219,27 @@ def test_the_pipeline_gives_the_same_batches_from_memory_and_from_a_memory_mappe
                 assert a.dtype.name == "float32"
 
 
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def test_fixed_order_batches_are_the_same_every_epoch_and_float32() -> None:
+    x = np.random.default_rng(1).random((10, 3)).astype(np.float32)
+    y = np.arange(10, dtype=np.int32)
+    for arrays in ([x], [x, x[:, :1]], [(x * 255).astype(np.uint8)]):  # cached tensors; validation images
+        source = EpochBatches([arrays], y, 4, shuffle=False, seed=0)
+        for epoch in (0, 3):
+            source.set_epoch(epoch)
+            batches = list(source.dataset())
+            assert len(batches) == source.steps == 3
+            for i, (got, labels) in enumerate(batches):
+                want, want_labels = source.batch(i, epoch)
+                np.testing.assert_array_equal(labels.numpy(), want_labels)
+                for a, b in zip(_as_tuple(got), _as_tuple(want), strict=True):
+                    assert a.dtype.name == "float32"
+                    np.testing.assert_array_equal(a.numpy(), b)
+
+
 def test_fit_trains_each_epoch_on_that_epochs_batches(tmp_path: Path) -> None:
     """Keras makes the next epoch's iterator before the epoch begins; it must still read that epoch."""
     import keras

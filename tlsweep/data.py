@@ -319,9 +319,10 @@ class EpochBatches:
             self._dataset = self._read_in_python()
             return self._dataset
         n, size = len(self.labels), self.batch_size
-        if not self.shuffle and len(self.views) == 1:  # the same batches every epoch: nothing to gather
+        fixed = not self.shuffle and len(self.views) == 1  # the same batches every epoch: nothing to gather
+        if fixed and all(a.dtype == np.float32 for a in self.views[0]):  # uint8 images stay uint8 until batched
             with tf.device("/CPU:0"):
-                x = [tf.cast(a, tf.float32) for a in self.views[0]]
+                x = [tf.constant(a) for a in self.views[0]]
                 slices = ((x[0] if len(x) == 1 else tuple(x)), tf.constant(self.labels))
             self._dataset = tf.data.Dataset.from_tensor_slices(slices).batch(size)
             return self._dataset
