@@ -35,6 +35,12 @@ def config(image_folder: Path, tmp_path: Path, augmentation: str):
     )
 
 
+def job_inputs(image_folder: Path, tmp_path: Path, augmentation: str = "none"):
+    """A job's config, decoded images and backbone, at 32 px."""
+    cfg = config(image_folder, tmp_path, augmentation)
+    return cfg, load_dataset(cfg.dataset, 32), load_backbone(cfg.backbone, 32)
+
+
 def train(cfg, backbone, source, job_dir: Path) -> tuple[keras.Model, list[dict]]:
     """One trial (learning rate 0.01, Adam, top 4 layers unfrozen), as the tuner runs it."""
     return trial(TransferHyperModel(cfg, backbone, 3, source), job_dir)
@@ -59,9 +65,7 @@ def test_the_cut_inside_a_residual_block_has_two_crossing_tensors(image_folder: 
 
 @pytest.mark.parametrize("augmentation", ["none", "light"])
 def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, tmp_path: Path, augmentation) -> None:
-    cfg = config(image_folder, tmp_path, augmentation)
-    data = load_dataset(cfg.dataset, 32)
-    backbone = load_backbone(cfg.backbone, 32)
+    cfg, data, backbone = job_inputs(image_folder, tmp_path, augmentation)
     cache = make_cache(cfg, backbone, data)
     assert cache.views == (4 if augmentation == "light" else 1)  # one view per epoch when augmenting
 
@@ -101,9 +105,7 @@ def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Pa
 
 
 def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Path, tmp_path: Path) -> None:
-    cfg = config(image_folder, tmp_path, "none")
-    data = load_dataset(cfg.dataset, 32)
-    backbone = load_backbone(cfg.backbone, 32)
+    cfg, data, backbone = job_inputs(image_folder, tmp_path)
     first = make_cache(cfg, backbone, data)
     assert first.depths == [0, 3]  # the search's unfreeze depths: every cut is made on first use
     first.train_views(0)
@@ -124,9 +126,7 @@ def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Pa
 def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    cfg = config(image_folder, tmp_path, "none")
-    data = load_dataset(cfg.dataset, 32)
-    backbone = load_backbone(cfg.backbone, 32)
+    cfg, data, backbone = job_inputs(image_folder, tmp_path)
     cache = make_cache(cfg, backbone, data)
     network = backbone.build()  # the job's classifier's backbone
     cache.prepare(network)
@@ -146,9 +146,7 @@ def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
 def test_each_cut_made_from_the_one_below_equals_the_cut_made_from_the_images(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    cfg = config(image_folder, tmp_path, "none")
-    data = load_dataset(cfg.dataset, 32)
-    backbone = load_backbone(cfg.backbone, 32)
+    cfg, data, backbone = job_inputs(image_folder, tmp_path)
     chained = make_cache(cfg, backbone, data)
     chained.depths = [0, 2, DEPTH, 8, backbone.num_layers]
     for depth in chained.depths:
