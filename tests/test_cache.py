@@ -91,9 +91,8 @@ def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, t
 
 def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Path, tmp_path: Path) -> None:
     """A job reuses one classifier and its compiled steps: no weight, optimizer or random state leaks."""
-    cfg = config(image_folder, tmp_path, "light")  # plain: augmentation and dropout draw inside the model
-    data = load_dataset(cfg.dataset, 32)
-    hypermodel = TransferHyperModel(cfg, load_backbone(cfg.backbone, 32), 3, PlainData(data, 8))
+    cfg, data, backbone = job_inputs(image_folder, tmp_path, "light")  # plain: augmentation, dropout in the model
+    hypermodel = TransferHyperModel(cfg, backbone, 3, PlainData(data, 8))
     model, first = trial(hypermodel, tmp_path)
     weights = [w.copy() for w in model.get_weights()]
     trial(hypermodel, tmp_path, learning_rate=0.05, seed=8)  # same depth and optimizer: the same compiled model

@@ -277,6 +277,11 @@ def _check_fractions(cfg: DictConfig) -> None:
         raise TlsweepError(f"dataset.batch_size={cfg.batch_size} must be at least 1")
 
 
+def _inputs(arrays: list[Any]) -> Any:
+    """A batch's inputs as a model takes them: one array alone, several as a tuple."""
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
 class EpochBatches:
     """Batches of one epoch at a time: epoch ``e`` reads view ``e mod V`` in an order fixed by (seed, e).
 
@@ -323,7 +328,7 @@ class EpochBatches:
         if fixed and all(a.dtype == np.float32 for a in self.views[0]):  # uint8 images stay uint8 until batched
             with tf.device("/CPU:0"):
                 x = [tf.constant(a) for a in self.views[0]]
-                slices = ((x[0] if len(x) == 1 else tuple(x)), tf.constant(self.labels))
+                slices = (_inputs(x), tf.constant(self.labels))
             self._dataset = tf.data.Dataset.from_tensor_slices(slices).batch(size)
             return self._dataset
         with tf.device("/CPU:0"):  # the pipeline's tensors stay on the host
@@ -337,7 +342,7 @@ class EpochBatches:
         def gather(i: Any) -> tuple[Any, Any]:
             rows = self._rows[i * size : (i + 1) * size]
             x = [tf.cast(tf.gather(t, rows), tf.float32) for t in stacked]
-            return (x[0] if len(x) == 1 else tuple(x)), tf.gather(labels, rows % n)
+            return _inputs(x), tf.gather(labels, rows % n)
 
         self._dataset = tf.data.Dataset.range(self.steps).map(gather).prefetch(tf.data.AUTOTUNE)
         return self._dataset
@@ -346,7 +351,7 @@ class EpochBatches:
         import tensorflow as tf
 
         specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in self.views[0]]
-        x_spec = specs[0] if len(specs) == 1 else tuple(specs)
+        x_spec = _inputs(specs)
         y_spec = tf.TensorSpec((None,), tf.as_dtype(self.labels.dtype))
 
         def generate() -> Any:
@@ -396,4 +401,4 @@ class EpochBatches:
         """Batch ``i`` of ``epoch``."""
         idx = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
         arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[epoch % len(self.views)]]
-        return (arrays[0] if len(arrays) == 1 else tuple(arrays)), self.labels[idx]
+        return _inputs(arrays), self.labels[idx]

@@ -114,7 +114,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     tuner = make_tuner(cfg, hypermodel, job)
     searching = time.monotonic()  # the search's time includes its feature cache
     if isinstance(source, CachedData) and role != "chief":  # the chief hands out trials, it trains none
-        source.cache.prepare(hypermodel.classifier.model.get_layer("backbone"))  # before a trial trains it
+        source.cache.prepare(hypermodel.classifier.network)  # before a trial trains it
     log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
     gc.freeze()  # the backbone, images and classifier outlive every trial: spare the collector rescanning them
     try:

@@ -211,10 +211,9 @@ class SharedClassifier:
         self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
         self.jit_compile = jit_compile
         self.model = build_classifier(backbone.build(), backbone.preprocessing, num_classes, dropout, augment())
-        network = self.model.get_layer("backbone")
-        self._position = {id(v): i for i, v in enumerate(network.weights)}  # backbone variable → pretrained value
-        self._changed: set[int] = set()  # backbone variables a trainer may have changed since the last reset
-        self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray]]] = {}
+        self.network = self.model.get_layer("backbone")  # the classifier's backbone, pretrained until trained
+        self._changed: set[int] = set()  # backbone variables (by position) a trainer may have changed since the reset
+        self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray], list[int]]] = {}
         self._evaluators: dict[Any, keras.Model] = {}
         logging.getLogger("tensorflow").addFilter(_one_trace_per_model)
 
@@ -224,13 +223,12 @@ class SharedClassifier:
         Only the backbone variables a trainer has trained since the last reset are restored, or
         ``everything`` when weights may have been loaded into the classifier (Hyperband does).
         """
-        network = self.model.get_layer("backbone")
-        weights = network.weights
+        weights = self.network.weights
         for i in range(len(weights)) if everything else sorted(self._changed):
             weights[i].assign(self.backbone.weights[i])
         self._changed.clear()
-        network.trainable = False
-        features = network.output.shape
+        self.network.trainable = False
+        features = self.network.output.shape
         _reset_from(self.model.get_layer("head"), self.new_head(len(features) == 4), features)
         if any(layer.name == "augmentation" for layer in self.model.layers):
             _reset_from(self.model.get_layer("augmentation"), self.new_augmentation(), self.model.input_shape)
@@ -252,9 +250,11 @@ class SharedClassifier:
         if key not in self._trainers:
             model = make_model()
             compile_model(model, make_optimizer(), self.jit_compile)
-            self._trainers[key] = (model, [v.numpy() for v in model.optimizer.variables])
-        model, initial = self._trainers[key]
-        self._changed.update(self._position[id(v)] for v in model.trainable_variables if id(v) in self._position)
+            position = {id(v): i for i, v in enumerate(self.network.weights)}
+            trained = [position[id(v)] for v in model.trainable_variables if id(v) in position]
+            self._trainers[key] = (model, [v.numpy() for v in model.optimizer.variables], trained)
+        model, initial, trained = self._trainers[key]
+        self._changed.update(trained)
         for variable, value in zip(model.optimizer.variables, initial, strict=True):
             variable.assign(value)
         model.optimizer.learning_rate = learning_rate
