@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -50,12 +52,22 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[s
     offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "KERAS_HOME": str(tmp_path)}
     result = run_cli(args, tmp_path, env=offline)
     assert_user_error(result, message)
+    if "larger than max" in message:  # a config mistake is caught before any folder is made
+        assert not (tmp_path / "outputs").exists()
+        return
     run_dirs = list((tmp_path / "outputs" / "runs").iterdir())
     assert json.loads((run_dirs[0] / "job.json").read_text())["status"] == "failed"
 
 
+TENSORFLOW_NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "NodeDef mentions", "Assets written", "W0000", "E0000")
+
+
 def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
-    result = run_cli(["tuner.max_trials=1", "finetune.head_epochs=2", "finetune.finetune_epochs=1"], tmp_path)
+    old_umask = os.umask(0o022)
+    try:
+        result = run_cli(["tuner.max_trials=1", "finetune.head_epochs=2", "finetune.finetune_epochs=1"], tmp_path)
+    finally:
+        os.umask(old_umask)
     assert result.returncode == 0, result.stdout
     assert "digits 5-9" in result.stdout and "trial 1/1" in result.stdout and "epoch 3/3" in result.stdout
     run_dir = next((tmp_path / "outputs" / "runs").iterdir())
@@ -63,6 +75,17 @@ def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
     assert (run_dir / "report.html").is_file() and "report written to" in result.stdout
     evaluation = json.loads((run_dir / "best" / "evaluation.json").read_text())  # the demo holds out a test split
     assert evaluation["images"] > 100 and f"test accuracy {evaluation['accuracy']:.4f}" in result.stdout
+    best = json.loads((run_dir / "job.json").read_text())["best"]
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"best: trial_{best['trial_id']} val_accuracy {best['value']:.4f}, test accuracy {evaluation['accuracy']:.4f}; "
+        f"model {run_dir.resolve() / 'best'}; report {run_dir.resolve() / 'report.html'}"
+    )
+    # the terminal shows tlsweep's lines; TensorFlow's own go to the job's log
+    assert not [line for line in result.stdout.splitlines() if any(n in line for n in TENSORFLOW_NOISE)]
+    assert "absl::InitializeLog" in (run_dir / "tlsweep.log").read_text()
+    # teammates can read the results: every file has the mode umask 022 gives
+    private = [p for p in run_dir.rglob("*") if p.is_file() and stat.S_IMODE(p.stat().st_mode) & 0o044 != 0o044]
+    assert not private, private
 
 
 @pytest.mark.parametrize("launcher", ["parallel", "processes"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO, make_config, run_cli
 
-from tlsweep.config import check_depths, job_dir_name, validate
+from tlsweep.config import check_command_line, check_depths, job_dir_name, validate
 from tlsweep.errors import TlsweepError
 
 GROUP_OPTIONS = {
@@ -105,3 +105,38 @@ def test_unknown_group_option_lists_the_choices_without_traceback(tmp_path) -> N
     assert result.returncode == 1
     assert "Could not find 'backbone/resnet51'" in result.stdout
     assert "efficientnet" in result.stdout and "Traceback" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["tuner.max_trials=abc"], "tuner.max_trials=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["+tuner.max_trail=3"], "unknown config key tuner.max_trail; did you mean tuner.max_trials?"),
+        (["tuner.max_trail=3"], "unknown config key tuner.max_trail; did you mean tuner.max_trials?"),
+        (["backbon=tiny"], "unknown config key backbon; did you mean backbone?"),
+        (["verbose=maybe"], "verbose=maybe: Value 'maybe' is not a valid bool"),
+        (["backbone=resnett"], "Could not find 'backbone/resnett'; options: convnext, densenet121"),
+        (["-m", "seed=0,-1"], "seed=-1 must be a whole number ≥ 0"),  # every value of a sweep is checked
+        (["-m", "augmentation=none,light", "tuner.max_consecutive_failed_trials=0"], "must be at least 1"),
+        (["search.learning_rate.min=0.1", "search.learning_rate.max=0.01"], "is larger than max"),
+    ],
+)
+def test_the_command_line_is_checked_before_any_job_starts(args: list[str], message: str) -> None:
+    with pytest.raises(TlsweepError) as info:
+        check_command_line(args)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_good_command_line_and_hydras_own_options_pass_the_check() -> None:
+    check_command_line(["-m", "backbone=tiny,mobilenet_v2", "augmentation=none,light", "tuner=hyperband"])
+    check_command_line(["--cfg", "job", "tuner.max_trials=abc"])  # Hydra prints the config (and its own error)
+    check_command_line(["hydra.run.dir=somewhere", "hydra/launcher=basic"])
+
+
+def test_a_wrong_type_is_one_line_and_makes_no_folder(tmp_path) -> None:
+    result = run_cli(["tuner.max_trials=abc"], tmp_path, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stdout
+    assert result.stdout.strip().splitlines() == [
+        "error: tuner.max_trials=abc: Value 'abc' of type 'str' could not be converted to Integer"
+    ]
+    assert not (tmp_path / "outputs").exists()

@@ -161,6 +161,27 @@ def test_a_local_folder_that_is_not_a_saved_model(tmp_path: Path) -> None:
         load_backbone(make_config(["backbone=hub", f"backbone.handle={tmp_path}"]).backbone, 16)
 
 
+def test_a_saved_model_that_is_not_a_reusable_feature_vector_is_one_line(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    class Holder(tf.Module):  # a Keras model kept inside a plain tf.Module: saved without a variables list
+        def __init__(self) -> None:
+            super().__init__()
+            layers = [keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()]
+            self.model = keras.Sequential([keras.Input((16, 16, 3)), *layers])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 16, 16, 3], tf.float32)])
+        def __call__(self, images):
+            return self.model(images)
+
+    tf.saved_model.save(Holder(), str(tmp_path / "holder"))
+    with pytest.raises(TlsweepError) as info:
+        load_backbone(make_config(["backbone=hub", f"backbone.handle={tmp_path / 'holder'}"]).backbone, 16)
+    message = str(info.value)
+    assert "not a TF2 reusable SavedModel" in message and "tf.saved_model.save" in message
+    assert "variables and trainable_variables" in message and "\n" not in message
+
+
 @pytest.mark.slow
 def test_hub_sweep_records_the_offline_job_and_finishes_the_other(hub_model: Path, tmp_path: Path) -> None:
     offline = "https://127.0.0.1:9/feature_vector/1"  # nothing listens there: the download fails as without network

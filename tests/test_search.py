@@ -9,9 +9,12 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import FAST, make_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import tlsweep
+from tlsweep.errors import TlsweepError
 from tlsweep.files import TUNER_DIR
 from tlsweep.job import run_job
 
@@ -85,7 +88,40 @@ def test_keras_tuner_project_reloads(job: Path, capsys) -> None:
     assert "Score:" in capsys.readouterr().out
 
 
+def test_load_tuner_ranks_trials_as_the_job_did(job: Path) -> None:
+    best = json.loads((job / "job.json").read_text())["best"]
+    tuner = tlsweep.load_tuner(job)
+    assert tuner.oracle.objective.direction == "max"
+    ranked = tuner.oracle.get_best_trials(3)
+    assert [t.score for t in ranked] == sorted((r["val_accuracy"] for r in records(job)), reverse=True)
+    assert ranked[0].score == pytest.approx(best["value"])  # the job's best (or one tied with it), not the worst
+    tied = [r["hyperparameters"] for r in records(job) if r["val_accuracy"] == best["value"]]
+    assert tuner.get_best_hyperparameters()[0].values in tied
+    with pytest.raises(TlsweepError, match="best.keras"):
+        tuner.hypermodel.build(tuner.get_best_hyperparameters()[0])
+
+
+def hparams_session(run_dir: Path) -> dict:
+    """What TensorBoard's HParams plugin reads from a trial's run: its name, values, status and metrics."""
+    from tensorboard.plugins.hparams import metadata
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    content = events.PluginTagToContent("hparams")
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    metrics = {
+        tag: (tensor.step, float(tf.make_ndarray(tensor.tensor_proto)))
+        for tag in events.Tags()["tensors"]
+        if not tag.startswith("_hparams_")
+        for tensor in events.Tensors(tag)
+    }
+    values = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+    return {"name": start.group_name, "values": values, "status": end.status, "metrics": metrics}
+
+
 def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
+    from tensorboard.plugins.hparams import api_pb2
+
     for trial in records(job):
         run_dir = job / trial["tensorboard"]
         train = EventAccumulator(str(run_dir / "train")).Reload()
@@ -93,17 +129,19 @@ def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
         assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train.Tags()["tensors"])
         assert {"epoch_loss", "epoch_accuracy"} <= set(val.Tags()["tensors"])
         assert [e.step for e in val.Tensors("epoch_accuracy")] == [0, 1]
-        hparams = EventAccumulator(str(run_dir)).Reload()
-        content = hparams.PluginTagToContent("hparams")
-        session = next(iter(content.values()))
-        from tensorboard.plugins.hparams import plugin_data_pb2
-
-        data = plugin_data_pb2.HParamsPluginData.FromString(session)
-        values = {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
+        session = hparams_session(run_dir)
+        values = session["values"]
         assert values["backbone"] == "tiny" and values["augmentation"] == "light"
         assert values["optimizer"] == trial["hyperparameters"]["optimizer"]
         assert values["learning_rate"] == pytest.approx(trial["hyperparameters"]["learning_rate"])
         assert values["unfreeze_depth"] == trial["hyperparameters"]["unfreeze_depth"]
+        assert values["job"] == "job" and values["sweep"] == "job"  # a job run alone is its own sweep
+        assert session["name"] == f"tensorboard/trial_{trial['trial_id']}"  # relative to the logdir, not absolute
+        assert session["status"] == api_pb2.STATUS_SUCCESS
+        kept = trial["history"][trial["best_epoch"] - 1]  # the kept epoch, as the report shows it
+        assert session["metrics"]["val_accuracy"] == (trial["best_epoch"], pytest.approx(trial["val_accuracy"]))
+        for name in ("val_loss", "accuracy", "loss"):
+            assert session["metrics"][name][1] == pytest.approx(kept[name])
 
 
 def test_stage_2_changes_only_the_unfrozen_top(image_folder: Path, tmp_path: Path) -> None:

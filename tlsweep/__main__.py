@@ -22,8 +22,10 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tlsweep.callbacks import FAILED_JOBS  # noqa: E402
-from tlsweep.config import COMMAND_LINE_VARIABLE, register_resolvers  # noqa: E402
+from tlsweep.config import COMMAND_LINE_VARIABLE, check_command_line, register_resolvers  # noqa: E402
+from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
+from tlsweep.files import LOG_FILE  # noqa: E402
 
 log = logging.getLogger("tlsweep")
 register_resolvers()
@@ -40,8 +42,9 @@ def main(cfg: DictConfig) -> None:
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     multirun = hc.mode == RunMode.MULTIRUN
     _output_root[:] = [job_dir.parent if multirun else job_dir]
+    native_stderr_to(job_dir / LOG_FILE)  # TensorFlow's C++ lines go to the job log, not the terminal
     try:
-        run_job(cfg, job_dir, choices)
+        run_job(cfg, job_dir, choices, root=_output_root[0])
     except TlsweepError as e:
         log.error("error: %s", e)
         if not multirun:
@@ -60,6 +63,11 @@ def main(cfg: DictConfig) -> None:
 def cli() -> None:
     """Entry point of ``python -m tlsweep`` and the ``tlsweep`` command."""
     os.environ[COMMAND_LINE_VARIABLE] = json.dumps(sys.argv[1:])  # for jobs a launcher runs in other processes
+    try:
+        check_command_line(sys.argv[1:])  # a typo or a wrong type: one line, before any folder is made
+    except TlsweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     try:
         main()
     except KeyboardInterrupt:

@@ -68,3 +68,28 @@ class SweepEnd(Callback):
                 )
                 return
             log.info("report written to %s (also %s and %s)", paths["html"], paths["md"].name, paths["csv"].name)
+        try:
+            line = winner_line(root)
+        except Exception as e:  # a summary line is not worth failing for
+            log.warning("could not name the winner of %s: %s", root, e)
+            return
+        if line:
+            log.info("%s", line)
+
+
+def winner_line(root: Path) -> str | None:
+    """The closing line: the run's or sweep's best trial, its metric, and where its model and report are."""
+    from tlsweep.report.collect import load_sweep
+    from tlsweep.report.summary import summarize
+
+    summary = summarize(load_sweep(root))
+    best = summary.best
+    if best is None:
+        return None
+    root = Path(root).resolve()
+    test = summary.sweep.evaluation
+    tested = f", test accuracy {test['accuracy']:.4f}" if test and test.get("images") else ""
+    exported = f"; model {root / 'best'}" if summary.sweep.export else ""
+    report = f"; report {root / 'report.html'}" if (root / "report.html").is_file() else ""
+    job = "" if len(summary.sweep.jobs) == 1 else f"{best['job']} "
+    return f"best: {job}trial_{best['trial']} {summary.metric} {best[summary.metric]:.4f}{tested}{exported}{report}"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -11,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tlsweep.errors import TlsweepError
+from tlsweep.settings import register_schema
 
 FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
@@ -25,7 +30,8 @@ COMMAND_LINE_VARIABLE = "TLSWEEP_COMMAND_LINE"  # the command line, for jobs tha
 
 
 def register_resolvers() -> None:
-    """Resolvers the configs use; registered before Hydra composes them."""
+    """The schema and the resolvers the configs use; registered before Hydra composes them."""
+    register_schema()
     if not OmegaConf.has_resolver("tlsweep_job_dir"):
         OmegaConf.register_new_resolver("tlsweep_job_dir", job_dir_name)
     if not OmegaConf.has_resolver("tlsweep_output_dir"):  # cached: every job of a sweep gets the same folder
@@ -97,9 +103,132 @@ def _fixed_keys(command_line: list[str]) -> set[str]:
     return fixed
 
 
+# The options that ask for a multirun; any other option (Hydra's own) leaves the command line to Hydra.
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def sweep_combinations(overrides: list[str]) -> list[list[str]]:
+    """Each combination of a command line's sweeps (``backbone=a,b``), as plain override lists."""
+    return [list(c) for c in itertools.product(*_override_options(overrides))]
+
+
+def _override_options(overrides: list[str]) -> list[list[str]]:
+    """For each override, the plain overrides it stands for: one, or one per value it sweeps."""
+    options = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            options.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            options.append([override.input_line])
+    return options
+
+
+def check_command_line(args: list[str]) -> None:
+    """Compose and validate the config of every job a command line will run, before any folder is made.
+
+    Raises TlsweepError with one line for an unknown key, a value of the wrong type, an unknown
+    group option or an invalid setting. Each value a sweep lists is checked once (with the first
+    value of every other sweep), not every combination. Command lines with Hydra's own options
+    (``--help``, ``--cfg``, ``-sc`` …) are left to Hydra, as are ``hydra.*`` overrides.
+    """
+    if any(a.startswith("-") and a not in _MULTIRUN_FLAGS for a in args):
+        return
+    overrides = [a for a in args if a not in _MULTIRUN_FLAGS and not a.lstrip("+~").startswith("hydra")]
+    try:
+        options = _override_options(overrides)
+    except (OverrideParseException, HydraException) as e:
+        raise TlsweepError(_first_line(e)) from e
+    from hydra import compose, initialize_config_module
+
+    register_resolvers()
+    firsts = [values[0] for values in options]
+    combinations = [firsts] + [
+        [*firsts[:i], value, *firsts[i + 1 :]] for i, values in enumerate(options) for value in values[1:]
+    ]
+    with initialize_config_module("tlsweep.conf", version_base="1.3"):
+        for combination in combinations:
+            try:
+                cfg = compose("config", overrides=combination)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise TlsweepError(composition_error(e)) from e
+            validate(cfg)
+
+
+def composition_error(error: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing the config."""
+    cause = error.__cause__ or error
+    message = _first_line(error)
+    if isinstance(error, MissingConfigException):
+        listed = str(error).partition("Available options")[2].partition("Config search path")[0]
+        options = [line.strip() for line in listed.splitlines()[1:] if line.strip()]
+        found = re.search(r"Could not find '[^']*'", message)
+        return f"{found.group(0) if found else message}; options: {', '.join(options)}" if options else message
+    key = getattr(cause, "full_key", None)
+    if key and "not in" in _first_line(cause):
+        return unknown_key_message(str(key), message)
+    override = re.search(r"override (\S+)$", message)
+    if override and key:
+        return f"{override.group(1)}: {_first_line(cause)}"
+    return message if cause is error else f"{message}: {_first_line(cause)}"
+
+
+def unknown_key_message(key: str, context: str = "") -> str:
+    """``tuner.max_trail`` → a line naming the key, the closest known key, and where to see them all."""
+    parent, _, name = key.rpartition(".")
+    known = _schema_keys(parent)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {'.'.join(filter(None, [parent, close[0]]))}?" if close else ""
+    where = f" ({context.rstrip('.')})" if context and key not in context else ""
+    return f"unknown config key {key}{where}{hint} (python -m tlsweep --help lists every key)"
+
+
+def _schema_keys(parent: str) -> list[str]:
+    """The keys the schema allows under ``parent`` (a dotted path; "" for the top)."""
+    from tlsweep.settings import Config
+
+    node: Any = Config
+    for part in filter(None, parent.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return []
+        node = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING else None
+        node = type(node) if dataclasses.is_dataclass(node) else None
+    return [f.name for f in dataclasses.fields(node)] if node is not None and dataclasses.is_dataclass(node) else []
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys in ``cfg`` that its schema does not declare: Hydra lets ``+key=value`` add them."""
+    found = []
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            found.append(path)
+            continue
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            found += unknown_keys(value, f"{path}.")
+    return found
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise TlsweepError naming the first invalid setting and how to fix it."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise TlsweepError(unknown_key_message(unknown[0]))
     missing = sorted(OmegaConf.missing_keys(cfg))
+    if cfg.dataset.name == "folder" and not cfg.dataset.path:
+        missing.insert(0, "dataset.path")
+    if not cfg.backbone.factory and not cfg.backbone.handle:
+        missing.insert(0, "backbone.handle")
     if missing:
         hints = {
             "dataset.path": " (e.g. dataset.path=path/to/images)",
@@ -151,6 +280,8 @@ def validate(cfg: DictConfig) -> None:
                 f"search.unfreeze_depths={depths} must be a non-empty list of whole numbers ≥ 0, e.g. [0,5,10]"
             )
 
+    if cfg.seed < 0:
+        raise TlsweepError(f"seed={cfg.seed} must be a whole number ≥ 0")
     if cfg.precision not in PRECISIONS:
         raise TlsweepError(f"precision={cfg.precision} must be one of: {', '.join(PRECISIONS)}")
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
@@ -163,6 +294,10 @@ def validate(cfg: DictConfig) -> None:
         raise TlsweepError(f"tuner.objective={tuner.objective} must be one of: {', '.join(OBJECTIVES)}")
     if tuner.name != "hyperband" and tuner.max_trials < 1:
         raise TlsweepError(f"tuner.max_trials={tuner.max_trials} must be at least 1")
+    if tuner.max_consecutive_failed_trials < 1:
+        raise TlsweepError(
+            f"tuner.max_consecutive_failed_trials={tuner.max_consecutive_failed_trials} must be at least 1"
+        )
 
 
 def check_depths(cfg: DictConfig, num_layers: int, backbone: str, unit: str = "layers") -> None:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import tlsweep
 from tlsweep import files
+from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,11 @@ def model_card(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tlsweep.export FOLDER``: export a run's or sweep's best model; one error line on failure."""
-    parser = argparse.ArgumentParser(prog="python -m tlsweep.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tlsweep.export",
+        description="Export the best model of a tlsweep run or sweep into its best/ folder, and test it once on "
+        "the held-out images.",
+    )
     parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
     parser.add_argument("--no-saved-model", action="store_true", help="skip the TensorFlow SavedModel")
     parser.add_argument("--tflite", action="store_true", help="also write model.tflite")
@@ -232,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = OmegaConf.create({"saved_model": not args.no_saved_model, "tflite": args.tflite, "quantize": args.quantize})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    native_stderr_to(None)  # TensorFlow's C++ lines
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "Assets written to …"
     try:
         if not args.folder.is_dir():
             raise TlsweepError(f"{args.folder} is not a folder; give a sweep or run folder under outputs/")

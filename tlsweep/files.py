@@ -12,6 +12,7 @@ from typing import Any
 
 # Inside a job folder (a single run's folder, or one job of a sweep):
 JOB_RECORD = "job.json"  # status, data summary, best trial
+LOG_FILE = "tlsweep.log"  # the job's log (conf/hydra/job_logging), TensorFlow's own lines included
 TRIALS_DIR = "trials"  # trial_<id>.json, one record per trial
 TENSORBOARD_DIR = "tensorboard"  # trial_<id>/, one TensorBoard run per trial
 TUNER_DIR = "tuner"  # KerasTuner's own project
@@ -26,8 +27,37 @@ EVALUATION = "evaluation.json"  # the held-out test
 MODEL_CARD = "model_card.md"
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, so once, at import, before any thread writes files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: mkstemp's own 0600 hides results from teammates
+
+
+def tensorboard_logdir(root: Path) -> Path:
+    """The folder to give ``tensorboard --logdir`` for a run or sweep: the ``outputs`` folder it is in
+    (every trial of every sweep in one table), else the run's or sweep's own folder. Absolute."""
+    root = Path(root).resolve()
+    return next((p for p in (root, *root.parents) if p.name == "outputs"), root)
+
+
+def shown(path: Path) -> str:
+    """A path as the user would type it here: relative to the working folder when under it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the permissions the user's umask allows, as a plainly written file would.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -35,6 +65,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

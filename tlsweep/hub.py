@@ -105,10 +105,13 @@ class HubLayer(keras.layers.Layer):
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             where = " (delete it and fetch it again)" if is_remote(self.handle) else ""
             raise TlsweepError(f"the SavedModel at {path} is incomplete or damaged{where}: {reason}") from e
-        if not callable(self._module):
+        if not callable(self._module) or not hasattr(self._module, "variables"):
+            lacks = "is not callable" if not callable(self._module) else "lists no variables"
             raise TlsweepError(
-                f"the SavedModel at {path} is not callable; tlsweep needs a TF2 SavedModel "
-                "(tfhub.dev 'feature_vector' models with version 4 or later are)"
+                f"the SavedModel at {path} {lacks}, so it is not a TF2 reusable SavedModel; a hub feature vector "
+                "must be callable as model(images) -> features and list its variables (tfhub.dev 'feature_vector' "
+                "models of version 4 or later do): export one with tf.saved_model.save(obj, folder), where obj has "
+                "a tf.function __call__(images, training=False) and the attributes variables and trainable_variables"
             )
         self._blocks: dict[str, tuple[str, bool]] = {}  # Keras variable name -> (block, is BatchNorm)
         for variable in self._module.variables:

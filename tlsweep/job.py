@@ -24,11 +24,15 @@ from tlsweep.errors import TlsweepError
 log = logging.getLogger(__name__)
 
 
-def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
-    """Run one search in ``job_dir`` and return its job record; records failures before raising."""
+def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+    """Run one search in ``job_dir`` and return its job record; records failures before raising.
+
+    ``root`` is the run's or sweep's folder (the job's own folder when it runs alone).
+    """
     job_dir = Path(job_dir)
+    root = Path(root) if root is not None else job_dir
     if cfg.distributed.role == "worker":  # the chief keeps the job's record; a worker only runs trials
-        return _search(cfg, job_dir, choices)
+        return _search(cfg, job_dir, choices, root)
     if cfg.get("resume"):
         done = _completed_record(job_dir)
         if done is not None:
@@ -47,7 +51,7 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     started = time.monotonic()
     files.write_json(job_dir / files.JOB_RECORD, record)
     try:
-        record.update(_search(cfg, job_dir, choices), status="completed")
+        record.update(_search(cfg, job_dir, choices, root), status="completed")
     except BaseException as e:
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         message = str(e) if isinstance(e, TlsweepError) else f"{type(e).__name__}: {e}"
@@ -70,7 +74,7 @@ def _completed_record(job_dir: Path) -> dict[str, Any] | None:
     return job.record if job.status == "completed" else None
 
 
-def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str, Any]:
+def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path) -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
@@ -78,6 +82,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     from tlsweep.cache import CachedData, PlainData, make_cache
     from tlsweep.data import load_dataset
     from tlsweep.device import configure
+    from tlsweep.logs import format_value
     from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner, read_best
 
     validate(cfg)
@@ -90,8 +95,11 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
     data = load_dataset(cfg.dataset, image_size)
     log.info(data.summary())
 
+    logdir = files.tensorboard_logdir(root)
     job = JobContext(
         job_dir=job_dir,
+        logdir=logdir,
+        sweep=str(Path(root).resolve().relative_to(logdir)) if Path(root).resolve() != logdir else root.name,
         choices={k: str(v) for k, v in choices.items()},
         settings=job_settings(cfg, image_size),
         objective=str(cfg.tuner.objective),
@@ -144,13 +152,13 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any]) -> dict[str
         job.best["trial_id"],
         cfg.tuner.objective,
         job.best["value"],
-        ", ".join(f"{k}={v}" for k, v in job.best["hyperparameters"].items()),
+        ", ".join(f"{k}={format_value(v, k)}" for k, v in job.best["hyperparameters"].items()),
     )
     log.info(
         "outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
         job_dir,
         job_dir / files.BEST_MODEL,
-        _logdir_hint(job_dir),
+        files.shown(logdir),
     )
     return {
         "trials": len(trials),
@@ -183,14 +191,3 @@ def join_search(cfg: DictConfig) -> str | None:
     os.environ["KERASTUNER_ORACLE_PORT"] = port
     os.environ["KERASTUNER_TUNER_ID"] = "chief" if role == "chief" else f"worker-{socket.gethostname()}-{os.getpid()}"
     return str(role)
-
-
-def _logdir_hint(job_dir: Path) -> str:
-    """``outputs`` when the job folder is under an ``outputs`` folder, else the job folder."""
-    for parent in job_dir.resolve().parents:
-        if parent.name == "outputs":
-            try:
-                return str(parent.relative_to(Path.cwd()))
-            except ValueError:
-                return str(parent)
-    return str(job_dir)

@@ -8,10 +8,13 @@ Layout inside a job folder::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,10 +47,13 @@ class TrialLog(keras.callbacks.Callback):
         hyperparameters: dict[str, Any],
         context: dict[str, Any],
         verbose: bool = True,
+        logdir: Path | None = None,
     ) -> None:
         super().__init__()
         self.path = Path(job_dir) / files.TRIALS_DIR / f"trial_{trial_id}.json"
         self.tensorboard_dir = Path(job_dir) / files.TENSORBOARD_DIR / f"trial_{trial_id}"
+        # TensorBoard's name for the trial: its run folder relative to the --logdir users give
+        self.session_name = os.path.relpath(self.tensorboard_dir.resolve(), Path(logdir or job_dir).resolve())
         self.label = label
         self.verbose = verbose
         self.stage = "head"
@@ -75,7 +81,7 @@ class TrialLog(keras.callbacks.Callback):
         shutil.rmtree(self.tensorboard_dir, ignore_errors=True)  # a restarted trial: no curves twice
         self._write_hparams()
         self._save()
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.record["hyperparameters"].items())
+        shown = ", ".join(f"{k}={format_value(v, k)}" for k, v in self.record["hyperparameters"].items())
         log.info("%s: %s", self.label, shown)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
@@ -100,12 +106,14 @@ class TrialLog(keras.callbacks.Callback):
         self.record["history"].append(entry)
         self._save(durable=False)  # atomic still; not flushed to disk: only a machine crash could lose it
         if self.verbose:
+            width = len(str(self.total_epochs))
             log.info(
-                "  epoch %d/%d %-8s loss %s  accuracy %s  val_loss %s  val_accuracy %s  (%.1fs)",
+                "  epoch %*d/%d %-8s  loss %s  accuracy %s  val_loss %s  val_accuracy %s  %5.1fs",
+                width,
                 epoch + 1,
                 self.total_epochs,
                 self.stage,
-                *(_fmt(entry[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
+                *(_metric(entry[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
                 entry["seconds"],
             )
 
@@ -114,11 +122,14 @@ class TrialLog(keras.callbacks.Callback):
         self.record.update(summary, status="completed")
         self.model_to_keep = model
         self._save(final=True)
+        kept = next(e for e in self.record["history"] if e["epoch"] == self.record["best_epoch"])
+        self._end_session(True, {k: kept[k] for k in KEPT_METRICS if isinstance(kept.get(k), (int, float))})
 
     def fail(self, error: BaseException) -> None:
         """Mark the trial failed with the reason; the search goes on with the next one."""
         self.record.update(status="failed", error=f"{type(error).__name__}: {error}".strip())
         self._save(final=True)
+        self._end_session(False, {})
         log.warning("%s failed: %s", self.label, self.record["error"].splitlines()[0])
 
     def _save(self, final: bool = False, durable: bool = True) -> None:
@@ -128,19 +139,52 @@ class TrialLog(keras.callbacks.Callback):
         files.write_json(self.path, self.record, durable)
 
     def _write_hparams(self) -> None:
-        import tensorflow as tf
+        """The trial's row in TensorBoard's HParams table: the sweep and job it belongs to, its choices,
+        hyperparameters and settings, named by its run folder relative to the logdir."""
         from tensorboard.plugins.hparams import api as hparams_api
 
-        values = {**self.record.get("choices", {}), **self.record["hyperparameters"]}
+        values = {"sweep": self.record.get("sweep", ""), "job": self.record["job"]}
+        values.update(self.record.get("choices", {}), **self.record["hyperparameters"])
         values.update(self.record.get("settings", {}))
         values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+        with self._writer() as writer, writer.as_default():
+            hparams_api.hparams(values, trial_id=self.session_name)
+
+    def _end_session(self, completed: bool, kept: dict[str, float]) -> None:
+        """Log the kept epoch's metrics as the trial's metrics (the report's numbers, not the last
+        epoch's) and the trial's status, so HParams shows what the report shows."""
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api_pb2
+        from tensorboard.plugins.hparams import summary as hparams_summary
+
+        status = api_pb2.STATUS_SUCCESS if completed else api_pb2.STATUS_FAILURE
+        step = int(self.record.get("best_epoch") or 0)
+        with self._writer() as writer, writer.as_default():
+            for name, value in kept.items():
+                tf.summary.scalar(name, value, step=step)
+            tf.summary.experimental.write_raw_pb(hparams_summary.session_end_pb(status).SerializeToString(), step=0)
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[Any]:
+        import tensorflow as tf
+
         writer = tf.summary.create_file_writer(str(self.tensorboard_dir))
-        with writer.as_default():
-            hparams_api.hparams(values, trial_id=str(self.tensorboard_dir.resolve()))
-        writer.close()
+        try:
+            yield writer
+        finally:
+            writer.close()
 
 
-def _fmt(value: Any) -> str:
+KEPT_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # logged for the kept epoch, as HParams metrics
+
+
+def _metric(value: float | None) -> str:
+    """A metric in a fixed width: 4 decimals, so epoch lines align."""
+    return "   n/a" if value is None else f"{value:6.4f}"
+
+
+def format_value(value: Any, key: str = "") -> str:
+    """A hyperparameter for a progress line: learning rates to 3 significant digits."""
     if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.4f}".rstrip("0").rstrip(".")
+        return f"{value:.3g}" if key == "learning_rate" or abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
     return "n/a" if value is None else str(value)

@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from tlsweep import files  # noqa: E402
+from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.data import IMAGE_EXTENSIONS, decode_image  # noqa: E402
 from tlsweep.errors import TlsweepError  # noqa: E402
 from tlsweep.export import FORMAT, FORMAT_VERSION  # noqa: E402
@@ -140,13 +141,17 @@ def predict_files(predictor: Predictor, paths: list[Path]) -> tuple[list[tuple[P
 
 def main(argv: list[str] | None = None) -> int:
     """Print the top-k classes per image (or write them as CSV); one ``error:`` line per problem."""
-    parser = argparse.ArgumentParser(prog="python -m tlsweep.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tlsweep.predict",
+        description="Print the top classes of each image (files or folders of images) with a model tlsweep exported.",
+    )
     parser.add_argument("model", type=Path, help="an export folder, e.g. outputs/sweeps/<time>/best")
     parser.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
     parser.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
     parser.add_argument("--format", choices=FORMATS, help="which exported model to use (default: the first found)")
     parser.add_argument("--csv", type=Path, help="also write path, class and probability columns to this CSV file")
     args = parser.parse_args(argv)
+    native_stderr_to(None)  # TensorFlow's C++ start-up lines
     try:
         predictor = load_predictor(args.model, args.format)
         results, unreadable = predict_files(predictor, image_paths(args.images))

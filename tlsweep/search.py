@@ -285,6 +285,8 @@ class JobContext:
     """What every trial of a job shares: where it writes, and what to record beside the hyperparameters."""
 
     job_dir: Path
+    logdir: Path  # what ``tensorboard --logdir`` is given: TensorBoard names each trial's run relative to it
+    sweep: str  # the run's or sweep's folder, as TensorBoard shows it
     choices: dict[str, str]
     settings: dict[str, Any]
     objective: str
@@ -360,6 +362,7 @@ class SweepTuner:
             label,
             values,
             {
+                "sweep": self.job.sweep,
                 "choices": self.job.choices,
                 "settings": self.job.settings,
                 "objective": self.job.objective,
@@ -367,6 +370,7 @@ class SweepTuner:
                 "worker": self.tuner_id,
             },
             self.job.verbose,
+            self.job.logdir,
         )
         try:
             trial_log.start()
@@ -485,3 +489,55 @@ def job_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
         "seed": cfg.seed,
     }
     return OmegaConf.to_container(OmegaConf.create(settings), resolve=True)  # type: ignore[return-value]
+
+
+class TrainedElsewhere(kt.HyperModel):
+    """The stand-in hypermodel of a reloaded job: its trials trained in ``python -m tlsweep``."""
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        raise TlsweepError(
+            "a reloaded tlsweep tuner cannot build models; load the job's best model with "
+            "keras.saving.load_model(job_dir / 'best.keras'), or run python -m tlsweep to train more trials"
+        )
+
+
+KERAS_TUNERS = {name: tuner.__bases__[1] for name, tuner in TUNERS.items()}  # KerasTuner's own classes
+
+
+def load_tuner(job_dir: str | Path) -> kt.Tuner:
+    """A job's KerasTuner project (``<job>/tuner``), reloaded with the job's tuner and objective.
+
+    KerasTuner needs the objective's direction to rank trials: reloaded without it, its
+    ``get_best_hyperparameters()`` silently returns the worst trial. Use the result to inspect
+    trials (``results_summary()``, ``oracle.get_best_trials()``); it cannot train new ones.
+    """
+    job_dir = Path(job_dir)
+    project = job_dir / files.TUNER_DIR
+    if not (project / "oracle.json").is_file():
+        raise TlsweepError(f"{job_dir} holds no KerasTuner project ({project}/oracle.json); give a job folder")
+    config = _job_config(job_dir)
+    tuner = config.get("tuner", {})
+    name = str(tuner.get("name", "random"))
+    objective = str(tuner.get("objective", "val_accuracy"))
+    budget = {"max_epochs": 1} if name == "hyperband" else {"max_trials": int(tuner.get("max_trials", 1))}
+    return KERAS_TUNERS[name](
+        hypermodel=TrainedElsewhere(),
+        objective=kt.Objective(objective, "min" if objective.endswith("loss") else "max"),
+        directory=str(job_dir),
+        project_name=files.TUNER_DIR,
+        overwrite=False,
+        **budget,
+    )
+
+
+def _job_config(job_dir: Path) -> dict[str, Any]:
+    """The job's config as it ran: from ``job.json``, else the one Hydra saved when it started."""
+    try:
+        record = json.loads((job_dir / files.JOB_RECORD).read_text(encoding="utf-8"))
+        if isinstance(record.get("config"), dict):
+            return record["config"]
+    except (OSError, ValueError):
+        pass
+    saved = job_dir / ".hydra" / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}  # type: ignore[return-value]
+

@@ -14,7 +14,6 @@ does, so a backbone that fetched here loads offline there.
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 import sys
@@ -24,23 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tlsweep import hub  # noqa: E402
 from tlsweep.backbones import keras_weights_dir  # noqa: E402
+from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError  # noqa: E402
 
 log = logging.getLogger("tlsweep.weights")
-
-
-def expand(overrides: list[str]) -> list[list[str]]:
-    """Each combination of a command line's sweeps (``backbone=a,b``), as plain override lists."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    options = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():
-            key = override.get_key_element()
-            options.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            options.append([override.input_line])
-    return [list(combination) for combination in itertools.product(*options)]
 
 
 def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
@@ -52,11 +38,11 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
     from hydra.errors import HydraException
 
     from tlsweep.backbones import load_backbone
-    from tlsweep.config import register_resolvers
+    from tlsweep.config import register_resolvers, sweep_combinations
 
     register_resolvers()
     lines, errors = [], []
-    for combination in expand(overrides):
+    for combination in sweep_combinations(overrides):
         try:
             with initialize_config_module("tlsweep.conf", version_base="1.3"):
                 cfg = compose("config", overrides=combination)
@@ -138,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="show cached weights, where they are and their sizes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    native_stderr_to(None)  # TensorFlow's C++ start-up lines
     try:
         lines, errors = fetch(args.overrides) if args.command == "fetch" else (cached(), [])
     except TlsweepError as e:

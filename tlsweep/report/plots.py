@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from tlsweep.report.collect import Trial
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 MAX_LEGEND = 8  # beyond this many series, the rest share one grey "other" entry
 
 
@@ -44,16 +45,27 @@ def curves(trials: Sequence[tuple[str, Trial]]) -> bytes:
 
 
 def learning_rate(rows: Sequence[dict[str, Any]], metric: str) -> bytes:
-    """``metric`` against the learning rate (log scale), one colour per optimizer."""
+    """``metric`` against the learning rate (log scale): one colour per optimizer and, in a sweep, one
+    marker per job, so the swept groups can be told apart."""
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
-    series = _series(rows, "optimizer")
-    for i, (name, members) in enumerate(series):
-        colour = COLOURS[i] if i < MAX_LEGEND else "#999999"
-        ax.scatter([r["learning_rate"] for r in members], [r[metric] for r in members], color=colour, label=_text(name))
+    optimizers = [name for name, _ in _series(rows, "optimizer")]
+    colours = {name: COLOURS[i] if i < MAX_LEGEND else "#999999" for i, name in enumerate(optimizers)}
+    jobs = _series(rows, "job")
+    for j, (job, in_job) in enumerate(jobs):
+        marker = MARKERS[j % len(MARKERS)] if len(jobs) > 1 else "o"
+        for optimizer, members in _series(in_job, "optimizer"):
+            label = optimizer if len(jobs) == 1 else f"{job}, {optimizer}"
+            ax.scatter(
+                [r["learning_rate"] for r in members],
+                [r[metric] for r in members],
+                color=colours.get(optimizer, "#999999"),
+                marker=marker,
+                label=_text(label),
+            )
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (stage 1; stage 2 uses it × finetune.lr_scale)", ylabel=metric)
-    ax.set_title(f"{metric} by learning rate and optimizer")
+    ax.set_title(f"{metric} by learning rate and optimizer" + (" (marker: job)" if len(jobs) > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _png(fig)

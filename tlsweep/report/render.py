@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import math
+import shlex
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
             "value": best[summary.metric],
             "interval": _interval(best, summary.metric, job.val_images),
             "setup": setup,
-            "hyperparameters": {k: _fmt(v) for k, v in hyperparameters.items()},
+            "hyperparameters": {k: _fmt(v, k) for k, v in hyperparameters.items()},
             "best_epoch": best["best_epoch"],
             "best_stage": best["best_stage"],
             "stage2": best["stage2"],
@@ -74,14 +75,15 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
             "trials": len(job.trials),
             "completed": sum(t.status == "completed" for t in job.trials),
             "best": _fmt(next((r[summary.metric] for r in summary.ranked if r["job"] == job.name), None)),
-            "duration": _fmt(job.record.get("duration_s")),
+            "duration": _fmt(job.record.get("duration_s"), "duration_s"),
             "classes": _classes(job.classes),
             "error": job.error or "",
         }
         for job in sweep.jobs
     ]
     return {
-        "root": str(sweep.root),
+        "root": str(sweep.root.resolve()),
+        "one_job": len(sweep.jobs) == 1,
         "generated": datetime.now().astimezone().isoformat(timespec="seconds"),
         "objective": summary.objective,
         "metric": summary.metric,
@@ -91,10 +93,10 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         "effects": summary.effects,
         "warnings": summary.warnings,
         "columns": summary.shown_columns,
-        "constants": {k: _fmt(v) for k, v in summary.constants.items()},
+        "constants": {k: _fmt(v, k) for k, v in summary.constants.items()},
         "rows": summary.table.rows,
         "top": top,
-        "logdir": str(sweep.root.resolve()),
+        "logdir": shlex.quote(str(sweep.root.resolve())),
         "export": _export(sweep),
     }
 
@@ -108,7 +110,7 @@ def _export(sweep: Any) -> dict[str, Any] | None:
         "folder": str(folder),
         "formats": ", ".join(sweep.export.get("formats", {}).values()),
         "model": f"{sweep.export.get('job')} trial_{sweep.export.get('trial')}",
-        "predict": f"python -m tlsweep.predict {folder} path/to/images",
+        "predict": f"python -m tlsweep.predict {shlex.quote(str(folder))} path/to/images",
         "test": None,
     }
     evaluation = sweep.evaluation
@@ -148,8 +150,8 @@ def _classes(classes: list[str]) -> str:
     return f"{shown}, … ({len(classes)} classes)" if len(classes) > MAX_CLASSES_SHOWN else shown
 
 
-def _fmt(value: Any) -> str:
-    """A short display form: 4 decimals for metrics, 3 significant digits for small numbers."""
+def _fmt(value: Any, key: str = "") -> str:
+    """A display form with fixed decimals: 4 for metrics, 1 for seconds, 3 significant digits for learning rates."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -157,9 +159,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5):
+        if key == "learning_rate" or (value != 0 and abs(value) >= 1e5):
             return f"{value:.3g}"
-        return f"{value:.4f}".rstrip("0").rstrip(".")
+        return f"{value:.1f}" if key.endswith("_s") else f"{value:.4f}"
     return str(value)
 
 
@@ -169,7 +171,8 @@ def to_markdown(context: dict[str, Any]) -> str:
     h = context["headline"]
     if h:
         lines += [
-            f"**Best trial: {_md(h['job'])} trial_{_md(h['trial'])} — {context['metric']} {_fmt(h['value'])}**"
+            f"**Best trial: {'' if context['one_job'] else _md(h['job']) + ' '}trial_{_md(h['trial'])} — "
+            f"{context['metric']} {_fmt(h['value'])}**"
             + (f" ({h['interval']})" if h["interval"] else ""),
             "",
             *[f"- {_md(k)}: {_md(_fmt(v))}" for k, v in {**h["setup"], **h["hyperparameters"]}.items()],
@@ -207,7 +210,7 @@ def to_markdown(context: dict[str, Any]) -> str:
         lines += ["", "## Overfitting", "", *[f"- {_md(w)}" for w in context["warnings"]]]
     columns = [c for c in context["columns"] if c not in ("tensorboard", "overfitting")]
     lines += ["", "## All trials", ""]
-    lines += _md_table(columns, [[_fmt(r[c]) for c in columns] for r in context["rows"]])
+    lines += _md_table(columns, [[_fmt(r[c], c) for c in columns] for r in context["rows"]])
     lines += ["", "## TensorBoard", "", "```", f"tensorboard --logdir {context['logdir']}", "```", ""]
     return "\n".join(lines)
 
@@ -235,10 +238,10 @@ def _md_export(export: dict[str, Any] | None) -> list[str]:
 
 
 def _md(text: Any) -> str:
-    """Markdown-safe text: no table-breaking pipes or newlines, no HTML."""
-    return (
-        str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
-    )
+    """Markdown-safe text that still reads as itself in a terminal: no table-breaking pipes or
+    newlines, and ``<`` escaped with a backslash, not as an HTML entity, so no tag is formed."""
+    escaped = str(text).replace("\\", "\\\\").replace("|", "\\|")
+    return escaped.replace("<", "\\<").replace(">", "\\>").replace("\n", " ")
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:

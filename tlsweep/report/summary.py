@@ -93,9 +93,9 @@ class Summary:
 
     @property
     def shown_columns(self) -> list[str]:
-        """The table's columns less the constants (the CSV keeps every column)."""
-        constants = self.constants
-        return [c for c in self.table.columns if c not in constants]
+        """The table's columns less the constants, and less the job in a single run (the CSV keeps every column)."""
+        hidden = {*self.constants, *(["job"] if len(self.sweep.jobs) == 1 else [])}
+        return [c for c in self.table.columns if c not in hidden]
 
     @property
     def ranked(self) -> list[dict[str, Any]]:
@@ -128,7 +128,7 @@ def summarize(sweep: Sweep) -> Summary:
     table = Table(columns, sorted(rows, key=_display_order))
     effects = []
     for group in dict.fromkeys(g for g in (*GROUPS, *choice_keys, *varying) if g in columns):
-        group_effect = group_effects(table.rows, group, metric, maximize)
+        group_effect = group_effects(table.rows, group, metric, maximize, name_jobs=len(sweep.jobs) > 1)
         if len(group_effect) > 1:  # one value everywhere shows no effect
             effects += group_effect
     warnings = [f"{r['job']} trial_{r['trial']}: {r['overfitting']}" for r in table.rows if r["overfitting"]]
@@ -206,8 +206,12 @@ def _num(trial_id: str) -> tuple[int, str]:
     return (int(trial_id), "") if str(trial_id).isdigit() else (1 << 30, str(trial_id))
 
 
-def group_effects(rows: list[dict[str, Any]], group: str, metric: str, maximize: bool = True) -> list[Effect]:
-    """Best, median and worst ``metric`` of the ranked trials for each value of ``group``, best value first."""
+def group_effects(
+    rows: list[dict[str, Any]], group: str, metric: str, maximize: bool = True, name_jobs: bool = True
+) -> list[Effect]:
+    """Best, median and worst ``metric`` of the ranked trials for each value of ``group``, best value first.
+
+    ``name_jobs``: name the best trial with its job (a sweep), or by its id alone (a single run)."""
     by_value: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["rank"] is not None and row.get(group) is not None:
@@ -224,7 +228,7 @@ def group_effects(rows: list[dict[str, Any]], group: str, metric: str, maximize:
                 best=max(scores) if maximize else min(scores),
                 median=statistics.median(scores),
                 worst=min(scores) if maximize else max(scores),
-                best_trial=f"{best_row['job']} trial_{best_row['trial']}",
+                best_trial=f"{best_row['job'] + ' ' if name_jobs else ''}trial_{best_row['trial']}",
             )
         )
     return sorted(effects, key=lambda e: (-e.best if maximize else e.best, -e.median if maximize else e.median))
