@@ -237,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = OmegaConf.create({"saved_model": not args.no_saved_model, "tflite": args.tflite, "quantize": args.quantize})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    native_stderr_to(None)  # TensorFlow's C++ lines
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "Assets written to …"
     try:
         if not args.folder.is_dir():
@@ -250,4 +249,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    native_stderr_to(None)  # TensorFlow's C++ lines stay off the terminal
     sys.exit(main())

@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, help="which exported model to use (default: the first found)")
     parser.add_argument("--csv", type=Path, help="also write path, class and probability columns to this CSV file")
     args = parser.parse_args(argv)
-    native_stderr_to(None)  # TensorFlow's C++ start-up lines
     try:
         predictor = load_predictor(args.model, args.format)
         results, unreadable = predict_files(predictor, image_paths(args.images))
@@ -177,4 +176,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    native_stderr_to(None)  # TensorFlow's C++ lines stay off the terminal
     sys.exit(main())

@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="show cached weights, where they are and their sizes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    native_stderr_to(None)  # TensorFlow's C++ start-up lines
     try:
         lines, errors = fetch(args.overrides) if args.command == "fetch" else (cached(), [])
     except TlsweepError as e:
@@ -136,4 +135,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    native_stderr_to(None)  # TensorFlow's C++ lines stay off the terminal
     sys.exit(main())
