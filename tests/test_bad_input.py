@@ -103,7 +103,7 @@ CASES: list[tuple[str, Callable[[Path], Path] | None, list[str], int, str]] = [
     ("one class", lambda r: folder(r, classes=("cat",), split=False), [], 1, "only one class folder ('cat')"),
     ("empty class", with_empty_class, [], 1, "class folder 'dog' in"),
     ("train and val classes differ", with_different_val_classes, [], 1, "differ (dog, wolf)"),
-    ("corrupt JPEG, truncated PNG", with_corrupt_and_truncated, [], 0, "skipped 2 unreadable image(s)"),
+    ("corrupt JPEG, truncated PNG", with_corrupt_and_truncated, [], 0, "skipped 2 unreadable or oversized image(s)"),
     ("1×1 image", with_one_pixel_image, [], 0, "25 training and 6 validation images"),
     ("16-bit PNG, CMYK JPEG", with_16_bit_and_cmyk, [], 0, "26 training and 6 validation images"),
     ("symlink loop", with_symlink_loop, [], 0, "24 training and 6 validation images"),

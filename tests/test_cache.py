@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -14,6 +18,7 @@ from conftest import FAST, make_config
 from tlsweep.backbones import load_backbone
 from tlsweep.cache import CachedData, PlainData, Store, make_cache
 from tlsweep.data import load_dataset
+from tlsweep.errors import TlsweepError
 from tlsweep.logs import TrialLog
 from tlsweep.model import crossing_tensors
 from tlsweep.search import TransferHyperModel, seed_keras
@@ -173,4 +178,40 @@ def test_the_store_memory_maps_big_arrays_keeps_float16_and_survives_a_race(tmp_
     store = Store(tmp_path)
     store._save(folder, arrays, {"k": 1})  # a second process finishing the same key later
     assert json.loads((folder / "done.json").read_text())["arrays"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_garbled_array_or_a_listing_without_arrays_is_rebuilt_not_used(tmp_path: Path) -> None:
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4)]
+    Store(tmp_path).get({"k": 1}, lambda: arrays)
+    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    data = bytearray((folder / "0.npy").read_bytes())
+    data[-8:] = b"\x7f" * 8  # the same size, other numbers: np.load would read it happily
+    (folder / "0.npy").write_bytes(bytes(data))
+    store = Store(tmp_path)
+    assert np.array_equal(store.get({"k": 1}, lambda: arrays)[0], arrays[0]) and store.built == 1
+    (folder / "done.json").write_text(json.dumps({"fields": {"k": 1}}))  # lists no arrays
+    store = Store(tmp_path)
+    assert np.array_equal(store.get({"k": 1}, lambda: arrays)[0], arrays[0]) and store.built == 1
+
+
+def test_half_built_parts_of_killed_builds_are_cleaned_up(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".abc.{dead.stdout.strip()}.tmp"
+    stale.mkdir()
+    (stale / "0.npy").write_bytes(b"half")
+    live = tmp_path / f".def.{os.getpid()}.tmp"  # a build still running in a live process is left alone
+    live.mkdir()
+    Store(tmp_path).get({"k": 1}, lambda: [np.ones((2, 2), np.float32)])
+    assert not stale.exists() and live.exists()
+
+
+def test_a_full_disk_while_the_cache_is_written_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    def no_space(*args, **kwargs):
+        raise OSError("write failed")  # as NumPy raises it: no errno
+
+    monkeypatch.setattr(np, "save", no_space)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
+    with pytest.raises(TlsweepError, match="the disk is full while writing the feature cache"):
+        Store(tmp_path).get({"k": 1}, lambda: [np.ones((64, 64), np.float32)])
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

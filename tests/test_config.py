@@ -86,9 +86,12 @@ def test_job_folder_names_show_what_the_job_sweeps() -> None:
     assert job_dir_name(["backbone=resnet", "tuner.max_trials=2"], 0, []) == "backbone=resnet,tuner.max_trials=2"
 
 
-def test_job_folder_names_are_safe() -> None:
+def test_job_folder_names_are_safe_and_unique() -> None:
     assert "/" not in job_dir_name(["backbone.weights=/data/w.h5", "backbone=resnet"], 1, [])
     assert len(job_dir_name(["x=" + "a" * 500], 0, [])) <= 120
+    argv = ["-m", "dataset=folder", "dataset.path=photos/2024,photos_2024"]
+    names = {job_dir_name([f"dataset.path={p}"], n, argv) for n, p in enumerate(["photos/2024", "photos_2024"])}
+    assert len(names) == 2, names  # two jobs never share a folder, even when their values look alike
 
 
 def test_help_lists_config_groups_and_options(tmp_path) -> None:

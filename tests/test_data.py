@@ -69,7 +69,7 @@ def test_corrupt_images_are_skipped_and_counted(image_folder: Path) -> None:
     data = load_dataset(folder_cfg(image_folder), 16)
     assert len(data.skipped) == 2
     assert len(data.y_train) == 23
-    assert "skipped 2 unreadable image(s)" in data.summary()
+    assert "skipped 2 unreadable or oversized image(s)" in data.summary()
 
 
 def test_hidden_files_and_other_files_are_ignored(image_folder: Path) -> None:

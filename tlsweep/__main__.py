@@ -22,7 +22,12 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tlsweep.callbacks import FAILED_JOBS  # noqa: E402
-from tlsweep.config import COMMAND_LINE_VARIABLE, check_command_line, register_resolvers  # noqa: E402
+from tlsweep.config import (  # noqa: E402
+    COMMAND_LINE_VARIABLE,
+    check_command_line,
+    check_writable,
+    register_resolvers,
+)
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
@@ -43,6 +48,8 @@ def main(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     _output_root[:] = [job_dir.parent if multirun else job_dir]
     native_stderr_to(job_dir / LOG_FILE)  # TensorFlow's C++ lines go to the job log, not the terminal
+    if cfg.resume and (not multirun or hc.job.num == 0):  # once per sweep
+        log.info("resuming %s", _output_root[0])
     try:
         run_job(cfg, job_dir, choices, root=_output_root[0])
     except TlsweepError as e:
@@ -65,6 +72,7 @@ def cli() -> None:
     os.environ[COMMAND_LINE_VARIABLE] = json.dumps(sys.argv[1:])  # for jobs a launcher runs in other processes
     try:
         check_command_line(sys.argv[1:])  # a typo or a wrong type: one line, before any folder is made
+        check_writable(sys.argv[1:])
     except TlsweepError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -72,17 +80,23 @@ def cli() -> None:
         main()
     except KeyboardInterrupt:
         root = _output_root[0] if _output_root else Path("outputs")
-        again = " ".join(["python -m tlsweep", *(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("resume="))])
-        print(
-            f"interrupted: finished trials are kept in {root}\n"
-            f"  continue: {again} resume={root}\n"
-            f"  report on them: python -m tlsweep.report {root}",
-            file=sys.stderr,
-        )
+        print(interrupted_message(sys.argv[1:], root), file=sys.stderr)
         sys.exit(130)
     if FAILED_JOBS:
         print(f"{len(FAILED_JOBS)} job(s) failed:", *FAILED_JOBS, sep="\n  ", file=sys.stderr)
         sys.exit(1)
+
+
+def interrupted_message(args: list[str], root: Path) -> str:
+    """What to print after Ctrl-C: where the finished trials are, and the commands (shell-quoted, so
+    they can be pasted whatever the folder's name) that continue the run and report on it."""
+    kept = [a for a in args if not a.startswith("resume=")]
+    again = shlex.join(["python", "-m", "tlsweep", *kept, f"resume={root}"])
+    return (
+        f"interrupted: finished trials are kept in {root}\n"
+        f"  continue: {again}\n"
+        f"  report on them: {shlex.join(['python', '-m', 'tlsweep.report', str(root)])}"
+    )
 
 
 if __name__ == "__main__":

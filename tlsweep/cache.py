@@ -32,10 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlsweep.backbones import Backbone, preprocessing_layer
 from tlsweep.data import EpochBatches, ImageData
+from tlsweep.errors import TlsweepError, is_disk_full
+from tlsweep.files import process_alive
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what is stored changes
+CACHE_FORMAT = 2  # bump when what is stored changes (2: a checksum per array)
 BATCH = 64  # images per forward pass while building
 
 
@@ -58,7 +60,7 @@ class Store:
                 arrays = self._load(folder)
                 self.reused += 1
                 return arrays
-            except (OSError, ValueError, KeyError) as e:  # damaged on disk: build it again
+            except (OSError, ValueError, KeyError, TypeError) as e:  # damaged on disk: build it again
                 log.warning("feature cache %s is damaged (%s); rebuilding it", folder, e)
                 shutil.rmtree(folder, ignore_errors=True)
         self._save(folder, [np.asarray(a, dtype=self.dtype) for a in build()], fields)
@@ -66,23 +68,60 @@ class Store:
         return self._load(folder)
 
     def _save(self, folder: Path, arrays: list[np.ndarray], fields: dict[str, Any]) -> None:
+        self._clean_staging()
         staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for i, array in enumerate(arrays):
-            np.save(staging / f"{i}.npy", array)
-        (staging / "done.json").write_text(json.dumps({"arrays": len(arrays), "fields": fields}, default=str))
+        try:
+            staging.mkdir(parents=True)
+            sums = []
+            for i, array in enumerate(arrays):
+                np.save(staging / f"{i}.npy", array)
+                sums.append(_sha256(staging / f"{i}.npy"))
+            done = {"arrays": len(arrays), "sha256": sums, "fields": fields}
+            (staging / "done.json").write_text(json.dumps(done, default=str))
+        except OSError as e:  # NumPy's own write errors carry no errno: ask the disk
+            shutil.rmtree(staging, ignore_errors=True)
+            needed = sum(a.nbytes for a in arrays)
+            if is_disk_full(e) or shutil.disk_usage(self.root).free < needed:
+                raise TlsweepError(
+                    f"the disk is full while writing the feature cache in {self.root} ({needed / 2**30:.1f} GB "
+                    "for this part); free some space, set feature_cache.dir to a bigger disk, "
+                    "or use feature_cache.dtype=float16 or cache=false"
+                ) from e
+            raise
         try:
             os.replace(staging, folder)
         except OSError:  # another process finished the same key first: its copy is as good as ours
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _clean_staging(self) -> None:
+        """Remove the half-built parts of builds whose process is gone (killed mid-write)."""
+        for staging in self.root.glob(".*.tmp"):
+            pid = staging.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(staging, ignore_errors=True)
+
     def _load(self, folder: Path) -> list[np.ndarray]:
-        count = json.loads((folder / "done.json").read_text())["arrays"]
+        """The arrays in ``folder``, each checked against the checksum written with it."""
+        done = json.loads((folder / "done.json").read_text())
+        count, sums = int(done["arrays"]), done["sha256"]
         paths = [folder / f"{i}.npy" for i in range(count)]
+        if count < 1 or len(sums) != count:
+            raise ValueError(f"done.json lists {count} arrays and {len(sums)} checksums")
+        for path, expected in zip(paths, sums, strict=True):
+            if _sha256(path) != expected:
+                raise ValueError(f"{path.name} does not match its checksum")
         size_mb = sum(p.stat().st_size for p in paths) / 2**20
         mode = None if size_mb <= self.memory_mb else "r"  # memory-map what does not fit
         return [np.load(p, mmap_mode=mode) for p in paths]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass

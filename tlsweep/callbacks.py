@@ -8,6 +8,7 @@ step is logged with the command that retries it; it never fails the sweep, whose
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ class SweepEnd(Callback):
                 export_best(root, self.export)
             except Exception as e:  # the trials are on disk; the export can be redone
                 log.error(
-                    "error: could not export the best model (%s); retry with: python -m tlsweep.export %s", e, root
+                    "error: could not export the best model (%s); retry with: python -m tlsweep.export %s",
+                    e,
+                    shlex.quote(str(root)),
                 )
         if self.report.enabled:
             try:
@@ -64,7 +67,9 @@ class SweepEnd(Callback):
                 paths = build_report(root, int(self.report.top))
             except Exception as e:  # the trials are on disk; the report can be rebuilt
                 log.error(
-                    "error: could not write the report (%s); rebuild it with: python -m tlsweep.report %s", e, root
+                    "error: could not write the report (%s); rebuild it with: python -m tlsweep.report %s",
+                    e,
+                    shlex.quote(str(root)),
                 )
                 return
             log.info("report written to %s (also %s and %s)", paths["html"], paths["md"].name, paths["csv"].name)

@@ -52,11 +52,30 @@ def output_dir(kind: str, resume: Any, stamp: str, outputs: str = "outputs") -> 
             path, n = base / f"{stamp}_{n}", n + 1
         return str(path)
     if resume is True or str(resume).lower() == "true":
-        existing = sorted((p for p in base.glob("*") if p.is_dir()), key=lambda p: (p.stat().st_mtime, p.name))
-        return str(existing[-1]) if existing else str(base / stamp)
+        newest = newest_unfinished(base)
+        return str(newest) if newest is not None else str(base / stamp)
     if not Path(str(resume)).is_dir():
         raise TlsweepError(f"resume={resume} is not a folder; give a folder under {base} or resume=true for the newest")
     return str(resume)
+
+
+def newest_unfinished(base: Path) -> Path | None:
+    """The run or sweep under ``base`` that ``resume=true`` continues: the most recently started one
+    that has a job not completed, else the most recently started one. Start times come from the jobs'
+    records (a folder's modification time changes whenever a report is rebuilt)."""
+    found = []
+    for folder in (p for p in Path(base).glob("*") if p.is_dir()):
+        records = []
+        for path in [folder / "job.json", *folder.glob("*/job.json")]:
+            try:
+                records.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+        records = [r for r in records if isinstance(r, dict)]
+        started = min((str(r.get("started", "")) for r in records), default="") or folder.name
+        unfinished = not records or any(r.get("status") != "completed" for r in records)
+        found.append((unfinished, started, folder.name, folder))
+    return max(found)[3] if found else None
 
 
 def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str] | None = None) -> str:
@@ -70,10 +89,10 @@ def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str
         passed = os.environ.get(COMMAND_LINE_VARIABLE)
         command_line = json.loads(passed) if passed else sys.argv[1:]
     fixed = _fixed_keys(command_line)
-    parts = sorted(str(o) for o in task_overrides if split_override(str(o))[0] not in fixed)
-    name = re.sub(r"[/\\:*?\"<>|\s]+", "_", ",".join(parts)).strip("._") or f"job{job_num}"
-    if len(name) > 120:
-        name = f"{name[:100]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    parts = ",".join(sorted(str(o) for o in task_overrides if split_override(str(o))[0] not in fixed))
+    name = re.sub(r"[/\\:*?\"<>|\s]+", "_", parts).strip("._") or f"job{job_num}"
+    if parts and (name != parts or len(name) > 120):  # characters replaced: a digest of the values keeps names unique
+        name = f"{name[:100]}_{hashlib.sha1(parts.encode()).hexdigest()[:8]}"
     return name
 
 
@@ -153,6 +172,20 @@ def check_command_line(args: list[str]) -> None:
             except (HydraException, OmegaConfBaseException) as e:
                 raise TlsweepError(composition_error(e)) from e
             validate(cfg)
+
+
+def check_writable(args: list[str], outputs: Path = Path("outputs")) -> None:
+    """Fail in one line, before Hydra makes a folder, when the results could not be written."""
+    if any(a.split("=")[0].lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") for a in args):
+        return  # the user chose the folder; Hydra says if it cannot make it
+    kind = "sweeps" if any(a in _MULTIRUN_FLAGS for a in args) else "runs"
+    target = (outputs / kind).resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TlsweepError(
+            f"cannot write results under {target}: {existing} is read-only for you; run from a folder you can "
+            "write to, or choose one with hydra.run.dir=<folder> (hydra.sweep.dir=<folder> with -m)"
+        )
 
 
 def composition_error(error: BaseException) -> str:

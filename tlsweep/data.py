@@ -7,6 +7,7 @@ Unreadable images are skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -17,13 +18,14 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tlsweep.errors import TlsweepError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+MAX_PIXELS = 50_000_000  # images larger than this (about 7,000 × 7,000) are skipped: decoded, one takes 150 MB
 DIGITS_SOURCE_CLASSES = (0, 1, 2, 3, 4)  # the tiny backbone's pretraining task
 DIGITS_TARGET_CLASSES = (5, 6, 7, 8, 9)  # the demo's target task: classes never seen in pretraining
 
@@ -50,7 +52,7 @@ class ImageData:
         )
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", …" if len(self.skipped) > 3 else "")
-            line += f"; skipped {len(self.skipped)} unreadable image(s): {shown}"
+            line += f"; skipped {len(self.skipped)} unreadable or oversized image(s): {shown}"
         if self.y_test is not None:
             line += f"; {len(self.y_test)} test images held out"
         return line
@@ -96,7 +98,22 @@ def _load_digits_demo(cfg: DictConfig, image_size: int) -> ImageData:
     )
 
 
-def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
+@dataclass
+class FolderLayout:
+    """Where a folder dataset's splits are: ``train`` always; ``val`` and ``test`` when given."""
+
+    root: Path
+    train: Path
+    val: Path | None
+    test: Path | None
+
+    def splits(self) -> dict[str, Path]:
+        found = {"train": self.train, "val": self.val, "test": self.test}
+        return {name: path for name, path in found.items() if path is not None}
+
+
+def folder_layout(cfg: DictConfig) -> FolderLayout:
+    """The splits of ``dataset.path`` (and ``dataset.test``), or a TlsweepError saying what is wrong."""
     root = Path(cfg.path).expanduser()
     if not root.exists():
         raise TlsweepError(f"dataset.path {root} does not exist; point dataset.path at a folder of class sub-folders")
@@ -110,11 +127,75 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
     val_root = next((root / v for v in ("val", "validation") if (root / v).is_dir()), None)
     if train_root == root:
         val_root = None
-
     test_root = Path(cfg.test).expanduser() if cfg.get("test") else root / "test"
     if cfg.get("test") and not test_root.is_dir():
         raise TlsweepError(f"dataset.test {test_root} is not a folder; point it at a folder of class sub-folders")
-    train_files = _class_files(train_root)
+    test = test_root if test_root.is_dir() else None
+    if test is not None:
+        seen = {p.resolve(): name for name, p in (("training", train_root), ("validation", val_root)) if p}
+        inside = next((name for folder, name in seen.items() if _within(test.resolve(), folder)), None)
+        if inside or _within(train_root.resolve(), test.resolve()):
+            raise TlsweepError(
+                f"dataset.test {test} is (or holds) the {inside or 'training'} images; a test set must be images "
+                "the search never sees: point dataset.test at a separate folder, or use dataset.test_split"
+            )
+    return FolderLayout(root, train_root, val_root, test)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """What the dataset is, cheaply (no image is decoded): for a folder, the classes of each split and,
+    per class, how many files and a hash of their names, sizes and modification times.
+
+    A job records it, and refuses to resume on data that changed (``changes`` says how).
+    """
+    if cfg.name != "folder":
+        return {"source": str(cfg.name)}
+    layout = folder_layout(cfg)
+    splits = {}
+    for split, root in layout.splits().items():
+        splits[split] = {name: _files_digest(root / name, paths) for name, paths in _class_files(root)[0].items()}
+    return {"source": "folder", "classes": list(splits["train"]), "splits": splits}
+
+
+def _files_digest(folder: Path, paths: list[Path]) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        name = str(path.relative_to(folder)).encode("utf-8", "surrogateescape")
+        digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"files": len(paths), "sha256": digest.hexdigest()[:16]}
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How the dataset ``new`` differs from ``old`` (two fingerprints), in words; empty if it does not."""
+    if old.get("source") != new.get("source"):
+        return [f"the dataset is now {new.get('source')} (it was {old.get('source')})"]
+    found = []
+    old_classes, new_classes = old.get("classes", []), new.get("classes", [])
+    found += [f"class '{c}' added" for c in new_classes if c not in old_classes]
+    found += [f"class '{c}' removed" for c in old_classes if c not in new_classes]
+    for split in sorted({*old.get("splits", {}), *new.get("splits", {})}):
+        before, after = old.get("splits", {}).get(split), new.get("splits", {}).get(split)
+        if before is None or after is None:
+            found.append(f"a {split} split {'appeared' if before is None else 'is gone'}")
+            continue
+        for name in [c for c in after if c in before]:
+            count = after[name]["files"] - before[name]["files"]
+            if count:
+                found.append(f"{split}/{name}: {abs(count)} image(s) {'added' if count > 0 else 'removed'}")
+            elif after[name]["sha256"] != before[name]["sha256"]:
+                found.append(f"{split}/{name}: images replaced or modified")
+    return found
+
+
+def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
+    layout = folder_layout(cfg)
+    root, train_root, val_root, test_root = layout.root, layout.train, layout.val, layout.test
+    train_files, not_files = _class_files(train_root)
     workers = int(cfg.get("workers", 4))
     x, y, skipped = _decode_all(train_files, image_size, workers)
     class_names = list(train_files)
@@ -122,7 +203,8 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
         train, val = stratified_split(y, cfg.validation_split, cfg.seed)
         x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
     else:
-        val_files = _class_files(val_root)
+        val_files, more = _class_files(val_root)
+        not_files += more
         if list(val_files) != class_names:
             raise TlsweepError(
                 f"the class folders of {train_root} and {val_root} differ "
@@ -132,8 +214,9 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
         x_val, y_val, skipped_val = _decode_all(val_files, image_size, workers)
         skipped += skipped_val
     data = ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {root}", skipped)
-    if test_root.is_dir():
-        test_files = _class_files(test_root)
+    if test_root is not None:
+        test_files, more = _class_files(test_root)
+        not_files += more
         if list(test_files) != class_names:
             raise TlsweepError(
                 f"the class folders of {train_root} and {test_root} differ "
@@ -141,6 +224,7 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
             )
         data.x_test, data.y_test, skipped_test = _decode_all(test_files, image_size, workers)
         data.skipped += skipped_test
+    data.skipped += not_files  # pipes, devices, dangling links: never opened
     return data
 
 
@@ -174,8 +258,9 @@ def _load_tfds(cfg: DictConfig, image_size: int) -> ImageData:
     return ImageData(x_train, y_train, x_val, y_val, names, f"TFDS {cfg.name}")
 
 
-def _class_files(root: Path) -> dict[str, list[Path]]:
-    """Map each class folder under ``root`` (sorted by name) to its image files."""
+def _class_files(root: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """Map each class folder under ``root`` (sorted by name) to its image files; also the entries
+    skipped for not being files."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise TlsweepError(
@@ -183,22 +268,33 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
         )
     if len(classes) < 2:
         raise TlsweepError(f"{root} has only one class folder ('{classes[0]}'); a classifier needs at least two")
-    files = {name: _image_files(root / name) for name in classes}
+    unwritable = next((c for c in classes if "\n" in c or "\r" in c or c != c.strip()), None)
+    if unwritable is not None:
+        raise TlsweepError(
+            f"class folder {unwritable!r} in {root} has a line break or leading/trailing spaces in its name, "
+            "which labels.txt (one class per line) cannot hold; rename the folder"
+        )
+    listed = {name: _image_files(root / name) for name in classes}
+    files = {name: found for name, (found, _) in listed.items()}
     for name, paths in files.items():
         if not paths:
             raise TlsweepError(
                 f"class folder '{name}' in {root} has no images ({'/'.join(IMAGE_EXTENSIONS)}); "
                 "add images or remove the folder"
             )
-    return files
+    return files, [path for _, others in listed.values() for path in others]
 
 
-def _image_files(folder: Path) -> list[Path]:
-    found = []
+def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The image files in ``folder`` and below, sorted, and the entries with an image's name that are
+    not regular files (a pipe, a device, a dangling link): those are never opened, as reading a pipe
+    would wait forever."""
+    found, others = [], []
     for dirpath, dirnames, filenames in os.walk(folder):  # symlinked folders are not followed: no loops
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
+        for path in (Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)):
+            (found if path.is_file() else others).append(path)  # is_file follows links to files
+    return found, [str(p) for p in others]
 
 
 def _decode_all(
@@ -218,11 +314,15 @@ def _decode_all(
     return x, labels[ok], skipped
 
 
-def decode_image(path: Path, image_size: int) -> np.ndarray | None:
-    """Decode one image to RGB uint8 at ``image_size``; None if it cannot be read."""
+def decode_image(path: Path, image_size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """Decode one image to RGB uint8 at ``image_size``, upright as viewers show it (EXIF orientation);
+    None if it cannot be read or has more than ``max_pixels`` pixels (it would take gigabytes decoded)."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:  # read from the header: nothing decoded yet
+                return None
             im.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced size, much faster
+            im = ImageOps.exif_transpose(im)  # a phone photo stored sideways, turned as it was taken
             if im.mode.startswith("I"):  # 16/32-bit integer images: scale to 8 bits, don't clip
                 arr = np.asarray(im, dtype=np.float64)
                 im = Image.fromarray((arr / max(arr.max(), 1.0) * 255.0).astype(np.uint8))

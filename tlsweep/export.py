@@ -61,9 +61,23 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
 
     from tlsweep.model import inference_model
 
-    model = inference_model(keras.saving.load_model(model_file, compile=False))
-    image_size = int(model.input_shape[1])
     classes = job.classes
+    origin = files.model_origin(model_file)
+    if origin is None or str(origin.get("trial_id")) != str(best["trial"]) or origin.get("classes") != classes:
+        held = f"trial_{origin.get('trial_id')} of classes {origin.get('classes')}" if origin else "no trial id"
+        raise TlsweepError(
+            f"{model_file} holds {held}, but the records' best is trial_{best['trial']} of classes {classes}; "
+            "tlsweep does not export a model other than the one it reports: rerun that trial "
+            "(the report's reproduce command), or resume the job"
+        )
+    try:
+        model = inference_model(keras.saving.load_model(model_file, compile=False))
+    except Exception as e:  # a file cut short or damaged on disk: say which, not a traceback
+        raise TlsweepError(
+            f"{model_file} is damaged ({type(e).__name__}: {str(e).strip().splitlines()[0][:150]}); "
+            "rerun the best trial with the report's reproduce command"
+        ) from e
+    image_size = int(model.input_shape[1])
     data = _test_and_calibration_data(job.config, image_size, need_calibration=cfg.tflite and cfg.quantize == "int8")
 
     target = Path(root) / files.EXPORT_DIR
@@ -71,7 +85,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        formats = _write_formats(model, staging, image_size, cfg, data.get("calibration"))
+        formats = _write_formats(model, staging, image_size, cfg, data.get("calibration"), origin)
         files.write_text(staging / files.LABELS, "\n".join(classes) + "\n")
         evaluation = None
         if data.get("x_test") is not None:
@@ -126,11 +140,16 @@ def _has_test_dir(dataset: DictConfig) -> bool:
 
 
 def _write_formats(
-    model: Any, folder: Path, image_size: int, cfg: DictConfig, calibration: np.ndarray | None
+    model: Any,
+    folder: Path,
+    image_size: int,
+    cfg: DictConfig,
+    calibration: np.ndarray | None,
+    origin: dict[str, Any],
 ) -> dict[str, str]:
     """Write each requested format into ``folder``; returns ``{format: file name}``."""
     formats = {"keras": "model.keras"}
-    model.save(folder / formats["keras"])
+    files.save_model(model, folder / formats["keras"], origin)
     if cfg.saved_model or cfg.tflite:
         model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
         formats["saved_model"] = "saved_model"

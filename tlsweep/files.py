@@ -6,12 +6,14 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 # Inside a job folder (a single run's folder, or one job of a sweep):
 JOB_RECORD = "job.json"  # status, data summary, best trial
+JOB_LOCK = ".job.lock"  # held by the process running the job
 LOG_FILE = "tlsweep.log"  # the job's log (conf/hydra/job_logging), TensorFlow's own lines included
 TRIALS_DIR = "trials"  # trial_<id>.json, one record per trial
 TENSORBOARD_DIR = "tensorboard"  # trial_<id>/, one TensorBoard run per trial
@@ -90,9 +92,32 @@ def write_json(path: Path, data: Any, durable: bool = True) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n", durable)
 
 
-def save_model(model: Any, path: Path) -> None:
-    """Save a Keras model to ``path`` (``.keras``) atomically."""
-    atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
+MODEL_ORIGIN = "tlsweep.json"  # inside a saved .keras file (a zip): which job and trial the model is, its classes
+
+
+def save_model(model: Any, path: Path, origin: dict[str, Any] | None = None) -> None:
+    """Save a Keras model to ``path`` (``.keras``) atomically, carrying ``origin`` inside the file.
+
+    Keras loads the file as usual (it reads only its own entries); ``model_origin`` reads ``origin``
+    back, so an export can check that a model file is the trial the records name.
+    """
+
+    def write(tmp: Path) -> None:
+        model.save(tmp)
+        if origin is not None:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(MODEL_ORIGIN, json.dumps(origin))
+
+    atomic_write(path, write, suffix=".keras")
+
+
+def model_origin(path: Path) -> dict[str, Any] | None:
+    """The origin a ``.keras`` file carries (see ``save_model``); None if it carries none or cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(MODEL_ORIGIN))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 @contextlib.contextmanager
@@ -110,3 +135,36 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the ``with`` block, or raise ``busy()`` at once if another
+    process holds it (the lock goes with the process, however it ends)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no second process runs a job folder there
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy() from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

@@ -7,8 +7,10 @@ so a sweep's results can be read from disk whatever happened to the process.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import shlex
 import socket
 import time
 from datetime import datetime, timezone
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import files
 from tlsweep.config import check_depths, validate
 from tlsweep.errors import TlsweepError
+from tlsweep.identity import check_folder, job_identity
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +30,25 @@ log = logging.getLogger(__name__)
 def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
     """Run one search in ``job_dir`` and return its job record; records failures before raising.
 
-    ``root`` is the run's or sweep's folder (the job's own folder when it runs alone).
+    ``root`` is the run's or sweep's folder (the job's own folder when it runs alone). One process
+    at a time runs a job folder; a worker of a distributed search shares its chief's.
     """
     job_dir = Path(job_dir)
     root = Path(root) if root is not None else job_dir
     if cfg.distributed.role == "worker":  # the chief keeps the job's record; a worker only runs trials
         return _search(cfg, job_dir, choices, root)
-    if cfg.get("resume"):
-        done = _completed_record(job_dir)
-        if done is not None:
-            log.info("job %s already completed; kept as it is (resume)", job_dir.name)
-            return done
+
+    def busy() -> TlsweepError:
+        return TlsweepError(
+            f"job {job_dir} is being run by another process ({_runner(job_dir)}); wait for it to end, or stop it first"
+        )
+
+    with files.exclusive(job_dir / files.JOB_LOCK, busy):
+        return _run_alone(cfg, job_dir, choices, root)
+
+
+def _run_alone(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path) -> dict[str, Any]:
+    previous = _read_record(job_dir)
     record: dict[str, Any] = {
         "job": job_dir.name,
         "status": "running",
@@ -46,6 +57,18 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path 
         "pid": os.getpid(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    try:
+        record["identity"] = job_identity(cfg)
+        set_aside = check_folder(job_dir, previous, record["identity"], bool(cfg.resume), bool(cfg.allow_data_change))
+    except TlsweepError as e:
+        if previous is None:  # a new job's mistake is recorded in its own folder; another run's record is kept
+            files.write_json(job_dir / files.JOB_RECORD, {**record, "status": "failed", "error": str(e)})
+        raise
+    if previous is not None and previous.get("status") == "completed" and not set_aside:
+        log.info("job %s already completed; kept as it is (resume)", job_dir.name)
+        return previous
+    if set_aside:
+        log.warning("the data changed since job %s ran: its earlier trials are kept in %s", job_dir.name, set_aside)
     from tlsweep import search  # noqa: F401  TensorFlow and Keras load before the clock starts: once per process
 
     started = time.monotonic()
@@ -66,12 +89,22 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path 
     return record
 
 
-def _completed_record(job_dir: Path) -> dict[str, Any] | None:
-    """The job's record if an earlier run of it completed, else None."""
-    from tlsweep.report.collect import load_job
+def _read_record(job_dir: Path) -> dict[str, Any] | None:
+    """The job's ``job.json`` from an earlier run in this folder; None if there is none."""
+    path = job_dir / files.JOB_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"status": "unreadable"}
+    return record if isinstance(record, dict) else {"status": "unreadable"}
 
-    job = load_job(job_dir, job_dir)
-    return job.record if job.status == "completed" else None
+
+def _runner(job_dir: Path) -> str:
+    """Which process runs the job, as its record says."""
+    record = _read_record(job_dir) or {}
+    return f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {record.get('started', '?')}"
 
 
 def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -127,6 +160,13 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     gc.freeze()  # the backbone, images and classifier outlive every trial: spare the collector rescanning them
     try:
         tuner.search(verbose=0)
+    except RuntimeError as e:
+        if "consecutive failures" not in str(e):
+            raise
+        raise TlsweepError(  # KerasTuner's message carries the last trial's traceback: the reasons are in the records
+            f"{cfg.tuner.max_consecutive_failed_trials} trials in a row failed, so the search stopped; the reasons are "
+            f"in {job_dir / files.TRIALS_DIR} and {job_dir / files.LOG_FILE} (last: {_last_failure(job_dir)})"
+        ) from None
     finally:
         gc.unfreeze()
     search_s = round(time.monotonic() - searching, 1)
@@ -158,7 +198,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
         "outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
         job_dir,
         job_dir / files.BEST_MODEL,
-        files.shown(logdir),
+        shlex.quote(files.shown(logdir)),
     )
     return {
         "trials": len(trials),
@@ -191,3 +231,17 @@ def join_search(cfg: DictConfig) -> str | None:
     os.environ["KERASTUNER_ORACLE_PORT"] = port
     os.environ["KERASTUNER_TUNER_ID"] = "chief" if role == "chief" else f"worker-{socket.gethostname()}-{os.getpid()}"
     return str(role)
+
+
+def _last_failure(job_dir: Path) -> str:
+    """The error of the job's most recently ended failed trial, first line only."""
+    failed = []
+    for path in (job_dir / files.TRIALS_DIR).glob("trial_*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "failed":
+            failed.append((str(record.get("ended", "")), str(record.get("error", "?")).splitlines()[0]))
+    return max(failed)[1] if failed else "unknown"
+

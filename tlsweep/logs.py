@@ -118,9 +118,13 @@ class TrialLog(keras.callbacks.Callback):
             )
 
     def finish(self, summary: dict[str, Any], model: keras.Model) -> None:
-        """Mark the trial completed with its summary (best epoch, rollback, …)."""
-        self.record.update(summary, status="completed")
+        """Take the trial's summary (best epoch, rollback, …) and its model; ``complete`` records it."""
+        self.record.update(summary)
         self.model_to_keep = model
+
+    def complete(self) -> None:
+        """Mark the trial completed (once its model, if the job's best, is saved)."""
+        self.record["status"] = "completed"
         self._save(final=True)
         kept = next(e for e in self.record["history"] if e["epoch"] == self.record["best_epoch"])
         self._end_session(True, {k: kept[k] for k in KEPT_METRICS if isinstance(kept.get(k), (int, float))})

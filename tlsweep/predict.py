@@ -67,6 +67,20 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
             f"{folder} holds export format {version!r}, and this tlsweep reads format {FORMAT_VERSION}; "
             "re-export it with this version (python -m tlsweep.export <sweep folder>) or use the tlsweep that made it"
         )
+    classes, size = record.get("classes"), record.get("image_size")
+    if not isinstance(classes, list) or not classes or not isinstance(size, int):
+        raise TlsweepError(f"{record_file} lists no classes or image size; re-export with python -m tlsweep.export")
+    keras_file = folder / record.get("formats", {}).get("keras", "model.keras")
+    origin = files.model_origin(keras_file) if keras_file.is_file() else None
+    mismatch = origin is not None and (origin.get("classes"), str(origin.get("trial_id"))) != (
+        classes,
+        str(record.get("trial")),
+    )
+    if origin is not None and mismatch:
+        raise TlsweepError(
+            f"{keras_file} is trial_{origin.get('trial_id')} of classes {origin.get('classes')}, but {record_file} "
+            f"says trial_{record.get('trial')} of classes {classes}; re-export with python -m tlsweep.export"
+        )
     available = [f for f in FORMATS if f in record.get("formats", {}) and (folder / record["formats"][f]).exists()]
     if fmt is not None and fmt not in available:
         raise TlsweepError(f"{folder} has no {fmt} model; it has: {', '.join(available) or 'none'}")

@@ -8,6 +8,7 @@ images (the plain way) or on the feature cache's tensors. The tuners are KerasTu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -375,8 +376,12 @@ class SweepTuner:
         try:
             trial_log.start()
             results = super().run_trial(trial, *args, trial_log=trial_log, trial_seed=seed, **kwargs)
+            self._keep_if_best(trial_log)  # before the record says completed: a model not saved fails its trial
+            trial_log.complete()
         except Exception as e:
             if is_disk_full(e):  # every later trial would fail the same way: stop the job, keep what is written
+                with contextlib.suppress(OSError):  # the record may not fit on the disk either
+                    trial_log.fail(e)
                 raise StopSearch(
                     f"the disk is full ({getattr(e, 'filename', None) or self.job.job_dir}); finished trials are "
                     "kept: free some space, then continue with resume=true"
@@ -387,7 +392,6 @@ class SweepTuner:
                 )
             trial_log.fail(e)
             raise e from None
-        self._keep_if_best(trial_log)
         return results
 
     def _keep_if_best(self, trial_log: TrialLog) -> None:
@@ -402,7 +406,8 @@ class SweepTuner:
             best.update(read_best(job_dir))  # another process may have saved a better trial meanwhile
             is_best = not best or obj.better_than(value, best["value"])
             if is_best and model is not None:
-                files.save_model(model, job_dir / files.BEST_MODEL)
+                origin = {"job": job_dir.name, "trial_id": record["trial_id"], "classes": self.job.data["classes"]}
+                files.save_model(model, job_dir / files.BEST_MODEL, origin)
                 files.write_text(job_dir / files.LABELS, "\n".join(self.job.data["classes"]) + "\n")
                 best.update(value=value, trial_id=record["trial_id"], hyperparameters=record["hyperparameters"])
                 files.write_json(job_dir / files.BEST_RECORD, best)

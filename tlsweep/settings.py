@@ -137,6 +137,7 @@ class Config:
     gpu_memory_growth: bool = True
     threads: Optional[int] = None
     resume: Any = False  # false, true, or a run's or sweep's folder
+    allow_data_change: bool = False
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

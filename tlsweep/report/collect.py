@@ -35,7 +35,8 @@ class Trial:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        return list(self.record.get("history", []))
+        history = self.record.get("history")
+        return [e for e in history if isinstance(e, dict)] if isinstance(history, list) else []
 
 
 @dataclass
@@ -154,13 +155,7 @@ def _alive(record: dict[str, Any]) -> bool:
     pid = record.get("pid")
     if record.get("host") != socket.gethostname() or not isinstance(pid, int):
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return files.process_alive(pid)
 
 
 def _overrides(path: Path) -> list[str]:
