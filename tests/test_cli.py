@@ -101,3 +101,15 @@ def test_launchers_run_jobs_in_other_processes_with_the_same_outputs(tmp_path: P
     assert sorted(jobs.values()) == ["completed", "failed"], jobs
     assert all(name.startswith("dataset.path=") for name in jobs)  # named by the swept value only
     assert (sweep / "best" / "model.keras").is_file() and "does not exist" in (sweep / "report.md").read_text()
+
+
+def test_two_sweep_values_that_look_alike_get_two_folders_and_the_right_labels(tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "photos" / "2024", classes=("cat", "dog"))
+    make_image_folder(tmp_path / "photos_2024", classes=("bus", "car", "van"))
+    settings = [*FAST, "tuner.max_trials=1", "search.unfreeze_depths=[0]", "report.enabled=false"]
+    result = run_cli(["-m", "dataset=folder", "dataset.path=photos/2024,photos_2024", *settings], tmp_path)
+    assert result.returncode == 0, result.stdout
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    labels = sorted(p.read_text().split() for p in sweep.glob("*/labels.txt"))
+    assert labels == [["bus", "car", "van"], ["cat", "dog"]]  # each job kept its own data, in its own folder
+    assert len(list(sweep.glob("*/job.json"))) == 2

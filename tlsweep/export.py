@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -235,7 +236,7 @@ def model_card(
         "",
         "## Use",
         f"- Files: {', '.join(record['formats'].values())}, labels.txt",
-        f"- `python -m tlsweep.predict {folder} path/to/images`",
+        f"- `python -m tlsweep.predict {shlex.quote(str(folder))} path/to/images`",
         f"- Reproduce: `{record['reproduce']}`",
         "",
     ]
