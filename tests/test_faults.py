@@ -110,15 +110,15 @@ def test_a_full_disk_stops_the_job_with_one_line_and_keeps_earlier_records(
     assert json.loads((tmp_path / "job" / "job.json").read_text())["status"] == "failed"
 
 
-def test_new_folders_never_reuse_an_existing_one_and_resume_finds_the_newest(tmp_path: Path) -> None:
+def test_new_folders_never_reuse_an_existing_one_and_resume_finds_the_newest_started(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     first = output_dir("sweeps", False, "2026-01-01_00-00-00", str(outputs))
     Path(first).mkdir(parents=True)
     second = output_dir("sweeps", False, "2026-01-01_00-00-00", str(outputs))
     assert second == first + "_1"
     Path(second).mkdir()
-    os.utime(first, (time.time() + 60, time.time() + 60))  # the first was written to last
-    assert output_dir("sweeps", True, "2026-02-02_00-00-00", str(outputs)) == first
+    os.utime(first, (time.time() + 60, time.time() + 60))  # the first was written to last: that does not count
+    assert output_dir("sweeps", True, "2026-02-02_00-00-00", str(outputs)) == second
     assert output_dir("sweeps", second, "x", str(outputs)) == second
     with pytest.raises(TlsweepError, match="is not a folder"):
         output_dir("sweeps", str(outputs / "nope"), "x", str(outputs))

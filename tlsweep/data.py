@@ -194,36 +194,32 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
     layout = folder_layout(cfg)
-    root, train_root, val_root, test_root = layout.root, layout.train, layout.val, layout.test
-    train_files, not_files = _class_files(train_root)
     workers = int(cfg.get("workers", 4))
+    train_files, not_files = _class_files(layout.train)
     x, y, skipped = _decode_all(train_files, image_size, workers)
     class_names = list(train_files)
-    if val_root is None:
+
+    def decode_split(root: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Another split's images, which must have the training split's classes."""
+        split_files, others = _class_files(root)
+        if list(split_files) != class_names:
+            raise TlsweepError(
+                f"the class folders of {layout.train} and {root} differ "
+                f"({', '.join(sorted(set(train_files) ^ set(split_files)))}); give both the same classes"
+            )
+        images, labels, unreadable = _decode_all(split_files, image_size, workers)
+        skipped.extend(unreadable)
+        not_files.extend(others)
+        return images, labels
+
+    if layout.val is None:
         train, val = stratified_split(y, cfg.validation_split, cfg.seed)
         x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
     else:
-        val_files, more = _class_files(val_root)
-        not_files += more
-        if list(val_files) != class_names:
-            raise TlsweepError(
-                f"the class folders of {train_root} and {val_root} differ "
-                f"({', '.join(sorted(set(train_files) ^ set(val_files)))}); give both the same classes"
-            )
-        x_train, y_train = x, y
-        x_val, y_val, skipped_val = _decode_all(val_files, image_size, workers)
-        skipped += skipped_val
-    data = ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {root}", skipped)
-    if test_root is not None:
-        test_files, more = _class_files(test_root)
-        not_files += more
-        if list(test_files) != class_names:
-            raise TlsweepError(
-                f"the class folders of {train_root} and {test_root} differ "
-                f"({', '.join(sorted(set(train_files) ^ set(test_files)))}); give both the same classes"
-            )
-        data.x_test, data.y_test, skipped_test = _decode_all(test_files, image_size, workers)
-        data.skipped += skipped_test
+        (x_train, y_train), (x_val, y_val) = (x, y), decode_split(layout.val)
+    data = ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {layout.root}", skipped)
+    if layout.test is not None:
+        data.x_test, data.y_test = decode_split(layout.test)
     data.skipped += not_files  # pipes, devices, dangling links: never opened
     return data
 
