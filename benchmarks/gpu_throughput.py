@@ -28,8 +28,8 @@ import tensorflow as tf  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from tlsweep.backbones import load_backbone  # noqa: E402
-from tlsweep.config import register_resolvers  # noqa: E402
 from tlsweep.model import build_classifier, compile_model, unfreeze_top  # noqa: E402
+from tlsweep.paths import register_resolvers  # noqa: E402
 
 SWITCHES = {
     "float32": ("float32", False),

@@ -73,8 +73,8 @@ def floor() -> None:
 
     from tlsweep.backbones import load_backbone
     from tlsweep.cache import FeatureCache, Store
-    from tlsweep.config import register_resolvers
     from tlsweep.data import load_dataset
+    from tlsweep.paths import register_resolvers
 
     register_resolvers()
     with initialize_config_module("tlsweep.conf", version_base="1.3"):
@@ -86,8 +86,8 @@ def floor() -> None:
         cache = FeatureCache(backbone, data, None, 1, 0, Store(Path(tmp)))
         for _ in range(2):
             started = time.perf_counter()
-            cache._compute(0, "train", 0, None)
-            cache._compute(0, "val", 0, None)
+            cache.compute(0, "train", 0, None)
+            cache.compute(0, "val", 0, None)
             times.append(time.perf_counter() - started)
     print(json.dumps({"cold": times[0], "warm": times[1]}))
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
 
-from tlsweep.config import register_resolvers
+from tlsweep.paths import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

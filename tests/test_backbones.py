@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, make_config
 
-from tlsweep.backbones import load_backbone, preprocessing_layer
-from tlsweep.model import backbone_layers, build_classifier, compile_model, unfreeze_top
+from tlsweep.backbones import backbone_layers, load_backbone, preprocessing_layer
+from tlsweep.model import build_classifier, compile_model, unfreeze_top
 
 apps = keras.applications
 BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from conftest import FAST, make_config
 
-from tlsweep.backbones import load_backbone
-from tlsweep.cache import CachedData, PlainData, Store, make_cache
+from tlsweep.backbones import crossing_tensors, load_backbone
+from tlsweep.batches import CachedData, PlainData
+from tlsweep.cache import Store, make_cache
 from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.logs import TrialLog
-from tlsweep.model import crossing_tensors
-from tlsweep.search import TransferHyperModel, seed_keras
+from tlsweep.model import SharedClassifier, augmentation
+from tlsweep.settings import TrialSettings
+from tlsweep.trial import TwoStageTrial, seed_keras
 
 DEPTH = 4  # block2_b_conv, block2_b_bn, block2_add, block2_out: a cut inside the last residual block
 
@@ -46,19 +48,26 @@ def job_inputs(image_folder: Path, tmp_path: Path, augmentation: str = "none"):
     return cfg, load_dataset(cfg.dataset, 32), load_backbone(cfg.backbone, 32)
 
 
+def two_stage(cfg, backbone, source) -> TwoStageTrial:
+    """A job's trial on its classifier and batch source, as the job sets it up."""
+    augment = lambda: augmentation(cfg.augmentation, int(cfg.seed))  # noqa: E731
+    classifier = SharedClassifier(backbone, 3, float(cfg.finetune.dropout), augment)
+    return TwoStageTrial(TrialSettings.from_config(cfg), classifier, source)
+
+
 def train(cfg, backbone, source, job_dir: Path) -> tuple[keras.Model, list[dict]]:
     """One trial (learning rate 0.01, Adam, top 4 layers unfrozen), as the tuner runs it."""
-    return trial(TransferHyperModel(cfg, backbone, 3, source), job_dir)
+    return trial(two_stage(cfg, backbone, source), job_dir)
 
 
-def trial(hypermodel: TransferHyperModel, job_dir: Path, learning_rate: float = 0.01, seed: int = 7):
+def trial(job_trial: TwoStageTrial, job_dir: Path, learning_rate: float = 0.01, seed: int = 7):
     hp = kt.HyperParameters()
-    hypermodel.declare(hp)
+    job_trial.declare(hp)
     hp.values.update(learning_rate=learning_rate, optimizer="adam", unfreeze_depth=DEPTH)
     seed_keras(seed)  # as SweepTuner.run_trial seeds a trial
-    model = hypermodel.build(hp)
+    model = job_trial.build(hp)
     log = TrialLog(job_dir, str(seed), "trial", dict(hp.values), {}, verbose=False)
-    hypermodel.fit(hp, model, trial_log=log, trial_seed=seed)
+    job_trial.fit(hp, model, trial_log=log, seed=seed)
     return model, log.record["history"]
 
 
@@ -97,11 +106,11 @@ def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, t
 def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Path, tmp_path: Path) -> None:
     """A job reuses one classifier and its compiled steps: no weight, optimizer or random state leaks."""
     cfg, data, backbone = job_inputs(image_folder, tmp_path, "light")  # plain: augmentation, dropout in the model
-    hypermodel = TransferHyperModel(cfg, backbone, 3, PlainData(data, 8))
-    model, first = trial(hypermodel, tmp_path)
+    job_trial = two_stage(cfg, backbone, PlainData(data, 8))
+    model, first = trial(job_trial, tmp_path)
     weights = [w.copy() for w in model.get_weights()]
-    trial(hypermodel, tmp_path, learning_rate=0.05, seed=8)  # same depth and optimizer: the same compiled model
-    model, again = trial(hypermodel, tmp_path)
+    trial(job_trial, tmp_path, learning_rate=0.05, seed=8)  # same depth and optimizer: the same compiled model
+    model, again = trial(job_trial, tmp_path)
 
     assert [(e["loss"], e["val_accuracy"]) for e in again] == [(e["loss"], e["val_accuracy"]) for e in first]
     for a, b in zip(model.get_weights(), weights, strict=True):
@@ -154,7 +163,7 @@ def test_each_cut_made_from_the_one_below_equals_the_cut_made_from_the_images(
     chained = make_cache(cfg, backbone, data)
     chained.depths = [0, 2, DEPTH, 8, backbone.num_layers]
     for depth in chained.depths:
-        direct = chained._compute(depth, "val", 0, None)
+        direct = chained.compute(depth, "val", 0, None)
         for a, b in zip(chained.val(depth), direct, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
     assert chained.store.built == 5

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import REPO, make_config, run_cli
 
-from tlsweep.config import check_command_line, check_depths, job_dir_name, validate
+from tlsweep.config import check_command_line
 from tlsweep.errors import TlsweepError
+from tlsweep.paths import job_dir_name
+from tlsweep.settings import check_depths, validate
 
 GROUP_OPTIONS = {
     "backbone": [path.stem for path in (REPO / "conf" / "backbone").glob("*.yaml")],

@@ -10,7 +10,8 @@ import pytest
 from conftest import class_image, make_config, make_image_folder, write_image
 from PIL import Image
 
-from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, EpochBatches, load_dataset
+from tlsweep.batches import EpochBatches
+from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, load_dataset
 from tlsweep.errors import TlsweepError
 
 

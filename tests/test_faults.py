@@ -16,9 +16,9 @@ import tensorflow as tf
 from conftest import FAST, make_config, make_image_folder, run_cli, start_cli
 
 from tlsweep import files
-from tlsweep.config import output_dir
 from tlsweep.errors import TlsweepError
 from tlsweep.job import run_job
+from tlsweep.paths import output_dir
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")

@@ -18,11 +18,12 @@ from PIL import Image
 
 from tlsweep import files
 from tlsweep.__main__ import interrupted_message
-from tlsweep.config import check_writable, newest_unfinished
+from tlsweep.config import check_writable
 from tlsweep.data import decode_image, load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.export import export_best
 from tlsweep.job import run_job
+from tlsweep.paths import newest_unfinished
 from tlsweep.predict import load_predictor
 from tlsweep.report import build_report
 

@@ -6,15 +6,15 @@ import urllib.error
 from pathlib import Path
 
 import keras
-import keras_tuner as kt
 import numpy as np
 import pytest
 from conftest import make_config
 
-from tlsweep.backbones import load_backbone, tiny_cnn
+from tlsweep.backbones import backbone_layers, load_backbone, tiny_cnn
 from tlsweep.errors import TlsweepError
-from tlsweep.model import augmentation, backbone_layers, build_classifier, unfreeze_top
-from tlsweep.search import BestWeights, stage_plan
+from tlsweep.model import augmentation, build_classifier, unfreeze_top
+from tlsweep.settings import Objective
+from tlsweep.trial import BestWeights, stage_plan
 
 
 def backbone_cfg(*overrides: str):
@@ -161,7 +161,7 @@ def _run_stage(model, best, stage, scores):
 
 def test_best_weights_restores_the_best_epoch_and_rolls_back_a_worse_stage_2() -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
-    best = BestWeights(kt.Objective("val_accuracy", "max"))
+    best = BestWeights(Objective("val_accuracy"))
     _run_stage(model, best, "head", [0.5, 0.8, 0.6])
     assert best.best["epoch"] == 2 and float(model.weights[0].numpy()[0, 0]) == 2.0
     _run_stage(model, best, "finetune", [0.7, 0.75])
@@ -171,7 +171,7 @@ def test_best_weights_restores_the_best_epoch_and_rolls_back_a_worse_stage_2() -
 
 def test_best_weights_keeps_a_better_stage_2() -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
-    best = BestWeights(kt.Objective("val_accuracy", "max"))
+    best = BestWeights(Objective("val_accuracy"))
     _run_stage(model, best, "head", [0.5])
     _run_stage(model, best, "finetune", [0.6, 0.9, 0.7])
     assert not best.rolled_back and best.best["stage"] == "finetune"
@@ -180,7 +180,7 @@ def test_best_weights_keeps_a_better_stage_2() -> None:
 
 def test_best_weights_stops_a_diverging_stage() -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    best = BestWeights(kt.Objective("val_accuracy", "max"))
+    best = BestWeights(Objective("val_accuracy"))
     best.set_model(model)
     best.on_train_begin()
     best.on_epoch_end(0, {"loss": 0.5, "val_accuracy": 0.5})

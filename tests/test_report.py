@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import FAST, make_image_folder, run_cli
 
+from tlsweep.records import load_sweep
 from tlsweep.report import build_report
 from tlsweep.report.__main__ import main as report_main
-from tlsweep.report.collect import load_sweep
 from tlsweep.report.plots import MAX_LEGEND, _series
 from tlsweep.report.render import _fmt
 from tlsweep.report.summary import accuracy_interval, overfitting, summarize

@@ -22,15 +22,11 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tlsweep.callbacks import FAILED_JOBS  # noqa: E402
-from tlsweep.config import (  # noqa: E402
-    COMMAND_LINE_VARIABLE,
-    check_command_line,
-    check_writable,
-    register_resolvers,
-)
+from tlsweep.config import check_command_line, check_writable  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
+from tlsweep.paths import COMMAND_LINE_VARIABLE, register_resolvers  # noqa: E402
 
 log = logging.getLogger("tlsweep")
 register_resolvers()
@@ -40,7 +36,6 @@ _output_root: list[Path] = []  # the run's or the sweep's folder, for the messag
 @hydra.main(version_base="1.3", config_path="pkg://tlsweep.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Run one Hydra job (one KerasTuner search)."""
-    from tlsweep.job import run_job  # imports TensorFlow: only when a job runs, so --help stays fast
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -48,6 +43,7 @@ def main(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     _output_root[:] = [job_dir.parent if multirun else job_dir]
     native_stderr_to(job_dir / LOG_FILE)  # TensorFlow's C++ lines go to the job log, not the terminal
+    from tlsweep.job import run_job  # imports TensorFlow: only when a job runs, so --help stays fast
     if cfg.resume and (not multirun or hc.job.num == 0):  # once per sweep
         log.info("resuming %s", _output_root[0])
     try:

@@ -12,7 +12,7 @@ import logging
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -23,7 +23,8 @@ import numpy as np
 from hydra.utils import get_method, to_absolute_path
 from omegaconf import DictConfig
 
-from tlsweep.errors import TlsweepError
+from tlsweep.errors import TlsweepError, first_line
+from tlsweep.hub import HubLayer
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,8 @@ PREPROCESSING = {
 
 
 def preprocessing_layer(mode: str) -> keras.layers.Layer:
-    """A Keras layer mapping pixels 0..255 to the backbone's expected input range."""
-    if mode not in PREPROCESSING:
-        raise TlsweepError(f"unknown backbone.preprocessing '{mode}'; use one of: {', '.join(PREPROCESSING)}")
+    """A Keras layer mapping pixels 0..255 to the backbone's expected input range (a mode of
+    ``tlsweep.settings.PREPROCESSING_MODES``: the config was checked)."""
     scale, offset = PREPROCESSING[mode]
     return keras.layers.Rescaling(scale, offset, name="preprocessing")
 
@@ -91,7 +91,6 @@ class Backbone:
     num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's blocks
     cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
     unit: str = "layers"  # what num_layers counts: "layers", or "blocks" for a hub model
-    spare: keras.Model | None = field(default=None, repr=False)  # built while loading: the first build's
 
     def cut_depth(self, depth: int) -> int:
         """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen."""
@@ -99,10 +98,8 @@ class Backbone:
 
     def build(self) -> keras.Model:
         """A new backbone network named ``backbone`` holding the pretrained weights."""
-        net, self.spare = self.spare, None  # constructing a big network takes seconds: use the one loading made
-        if net is None:
-            net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
-            net.set_weights(self.weights)
+        net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
+        net.set_weights(self.weights)
         return keras.Model(net.input, net.output, name="backbone")
 
 
@@ -120,7 +117,6 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
             factory = get_method(cfg.factory)
         except Exception as e:
             raise TlsweepError(f"backbone {cfg.name}: cannot import factory '{cfg.factory}' ({e})") from e
-    preprocessing_layer(cfg.preprocessing)  # validate the mode before any slow work
     shape = (image_size, image_size, 3)
     net = _construct(factory, shape, cfg.name)  # a size the architecture refuses fails before any download
     weights = cfg.weights
@@ -144,13 +140,11 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
                 "fix backbone.weights, or use backbone.weights=imagenet or null"
             )
         _load_weights_file(net, path, cfg.name)
-    from tlsweep.model import backbone_layers, depth_units
-
     cuts = len(backbone_layers(net))
     num_layers = depth_units(net)
     unit = "blocks" if handle else "layers"
     log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
-    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts, unit, net)
+    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts, unit)
 
 
 def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:
@@ -158,7 +152,7 @@ def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> 
     try:
         return factory(include_top=False, weights=None, input_shape=shape)
     except ValueError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise TlsweepError(
             f"backbone {name} cannot take {shape[0]} px images ({reason}); set dataset.image_size to a size it accepts"
         ) from e
@@ -178,7 +172,7 @@ def _load_weights_file(net: keras.Model, path: Path, name: str) -> None:
             warnings.simplefilter("error")  # Keras only warns when it skips layers it cannot match
             net.load_weights(str(path))
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = first_line(e)[:200]
         raise TlsweepError(
             f"backbone {name}: weights file {path} does not fit this backbone ({reason}); "
             "point backbone.weights at weights saved from the same architecture"
@@ -208,7 +202,48 @@ def _download_imagenet(factory: Callable[..., keras.Model], shape: tuple, name: 
 
 
 def keras_weights_dir() -> Path:
-    """Where Keras caches downloaded application weights: ``$KERAS_HOME/models`` (``~/.keras/models``)."""
+    """Where Keras caches downloaded application weights: ``$KERAS_HOME/models`` (``~/.keras/models``).
+
+    Keras exports no function for its home folder, whose default also depends on whether ``~`` is
+    writable, so this asks Keras' own (private) one rather than guessing; ``tests/test_backbones.py``
+    fails loudly if Keras moves it.
+    """
     from keras.src.backend import config
 
     return Path(config.keras_home()) / "models"
+
+
+def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
+    """The backbone's layers from input to output, without its input layer."""
+    return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def hub_layer(backbone: keras.Model) -> HubLayer | None:
+    """The backbone's TF Hub SavedModel, when it is one (see ``tlsweep.hub``)."""
+    layers = backbone_layers(backbone)
+    return layers[0] if len(layers) == 1 and isinstance(layers[0], HubLayer) else None
+
+
+def depth_units(backbone: keras.Model) -> int:
+    """How deep the backbone can be unfrozen: its layers, or a hub model's blocks (see ``tlsweep.hub``)."""
+    hub = hub_layer(backbone)
+    return len(hub.blocks) if hub is not None else len(backbone_layers(backbone))
+
+
+def crossing_tensors(backbone: keras.Model, depth: int) -> list[Any]:
+    """The tensors that flow from the frozen bottom into the top ``depth`` layers of ``backbone``.
+
+    A cut inside a residual block has more than one (the block's input reaches its ``add`` by the
+    skip connection); a cut at depth 0 has one, the backbone's output.
+    """
+    layers = backbone_layers(backbone)
+    if depth <= 0:
+        return [backbone.output]
+    top = layers[len(layers) - depth :]
+    produced_above = {id(t) for layer in top for t in keras.tree.flatten(layer.output)}
+    crossing: list[Any] = []
+    for layer in top:
+        for tensor in keras.tree.flatten(layer.input):
+            if id(tensor) not in produced_above and all(tensor is not c for c in crossing):
+                crossing.append(tensor)
+    return crossing

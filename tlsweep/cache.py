@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep.backbones import Backbone, preprocessing_layer
-from tlsweep.data import EpochBatches, ImageData
+from tlsweep.backbones import Backbone, crossing_tensors, preprocessing_layer
+from tlsweep.data import ImageData
 from tlsweep.errors import TlsweepError, is_disk_full
 from tlsweep.files import process_alive
+from tlsweep.model import augmentation
+from tlsweep.settings import finetune_epochs
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +168,6 @@ class FeatureCache:
 
     def view_images(self, view: int) -> np.ndarray:
         """Training images as view ``view`` augments them (the images themselves without augmentation)."""
-        from tlsweep.model import augmentation
-
         x = self.data.x_train
         augment = augmentation(self.augmentation, self.seed + 7919 * view) if self.augmentation else None
         if augment is None:
@@ -183,12 +183,12 @@ class FeatureCache:
             for d in sorted({*self.depths, depth}, reverse=True):
                 if (d, split, view) not in self._memo:
                     fields = {**self.fingerprint(), "depth": d, "split": split, "view": view, "views": self.views}
-                    build = lambda d=d, below=below: self._compute(d, split, view, below)  # noqa: E731
+                    build = lambda d=d, below=below: self.compute(d, split, view, below)  # noqa: E731
                     self._memo[(d, split, view)] = self.store.get(fields, build)
                 below = (d, self._memo[(d, split, view)])
         return self._memo[(depth, split, view)]
 
-    def _compute(
+    def compute(
         self, depth: int, split: str, view: int, below: tuple[int, list[np.ndarray]] | None
     ) -> list[np.ndarray]:
 
@@ -221,8 +221,6 @@ class FeatureCache:
         size, and which wanted tensors cross both cuts (so are passed on, not computed)."""
         import keras
         import tensorflow as tf
-
-        from tlsweep.model import crossing_tensors
 
         if self._network is None:
             self._network = self.backbone.build()
@@ -276,13 +274,10 @@ def views_for(cfg: DictConfig) -> int:
         return 1
     if cfg.feature_cache.views:
         return int(cfg.feature_cache.views)
-    finetune = cfg.finetune
-    return int(finetune.head_epochs) + (int(finetune.finetune_epochs) if finetune.mode != "none" else 0)
+    return int(cfg.finetune.head_epochs) + finetune_epochs(cfg.finetune)
 
 
 def _augments(cfg: DictConfig) -> bool:
-    from tlsweep.model import augmentation
-
     return augmentation(cfg, 0) is not None
 
 
@@ -296,55 +291,3 @@ def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData) -> FeatureC
     depths += [backbone.num_layers] if mode == "full" else []
     cuts = sorted({backbone.cut_depth(d) for d in depths})
     return FeatureCache(backbone, data, augmentation, views_for(cfg), int(cfg.seed), store, cuts)
-
-
-class PlainData:
-    """The plain way: every epoch runs the whole model, augmentation included, on the images."""
-
-    def __init__(self, data: ImageData, batch_size: int, train_views: list[np.ndarray] | None = None) -> None:
-        views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
-        self.train = EpochBatches(views, data.y_train, batch_size, shuffle=True, seed=0)
-        self.val = EpochBatches([[data.x_val]], data.y_val, batch_size, shuffle=False, seed=0)
-
-    def cut(self, depth: int) -> int | None:
-        """Where the batches enter the classifier: no cut, the images go in whole."""
-        return None
-
-    def part(self, model: Any, depth: int) -> Any:
-        """What trains: the whole classifier (a new model over its layers)."""
-        import keras
-
-        return keras.Model(model.inputs, model.outputs, name="classifier")
-
-    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
-        """Training and validation batches of the images, in the order of the trial's ``seed``."""
-        return self.train.reseed(seed), self.val.reseed(seed)
-
-
-class CachedData:
-    """Training above the cut, on cached tensors: the same batches as the plain way, without the bottom."""
-
-    def __init__(self, cache: FeatureCache, batch_size: int) -> None:
-        self.cache, self.batch_size = cache, batch_size
-        self._batches: dict[int, tuple[EpochBatches, EpochBatches]] = {}  # by cut
-
-    def cut(self, depth: int) -> int | None:
-        """Where the batches enter the classifier: the cut below the top ``depth`` units."""
-        return self.cache.backbone.cut_depth(depth)
-
-    def part(self, model: Any, depth: int) -> Any:
-        """What trains: the classifier above the cut for ``depth``, sharing its layers."""
-        from tlsweep.model import trainable_part
-
-        return trainable_part(model, self.cut(depth))
-
-    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
-        """Training and validation batches of the cached tensors at the cut for ``depth``, in the
-        order of the trial's ``seed``."""
-        data, cut = self.cache.data, self.cut(depth)
-        if cut not in self._batches:
-            train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=0)
-            val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=0)
-            self._batches[cut] = (train, val)
-        train, val = self._batches[cut]
-        return train.reseed(seed), val.reseed(seed)

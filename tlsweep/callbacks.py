@@ -21,7 +21,7 @@ FAILED_JOBS: list[str] = []  # "job: reason" for each failed job of the sweep th
 
 def failed_jobs(root: Path) -> list[str]:
     """The jobs of a sweep that did not complete, whichever launcher ran them (in this process or not)."""
-    from tlsweep.report.collect import load_sweep
+    from tlsweep.records import load_sweep
 
     return [f"{job.name}: {job.error}" for job in load_sweep(root).jobs if job.status not in ("completed", "running")]
 
@@ -84,7 +84,7 @@ class SweepEnd(Callback):
 
 def winner_line(root: Path) -> str | None:
     """The closing line: the run's or sweep's best trial, its metric, and where its model and report are."""
-    from tlsweep.report.collect import load_sweep
+    from tlsweep.records import load_sweep
     from tlsweep.report.summary import summarize
 
     summary = summarize(load_sweep(root))

@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageOps
 
-from tlsweep.errors import TlsweepError
+from tlsweep.errors import TlsweepError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,7 @@ def load_dataset(cfg: DictConfig, image_size: int) -> ImageData:
         "folder": _load_folder,
         "tf_flowers": _load_tfds,
     }
-    if cfg.name not in loaders:
-        raise TlsweepError(f"unknown dataset '{cfg.name}'; use one of: {', '.join(loaders)}")
-    _check_fractions(cfg)
-    data = loaders[cfg.name](cfg, image_size)
+    data = loaders[cfg.name](cfg, image_size)  # the name, fractions and batch size were checked with the config
     _hold_out_test(data, float(cfg.get("test_split", 0.0)), cfg.seed)
     return _take_fraction(data, cfg.fraction, cfg.seed)
 
@@ -237,9 +234,8 @@ def _load_tfds(cfg: DictConfig, image_size: int) -> ImageData:
             data_dir=cfg.data_dir,
         )
     except Exception as e:  # TFDS raises many kinds of errors for a failed download
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TlsweepError(
-            f"could not load TFDS dataset '{cfg.name}' ({first_line}); it downloads on first use, "
+            f"could not load TFDS dataset '{cfg.name}' ({first_line(e)}); it downloads on first use, "
             "so run once on a machine with internet and copy ~/tensorflow_datasets "
             "(or set dataset.data_dir), or use dataset=folder dataset.path=<your images>"
         ) from e
@@ -360,141 +356,3 @@ def _take_fraction(data: ImageData, fraction: float, seed: int) -> ImageData:
     data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
     data.description += f", {fraction:g} of the training images"
     return data
-
-
-def _check_fractions(cfg: DictConfig) -> None:
-    if not 0.0 < cfg.fraction <= 1.0:
-        raise TlsweepError(f"dataset.fraction={cfg.fraction} must be in (0, 1], e.g. dataset.fraction=0.25")
-    if not 0.0 < cfg.validation_split < 1.0:
-        raise TlsweepError(f"dataset.validation_split={cfg.validation_split} must be between 0 and 1, e.g. 0.2")
-    if not 0.0 <= cfg.get("test_split", 0.0) < 1.0:
-        raise TlsweepError(f"dataset.test_split={cfg.test_split} must be in [0, 1), e.g. 0.2 (0: no test set)")
-    if cfg.batch_size < 1:
-        raise TlsweepError(f"dataset.batch_size={cfg.batch_size} must be at least 1")
-
-
-def _inputs(arrays: list[Any]) -> Any:
-    """A batch's inputs as a model takes them: one array alone, several as a tuple."""
-    return arrays[0] if len(arrays) == 1 else tuple(arrays)
-
-
-class EpochBatches:
-    """Batches of one epoch at a time: epoch ``e`` reads view ``e mod V`` in an order fixed by (seed, e).
-
-    A view is a list of arrays (images, or the cached tensors at a cut through the backbone) with
-    one row per example. Fixing the order and the view by the epoch number makes a trial repeatable
-    on its own (resume) and makes cached and plain training see the same batches. Rows are gathered
-    by index, so memory-mapped arrays work.
-    """
-
-    def __init__(
-        self, views: list[list[np.ndarray]], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int
-    ) -> None:
-        self.views, self.labels = views, np.asarray(labels)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch = 0
-        self._rows: Any = None  # the in-pipeline copy of rows(epoch), once dataset() made one
-        self._dataset: Any = None
-
-    def reseed(self, seed: int) -> EpochBatches:
-        """The same examples in another trial's order: a job builds its pipeline once, not per trial."""
-        self.seed = seed
-        self.set_epoch(0)
-        return self
-
-    def dataset(self) -> Any:
-        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch, and
-        ``steps_per_epoch=steps`` so that Keras makes one iterator an epoch, not two.
-
-        Arrays in memory are copied into TensorFlow once and each batch is gathered inside the
-        pipeline (a fixed order needs no gathering: an iterator over a gathering pipeline costs
-        about 10 ms to make, and Keras makes one or two an epoch). Memory-mapped arrays are read
-        batch by batch in Python instead (slower per step, but never loaded whole). All give the
-        batches ``batch`` gives.
-        """
-        import tensorflow as tf
-
-        if self._dataset is not None:
-            return self._dataset
-        if any(isinstance(a, np.memmap) for view in self.views for a in view):
-            self._dataset = self._read_in_python()
-            return self._dataset
-        n, size = len(self.labels), self.batch_size
-        fixed = not self.shuffle and len(self.views) == 1  # the same batches every epoch: nothing to gather
-        if fixed and all(a.dtype == np.float32 for a in self.views[0]):  # uint8 images stay uint8 until batched
-            with tf.device("/CPU:0"):
-                x = [tf.constant(a) for a in self.views[0]]
-                slices = (_inputs(x), tf.constant(self.labels))
-            self._dataset = tf.data.Dataset.from_tensor_slices(slices).batch(size)
-            return self._dataset
-        with tf.device("/CPU:0"):  # the pipeline's tensors stay on the host
-            stacked = [
-                tf.Variable(np.concatenate([view[k] for view in self.views]), trainable=False)
-                for k in range(len(self.views[0]))
-            ]
-            labels = tf.Variable(self.labels, trainable=False)
-            self._rows = tf.Variable(self.rows(self.epoch), trainable=False)  # set anew at every epoch
-
-        def gather(i: Any) -> tuple[Any, Any]:
-            rows = self._rows[i * size : (i + 1) * size]
-            x = [tf.cast(tf.gather(t, rows), tf.float32) for t in stacked]
-            return _inputs(x), tf.gather(labels, rows % n)
-
-        self._dataset = tf.data.Dataset.range(self.steps).map(gather).prefetch(tf.data.AUTOTUNE)
-        return self._dataset
-
-    def _read_in_python(self) -> Any:
-        import tensorflow as tf
-
-        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in self.views[0]]
-        x_spec = _inputs(specs)
-        y_spec = tf.TensorSpec((None,), tf.as_dtype(self.labels.dtype))
-
-        def generate() -> Any:
-            epoch = self.epoch
-            for i in range(self.steps):
-                yield self.batch(i, epoch)
-
-        ds = tf.data.Dataset.from_generator(generate, output_signature=(x_spec, y_spec))
-        return ds.apply(tf.data.experimental.assert_cardinality(self.steps)).prefetch(tf.data.AUTOTUNE)
-
-    @property
-    def steps(self) -> int:
-        """Batches per epoch."""
-        return -(-len(self.labels) // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The coming epoch: its view and order. The pipeline reads them when ``fit`` starts the epoch."""
-        self.epoch = epoch
-        if self._rows is not None:
-            self._rows.assign(self.rows(epoch))
-
-    def callback(self) -> Any:
-        """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included).
-
-        With ``fit(steps_per_epoch=steps)`` Keras makes an epoch's iterator before the epoch begins;
-        a ``tf.data`` iterator draws nothing until asked, so it still reads the epoch set here.
-        """
-        import keras
-
-        source = self
-
-        class SetEpoch(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-                source.set_epoch(epoch)
-
-        return SetEpoch()
-
-    def rows(self, epoch: int) -> np.ndarray:
-        """The rows ``epoch`` reads, in order, counting through the views stacked one after another."""
-        return (epoch % len(self.views)) * len(self.labels) + self.order(epoch)
-
-    def order(self, epoch: int) -> np.ndarray:
-        n = len(self.labels)
-        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-
-    def batch(self, i: int, epoch: int) -> tuple[Any, np.ndarray]:
-        """Batch ``i`` of ``epoch``."""
-        idx = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[epoch % len(self.views)]]
-        return _inputs(arrays), self.labels[idx]

@@ -14,3 +14,9 @@ class TlsweepError(Exception):
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` says the disk (or the user's quota) is full."""
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__

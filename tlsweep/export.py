@@ -30,33 +30,30 @@ from omegaconf import DictConfig, OmegaConf
 import tlsweep
 from tlsweep import files
 from tlsweep.console import native_stderr_to
-from tlsweep.errors import TlsweepError
+from tlsweep.errors import TlsweepError, first_line
+from tlsweep.records import Trial, best_entry, kept_epoch, load_sweep, ranking, reproduce_command, sweep_objective
+from tlsweep.settings import QUANTIZE
 
 log = logging.getLogger(__name__)
 
 FORMAT = "tlsweep-export"
 FORMAT_VERSION = 1  # bump when the folder's layout changes; predict refuses versions it does not know
-QUANTIZE = ("none", "float16", "int8")
 CALIBRATION_IMAGES = 200  # training images that calibrate int8 quantisation
 
 
 def export_best(root: Path, cfg: DictConfig) -> Path | None:
     """Export the best trial of the run or sweep in ``root`` into ``root/best``; None if no trial completed."""
-    from tlsweep.report.collect import load_sweep
-    from tlsweep.report.summary import reproduce_command, summarize
-
-    if cfg.quantize not in QUANTIZE:
-        raise TlsweepError(f"export.quantize={cfg.quantize} must be one of: {', '.join(QUANTIZE)}")
-    summary = summarize(load_sweep(root))
-    best = summary.best
-    if best is None:
+    sweep = load_sweep(root)
+    objective = sweep_objective(sweep)
+    ranked = ranking(sweep, objective)
+    if not ranked:
         log.warning("no trial completed in %s: nothing to export", root)
         return None
-    job = next(j for j in summary.sweep.jobs if j.name == best["job"])
+    job, trial, _ = ranked[0]
+    best = {"job": job.name, "trial": trial.trial_id}
     model_file = job.path / files.BEST_MODEL
     if not model_file.is_file():
         raise TlsweepError(f"{model_file} is missing, so the best trial's model cannot be exported")
-    trial = next(t for t in job.trials if t.trial_id == best["trial"])
 
     import keras
 
@@ -75,7 +72,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
         model = inference_model(keras.saving.load_model(model_file, compile=False))
     except Exception as e:  # a file cut short or damaged on disk: say which, not a traceback
         raise TlsweepError(
-            f"{model_file} is damaged ({type(e).__name__}: {str(e).strip().splitlines()[0][:150]}); "
+            f"{model_file} is damaged ({type(e).__name__}: {first_line(e)[:150]}); "
             "rerun the best trial with the report's reproduce command"
         ) from e
     image_size = int(model.input_shape[1])
@@ -106,7 +103,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
             "classes": classes,
             "job": job.name,
             "trial": best["trial"],
-            "metrics": {k: best[k] for k in ("val_accuracy", "val_loss", "stage1_val_accuracy") if k in best},
+            "metrics": _metrics(trial, objective),
             "hyperparameters": trial.record.get("hyperparameters", {}),
             "reproduce": reproduce_command(job, trial.record.get("hyperparameters", {})),
         }
@@ -118,6 +115,16 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     test_note = f", test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} images" if evaluation else ""
     log.info("best model (%s trial_%s%s) exported to %s", job.name, best["trial"], test_note, target)
     return target
+
+
+def _metrics(trial: Trial, objective: str) -> dict[str, float]:
+    """The exported trial's validation numbers: of its kept epoch, and stage 1's best accuracy."""
+    kept = kept_epoch(trial, objective)
+    stage1 = best_entry([e for e in trial.history if e.get("stage") == "head"], objective)
+    metrics = {k: kept[k] for k in ("val_accuracy", "val_loss") if isinstance(kept.get(k), (int, float))}
+    if isinstance(stage1.get("val_accuracy"), (int, float)):
+        metrics["stage1_val_accuracy"] = stage1["val_accuracy"]
+    return metrics
 
 
 def _test_and_calibration_data(config: dict[str, Any], image_size: int, need_calibration: bool) -> dict[str, Any]:

@@ -39,22 +39,6 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: mkstemp's own 0600 hides results from teammates
 
 
-def tensorboard_logdir(root: Path) -> Path:
-    """The folder to give ``tensorboard --logdir`` for a run or sweep: the ``outputs`` folder it is in
-    (every trial of every sweep in one table), else the run's or sweep's own folder. Absolute."""
-    root = Path(root).resolve()
-    return next((p for p in (root, *root.parents) if p.name == "outputs"), root)
-
-
-def shown(path: Path) -> str:
-    """A path as the user would type it here: relative to the working folder when under it."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import keras
 
-from tlsweep.errors import TlsweepError
+from tlsweep.errors import TlsweepError, first_line
 
 BATCHNORM_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
 REMOTE_PREFIXES = ("http://", "https://", "gs://")
@@ -102,7 +102,7 @@ class HubLayer(keras.layers.Layer):
         try:
             self._module = tf.saved_model.load(path)
         except Exception as e:
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = first_line(e)[:200]
             where = " (delete it and fetch it again)" if is_remote(self.handle) else ""
             raise TlsweepError(f"the SavedModel at {path} is incomplete or damaged{where}: {reason}") from e
         if not callable(self._module) or not hasattr(self._module, "variables"):
@@ -113,28 +113,29 @@ class HubLayer(keras.layers.Layer):
                 "models of version 4 or later do): export one with tf.saved_model.save(obj, folder), where obj has "
                 "a tf.function __call__(images, training=False) and the attributes variables and trainable_variables"
             )
-        self._blocks: dict[str, tuple[str, bool]] = {}  # Keras variable name -> (block, is BatchNorm)
-        for variable in self._module.variables:
-            tracked = keras.Variable(
-                variable, trainable=variable.trainable, name=variable.name.split(":")[0].replace("/", "_")
-            )
-            self._track_variable(tracked)
-            self._blocks[tracked.name] = (block_of(variable.name), is_batchnorm(variable.name))
+        # The SavedModel's own variables as Keras variables (Keras wraps a tf.Variable without copying it);
+        # a layer tracks the variables in a list it holds, so Keras trains, saves and exports them.
+        self.hub_variables = [
+            keras.Variable(v, trainable=v.trainable, name=v.name.split(":")[0].replace("/", "_"))
+            for v in self._module.variables
+        ]
+        # By position in hub_variables: its block, and whether unfreezing may train it (not BatchNorm's,
+        # nor what the SavedModel itself keeps fixed).
+        self._units = [(block_of(v.name), v.trainable and not is_batchnorm(v.name)) for v in self._module.variables]
         self.built = True
 
     @property
     def blocks(self) -> list[str]:
         """The SavedModel's blocks, bottom to top: the units of ``unfreeze_top``."""
-        return list(dict.fromkeys(block for block, _ in self._blocks.values()))
+        return list(dict.fromkeys(block for block, _ in self._units))
 
     def unfreeze_top(self, depth: int) -> int:
         """Make the variables of the top ``depth`` blocks trainable, BatchNorm's excepted; returns the block count."""
         blocks = self.blocks
         top = set(blocks[max(len(blocks) - depth, 0) :]) if depth > 0 else set()
         self.trainable = depth > 0
-        for variable in self._trainable_variables:
-            block, batchnorm = self._blocks[variable.name]
-            variable.trainable = block in top and not batchnorm
+        for variable, (block, trainable) in zip(self.hub_variables, self._units, strict=True):
+            variable.trainable = trainable and block in top
         return len(top)
 
     def call(self, inputs: Any) -> Any:

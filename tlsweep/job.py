@@ -1,5 +1,7 @@
 """One Hydra job: config → backbone → dataset → feature cache → KerasTuner search → best model.
 
+Importing this module loads TensorFlow and Keras (``__main__`` imports it once a job starts).
+
 ``job.json`` in the job folder says whether the job is running, completed or failed (and why),
 so a sweep's results can be read from disk whatever happened to the process.
 """
@@ -17,12 +19,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import keras
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from tlsweep import files
-from tlsweep.config import check_depths, validate
+from tlsweep import files, paths
+from tlsweep.backbones import load_backbone
+from tlsweep.batches import CachedData, PlainData
+from tlsweep.cache import make_cache
+from tlsweep.data import ImageData, load_dataset
+from tlsweep.device import configure
 from tlsweep.errors import TlsweepError
 from tlsweep.identity import check_folder, job_identity
+from tlsweep.logs import BestModel, format_value
+from tlsweep.model import SharedClassifier, augmentation
+from tlsweep.settings import Objective, TrialSettings, check_depths, finetune_epochs, validate
+from tlsweep.trial import TwoStageTrial
+from tlsweep.tuners import JobContext, join_search, make_tuner
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +82,6 @@ def _run_alone(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Pa
         return previous
     if set_aside:
         log.warning("the data changed since job %s ran: its earlier trials are kept in %s", job_dir.name, set_aside)
-    from tlsweep import search  # noqa: F401  TensorFlow and Keras load before the clock starts: once per process
-
     started = time.monotonic()
     files.write_json(job_dir / files.JOB_RECORD, record)
     try:
@@ -108,16 +119,7 @@ def _runner(job_dir: Path) -> str:
 
 
 def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path) -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    from tlsweep.backbones import load_backbone
-    from tlsweep.cache import CachedData, PlainData, make_cache
-    from tlsweep.data import load_dataset
-    from tlsweep.device import configure
-    from tlsweep.logs import format_value
-    from tlsweep.search import JobContext, TransferHyperModel, job_settings, make_tuner, read_best
-
+    """The job's steps: check, set up the device, load the backbone and data, search, summarise."""
     validate(cfg)
     configure(cfg)  # GPUs, precision, threads: before TensorFlow builds anything
     keras.utils.set_random_seed(int(cfg.seed))
@@ -127,36 +129,75 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     check_depths(cfg, backbone.num_layers, backbone.name, backbone.unit)
     data = load_dataset(cfg.dataset, image_size)
     log.info(data.summary())
+    job = _context(cfg, job_dir, root, choices, data, image_size)
+    if job.best.read():
+        log.info("resuming: finished trials are kept (best so far trial_%s)", job.best.read()["trial_id"])
+    classifier = SharedClassifier(
+        backbone,
+        len(data.class_names),
+        float(cfg.finetune.dropout),
+        lambda: augmentation(cfg.augmentation, int(cfg.seed)),
+        bool(cfg.jit_compile),
+    )
+    cache = make_cache(cfg, backbone, data) if cfg.cache else None
+    batch_size = int(cfg.dataset.batch_size)
+    source = CachedData(cache, batch_size) if cache else PlainData(data, batch_size)
+    trial = TwoStageTrial(TrialSettings.from_config(cfg), classifier, source)
+    role = join_search(cfg.distributed)
+    tuner = make_tuner(cfg.tuner, trial, job, int(cfg.seed))
+    searching = time.monotonic()  # the search's time includes its feature cache
+    if cache is not None and role != "chief":  # the chief hands out trials, it trains none
+        cache.prepare(classifier.network)  # the pretrained network, before a trial trains it
+    log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
+    _run_search(tuner, job_dir, int(cfg.tuner.max_consecutive_failed_trials))
+    search_s = round(time.monotonic() - searching, 1)
+    if cache is not None:
+        store = cache.store
+        log.info("feature cache: %d arrays computed, %d reused from %s", store.built, store.reused, store.root)
+    return _summary(cfg, job, tuner, role, data, search_s)
 
-    logdir = files.tensorboard_logdir(root)
-    job = JobContext(
+
+def _context(
+    cfg: DictConfig, job_dir: Path, root: Path, choices: dict[str, Any], data: ImageData, image_size: int
+) -> JobContext:
+    """What every trial of the job records beside its hyperparameters, and where."""
+    logdir = paths.tensorboard_logdir(root)
+    classes = data.class_names
+    return JobContext(
         job_dir=job_dir,
         logdir=logdir,
-        sweep=str(Path(root).resolve().relative_to(logdir)) if Path(root).resolve() != logdir else root.name,
+        sweep=str(root.resolve().relative_to(logdir)) if root.resolve() != logdir else root.name,
         choices={k: str(v) for k, v in choices.items()},
         settings=job_settings(cfg, image_size),
-        objective=str(cfg.tuner.objective),
         data={
-            "classes": data.class_names,
+            "classes": classes,
             "train_images": int(len(data.y_train)),
             "val_images": int(len(data.y_val)),
             "test_images": 0 if data.y_test is None else int(len(data.y_test)),
         },
+        best=BestModel(job_dir, Objective(str(cfg.tuner.objective)), classes),
         verbose=bool(cfg.verbose),
         seed=int(cfg.seed),
-        best=read_best(job_dir),
     )
-    if job.best:
-        log.info("resuming: finished trials are kept (best so far trial_%s)", job.best["trial_id"])
-    batch_size = int(cfg.dataset.batch_size)
-    source = CachedData(make_cache(cfg, backbone, data), batch_size) if cfg.cache else PlainData(data, batch_size)
-    role = join_search(cfg.distributed)
-    hypermodel = TransferHyperModel(cfg, backbone, len(data.class_names), source)
-    tuner = make_tuner(cfg, hypermodel, job)
-    searching = time.monotonic()  # the search's time includes its feature cache
-    if isinstance(source, CachedData) and role != "chief":  # the chief hands out trials, it trains none
-        source.cache.prepare(hypermodel.classifier.network)  # before a trial trains it
-    log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
+
+
+def job_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
+    """Fixed settings of a job worth comparing across jobs in TensorBoard's HParams table."""
+    settings = {
+        "image_size": image_size,
+        "batch_size": cfg.dataset.batch_size,
+        "head_epochs": cfg.finetune.head_epochs,
+        "finetune_epochs": finetune_epochs(cfg.finetune),
+        "lr_scale": cfg.finetune.lr_scale,
+        "dropout": cfg.finetune.dropout,
+        "weights": str(cfg.backbone.weights),
+        "seed": cfg.seed,
+    }
+    return OmegaConf.to_container(OmegaConf.create(settings), resolve=True)  # type: ignore[return-value]
+
+
+def _run_search(tuner: Any, job_dir: Path, max_failures: int) -> None:
+    """KerasTuner's search; its stop after consecutive failed trials becomes one line naming the last reason."""
     gc.freeze()  # the backbone, images and classifier outlive every trial: spare the collector rescanning them
     try:
         tuner.search(verbose=0)
@@ -164,73 +205,53 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
         if "consecutive failures" not in str(e):
             raise
         raise TlsweepError(  # KerasTuner's message carries the last trial's traceback: the reasons are in the records
-            f"{cfg.tuner.max_consecutive_failed_trials} trials in a row failed, so the search stopped; the reasons are "
+            f"{max_failures} trials in a row failed, so the search stopped; the reasons are "
             f"in {job_dir / files.TRIALS_DIR} and {job_dir / files.LOG_FILE} (last: {_last_failure(job_dir)})"
         ) from None
     finally:
         gc.unfreeze()
-    search_s = round(time.monotonic() - searching, 1)
-    if role:  # trials ran in other processes too: the best is on disk
-        job.best.update(read_best(job_dir))
-    if isinstance(source, CachedData):
-        store = source.cache.store
-        log.info("feature cache: %d arrays computed, %d reused from %s", store.built, store.reused, store.root)
 
+
+def _summary(
+    cfg: DictConfig, job: JobContext, tuner: Any, role: str | None, data: ImageData, search_s: float
+) -> dict[str, Any]:
+    """The job's record once the search is over (a worker's is empty: its chief keeps the job's record)."""
+    job_dir = job.job_dir
+    best = job.best.read()  # on disk: in a distributed search other processes ran trials too
     trials = list(tuner.oracle.trials.values()) if role != "worker" else []  # a worker sees only its own
     completed = sum(t.status == "COMPLETED" for t in trials)
-    if not job.best:
+    if not best:
         raise TlsweepError(
-            f"every trial of this job failed; the reasons are in {job_dir / 'trials'} and {job_dir / 'tlsweep.log'}"
+            f"every trial of this job failed; the reasons are in {job_dir / files.TRIALS_DIR} and "
+            f"{job_dir / files.LOG_FILE}"
         )
     if role == "worker":
-        log.info("worker done: the chief reports the search; best so far trial_%s", job.best["trial_id"])
+        log.info("worker done: the chief reports the search; best so far trial_%s", best["trial_id"])
         return {}
     log.info(
         "job done: %d of %d trials completed; best trial_%s %s %.4f with %s",
         completed,
         len(trials),
-        job.best["trial_id"],
+        best["trial_id"],
         cfg.tuner.objective,
-        job.best["value"],
-        ", ".join(f"{k}={format_value(v, k)}" for k, v in job.best["hyperparameters"].items()),
+        best["value"],
+        ", ".join(f"{k}={format_value(v, k)}" for k, v in best["hyperparameters"].items()),
     )
     log.info(
         "outputs in %s (best model %s); compare trials: tensorboard --logdir %s",
         job_dir,
         job_dir / files.BEST_MODEL,
-        shlex.quote(files.shown(logdir)),
+        shlex.quote(paths.shown(job.logdir)),
     )
     return {
         "trials": len(trials),
         "completed_trials": completed,
-        "best": job.best,
+        "best": best,
         **job.data,
         "skipped_images": data.skipped,
         "search_s": search_s,  # the search alone (feature cache included), without loading images and backbone
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-
-
-def join_search(cfg: DictConfig) -> str | None:
-    """Set up KerasTuner's distributed mode for ``distributed.role``: the chief serves trials, workers run them.
-
-    KerasTuner reads its settings from the environment: the chief listens on the port of
-    ``distributed.chief`` (on every interface); a worker connects to that address.
-    """
-    role = cfg.role
-    if not role:  # an earlier job of this process may have joined a distributed search
-        for variable in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
-            os.environ.pop(variable, None)
-        return None
-    if role not in ("chief", "worker"):
-        raise TlsweepError(f"distributed.role={role} must be chief, worker or null")
-    host, _, port = str(cfg.chief).rpartition(":")
-    if not host or not port.isdigit():
-        raise TlsweepError(f"distributed.chief={cfg.chief} must be host:port, e.g. node1:8000")
-    os.environ["KERASTUNER_ORACLE_IP"] = "0.0.0.0" if role == "chief" else host
-    os.environ["KERASTUNER_ORACLE_PORT"] = port
-    os.environ["KERASTUNER_TUNER_ID"] = "chief" if role == "chief" else f"worker-{socket.gethostname()}-{os.getpid()}"
-    return str(role)
 
 
 def _last_failure(job_dir: Path) -> str:

@@ -1,14 +1,18 @@
-"""What a trial leaves behind: its JSON record, its TensorBoard run (scalars + HParams), progress lines.
+"""What a search writes as it goes: each trial's record, TensorBoard run and progress lines, and the
+job's best model.
 
 Layout inside a job folder::
 
     trials/trial_<id>.json       one record per trial, rewritten atomically after every epoch
     tensorboard/trial_<id>/      train/ and validation/ scalars, and the trial's HParams
+    best.keras, best.json        the job's best model so far (carrying its trial and classes), and which it is
+    labels.txt                   its class names
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -22,6 +26,7 @@ from typing import Any
 import keras
 
 from tlsweep import files
+from tlsweep.settings import Objective
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,6 @@ class TrialLog(keras.callbacks.Callback):
         self.verbose = verbose
         self.stage = "head"
         self.total_epochs = 0
-        self.model_to_keep: keras.Model | None = None
         self._started = time.monotonic()
         self._epoch_started = 0.0
         self.record: dict[str, Any] = {
@@ -117,10 +121,9 @@ class TrialLog(keras.callbacks.Callback):
                 entry["seconds"],
             )
 
-    def finish(self, summary: dict[str, Any], model: keras.Model) -> None:
-        """Take the trial's summary (best epoch, rollback, …) and its model; ``complete`` records it."""
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Take the trial's summary (best epoch, rollback, …); ``complete`` records it as completed."""
         self.record.update(summary)
-        self.model_to_keep = model
 
     def complete(self) -> None:
         """Mark the trial completed (once its model, if the job's best, is saved)."""
@@ -192,3 +195,36 @@ def format_value(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if key == "learning_rate" or abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
     return "n/a" if value is None else str(value)
+
+
+class BestModel:
+    """The job's best model on disk — ``best.keras``, ``best.json``, ``labels.txt`` — and the one place
+    that reads, locks and saves it. The processes of a distributed search share it through a file lock.
+    ``best.keras`` carries the job, trial and classes it holds (``files.model_origin``)."""
+
+    def __init__(self, job_dir: Path, objective: Objective, classes: list[str]) -> None:
+        self.job_dir, self.objective, self.classes = Path(job_dir), objective, list(classes)
+
+    def read(self) -> dict[str, Any]:
+        """Which trial ``best.keras`` holds (value, trial id, hyperparameters); empty when there is none yet."""
+        path = self.job_dir / files.BEST_RECORD
+        if not path.is_file() or not (self.job_dir / files.BEST_MODEL).is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def offer(self, record: dict[str, Any], model: keras.Model) -> dict[str, Any]:
+        """Save ``model`` (trial ``record``'s, at its best epoch) when it beats the best so far; returns the best."""
+        value = record[self.objective.name]
+        with files.locked(self.job_dir / ".best.lock"):
+            best = self.read()  # another process may have saved a better trial meanwhile
+            if not best or self.objective.better(value, best["value"]):
+                origin = {"job": self.job_dir.name, "trial_id": record["trial_id"], "classes": self.classes}
+                files.save_model(model, self.job_dir / files.BEST_MODEL, origin)
+                files.write_text(self.job_dir / files.LABELS, "\n".join(self.classes) + "\n")
+                best = {"value": value, "trial_id": record["trial_id"], "hyperparameters": record["hyperparameters"]}
+                files.write_json(self.job_dir / files.BEST_RECORD, best)
+        return best
+

@@ -16,11 +16,8 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from tlsweep.backbones import Backbone, preprocessing_layer
-from tlsweep.errors import TlsweepError
-from tlsweep.hub import HubLayer
+from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, hub_layer, preprocessing_layer
 
-FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
 
 
@@ -28,8 +25,6 @@ def augmentation(cfg: DictConfig, seed: int) -> keras.Sequential | None:
     """Random augmentation layers from the ``augmentation`` config; active in training only."""
     layers: list[keras.layers.Layer] = []
     if cfg.flip:
-        if cfg.flip not in FLIP_MODES:
-            raise TlsweepError(f"augmentation.flip={cfg.flip} is not one of {', '.join(FLIP_MODES)} or null")
         layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
     if cfg.rotation:
         layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed + 1))
@@ -90,22 +85,6 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="classifier")
 
 
-def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
-    """The backbone's layers from input to output, without its input layer."""
-    return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-
-
-def _hub_layer(backbone: keras.Model) -> HubLayer | None:
-    layers = backbone_layers(backbone)
-    return layers[0] if len(layers) == 1 and isinstance(layers[0], HubLayer) else None
-
-
-def depth_units(backbone: keras.Model) -> int:
-    """How deep the backbone can be unfrozen: its layers, or a hub model's blocks (see ``tlsweep.hub``)."""
-    hub = _hub_layer(backbone)
-    return len(hub.blocks) if hub is not None else len(backbone_layers(backbone))
-
-
 def unfreeze_top(model: keras.Model, depth: int) -> int:
     """Make the top ``depth`` backbone layers (hub blocks) trainable, BatchNorm excepted; returns how many are.
 
@@ -114,32 +93,13 @@ def unfreeze_top(model: keras.Model, depth: int) -> int:
     backbone = model.get_layer("backbone")
     layers = backbone_layers(backbone)
     backbone.trainable = depth > 0
-    hub = _hub_layer(backbone)
+    hub = hub_layer(backbone)
     if hub is not None:
         return hub.unfreeze_top(depth)
     first = len(layers) - depth
     for i, layer in enumerate(layers):
         layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(layer.trainable for layer in layers) if depth > 0 else 0
-
-
-def crossing_tensors(backbone: keras.Model, depth: int) -> list[Any]:
-    """The tensors that flow from the frozen bottom into the top ``depth`` layers of ``backbone``.
-
-    A cut inside a residual block has more than one (the block's input reaches its ``add`` by the
-    skip connection); a cut at depth 0 has one, the backbone's output.
-    """
-    layers = backbone_layers(backbone)
-    if depth <= 0:
-        return [backbone.output]
-    top = layers[len(layers) - depth :]
-    produced_above = {id(t) for layer in top for t in keras.tree.flatten(layer.output)}
-    crossing: list[Any] = []
-    for layer in top:
-        for tensor in keras.tree.flatten(layer.input):
-            if id(tensor) not in produced_above and all(tensor is not c for c in crossing):
-                crossing.append(tensor)
-    return crossing
 
 
 def trainable_part(model: keras.Model, depth: int) -> keras.Model:

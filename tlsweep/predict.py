@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from tlsweep import files  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.data import IMAGE_EXTENSIONS, decode_image  # noqa: E402
-from tlsweep.errors import TlsweepError  # noqa: E402
+from tlsweep.errors import TlsweepError, first_line  # noqa: E402
 from tlsweep.export import FORMAT, FORMAT_VERSION  # noqa: E402
 
 FORMATS = ("keras", "saved_model", "tflite")
@@ -91,7 +91,7 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
     try:
         run = {"keras": _keras, "saved_model": _saved_model, "tflite": _tflite}[chosen](path)
     except Exception as e:  # a damaged or foreign file: say which, not a traceback
-        raise TlsweepError(f"could not load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise TlsweepError(f"could not load {path} ({type(e).__name__}: {first_line(e)[:200]})") from e
     return Predictor([str(c) for c in record["classes"]], int(record["image_size"]), chosen, run)
 
 

@@ -1,21 +1,25 @@
-"""The config's schema: every key tlsweep reads, with its type, as Hydra structured configs.
+"""The config's schema and its rules: every key tlsweep reads, its type, and what values it takes.
 
 Hydra composes ``conf/`` on top of ``Config`` (registered as ``tlsweep_schema``, first in
 ``conf/config.yaml``'s defaults), so a key that is not here (``+tuner.max_trail=3``) or a value of
 the wrong type (``tuner.max_trials=abc``) fails while the config is composed, before any folder
-is made. The values themselves (ranges, choices, how keys relate) are checked by
-``tlsweep.config.validate``. Defaults live in the YAML files, each with its comment; the defaults
-here only stand in for keys a group option leaves out (a tuner's settings that only another
-tuner uses).
+is made. ``validate`` checks the values themselves (ranges, choices, how keys relate): the one place
+for every rule. ``TrialSettings`` is the typed view a trial reads. Defaults live in the YAML files,
+each with its comment; the defaults here only stand in for keys a group option leaves out (a
+tuner's settings that only another tuner uses).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from tlsweep.errors import TlsweepError
 
 # OmegaConf reads these annotations at run time: Optional[...] and List-free Any are what it understands.
 # ruff: noqa: UP007, UP045
@@ -149,3 +153,266 @@ SCHEMA_NAME = "tlsweep_schema"
 def register_schema() -> None:
     """Make ``Config`` available to ``conf/config.yaml``'s defaults list; call before Hydra composes."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+
+
+FINETUNE_MODES = ("none", "top", "full")
+TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
+SAMPLINGS = ("log", "linear")
+OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+QUANTIZE = ("none", "float16", "int8")
+DATASETS = ("digits", "folder", "tf_flowers")
+PREPROCESSING_MODES = ("tf", "torch", "unit", "none")  # tlsweep.backbones.PREPROCESSING says what each does
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+DISTRIBUTED_ROLES = ("chief", "worker")
+
+
+def minimised(objective: str) -> bool:
+    """Whether a tuner objective is minimised: losses are, everything else is maximised."""
+    return objective.endswith("loss")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric a search optimises, and which way."""
+
+    name: str
+
+    @property
+    def minimise(self) -> bool:
+        return minimised(self.name)
+
+    def better(self, value: float, than: float) -> bool:
+        return value < than if self.minimise else value > than
+
+
+def finetune_epochs(finetune: Any) -> int:
+    """Stage 2's epochs: none with ``finetune=none``, whatever ``finetune_epochs`` says."""
+    return int(finetune.finetune_epochs) if finetune.mode != "none" else 0
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What KerasTuner chooses from for each trial."""
+
+    lr_min: float
+    lr_max: float
+    lr_sampling: str
+    lr_step: float | None  # grid search: the factor between learning rates
+    optimizers: tuple[str, ...]
+    depths: tuple[int, ...]  # with finetune=top
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What a trial reads of the config, typed, once the config is valid."""
+
+    objective: Objective
+    mode: str  # none | top | full
+    head_epochs: int
+    finetune_epochs: int  # 0 with finetune=none
+    lr_scale: float
+    space: SearchSpace
+    optimizers: dict[str, Any]  # each optimizer's settings, for hydra.utils.instantiate
+    keep_checkpoints: bool  # Hyperband continues trials from their checkpoints; no other tuner reads one
+
+    @classmethod
+    def from_config(cls, config: DictConfig) -> TrialSettings:
+        ft, search = config.finetune, config.search
+        lr = search.learning_rate
+        step = config.tuner.get("learning_rate_step")
+        return cls(
+            objective=Objective(str(config.tuner.objective)),
+            mode=str(ft.mode),
+            head_epochs=int(ft.head_epochs),
+            finetune_epochs=finetune_epochs(ft),
+            lr_scale=float(ft.lr_scale),
+            space=SearchSpace(
+                float(lr.min),
+                float(lr.max),
+                str(lr.sampling),
+                None if step is None else float(step),
+                tuple(str(o) for o in search.optimizers),
+                tuple(int(d) for d in search.unfreeze_depths) if ft.mode == "top" else (),
+            ),
+            optimizers=OmegaConf.to_container(config.optimizer, resolve=True),  # type: ignore[arg-type]
+            keep_checkpoints=config.tuner.name == "hyperband",
+        )
+
+
+def unknown_key_message(key: str, context: str = "") -> str:
+    """``tuner.max_trail`` → a line naming the key, the closest known key, and where to see them all."""
+    parent, _, name = key.rpartition(".")
+    known = _schema_keys(parent)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {'.'.join(filter(None, [parent, close[0]]))}?" if close else ""
+    where = f" ({context.rstrip('.')})" if context and key not in context else ""
+    return f"unknown config key {key}{where}{hint} (python -m tlsweep --help lists every key)"
+
+
+def _schema_keys(parent: str) -> list[str]:
+    """The keys the schema allows under ``parent`` (a dotted path; "" for the top)."""
+    from tlsweep.settings import Config
+
+    node: Any = Config
+    for part in filter(None, parent.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return []
+        node = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING else None
+        node = type(node) if dataclasses.is_dataclass(node) else None
+    return [f.name for f in dataclasses.fields(node)] if node is not None and dataclasses.is_dataclass(node) else []
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys in ``cfg`` that its schema does not declare: Hydra lets ``+key=value`` add them."""
+    found = []
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key, value in cfg.items_ex(resolve=False):
+        path = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            found.append(path)
+            continue
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            found += unknown_keys(value, f"{path}.")
+    return found
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise TlsweepError naming the first invalid setting and how to fix it: every rule on the config's
+    values is here, checked before any job starts (``tlsweep.config.check_command_line``)."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise TlsweepError(unknown_key_message(unknown[0]))
+    for check in (_required, _dataset, _backbone, _augmentation, _search, _finetune, _tuner, _run):
+        problem = check(cfg)
+        if problem:
+            raise TlsweepError(problem)
+
+
+def _required(cfg: DictConfig) -> str | None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if cfg.dataset.name == "folder" and not cfg.dataset.path:
+        missing.insert(0, "dataset.path")
+    if not cfg.backbone.factory and not cfg.backbone.handle:
+        missing.insert(0, "backbone.handle")
+    hints = {
+        "dataset.path": " (e.g. dataset.path=path/to/images)",
+        "backbone.handle": " (a tfhub.dev or Kaggle Models URL, or a SavedModel folder)",
+    }
+    return f"{missing[0]} must be set{hints.get(missing[0], '')}" if missing else None
+
+
+def _dataset(cfg: DictConfig) -> str | None:
+    ds = cfg.dataset
+    if not 0.0 < ds.fraction <= 1.0:
+        return f"dataset.fraction={ds.fraction} must be in (0, 1], e.g. dataset.fraction=0.25"
+    if not 0.0 < ds.validation_split < 1.0:
+        return f"dataset.validation_split={ds.validation_split} must be between 0 and 1, e.g. 0.2"
+    if not 0.0 <= ds.test_split < 1.0:
+        return f"dataset.test_split={ds.test_split} must be in [0, 1), e.g. 0.2 (0: no test set)"
+    if ds.batch_size < 1:
+        return f"dataset.batch_size={ds.batch_size} must be at least 1"
+    if ds.name not in DATASETS:
+        return f"unknown dataset '{ds.name}'; use one of: {', '.join(DATASETS)}"
+    return None
+
+
+def _backbone(cfg: DictConfig) -> str | None:
+    mode = cfg.backbone.preprocessing
+    if mode not in PREPROCESSING_MODES:
+        return f"unknown backbone.preprocessing '{mode}'; use one of: {', '.join(PREPROCESSING_MODES)}"
+    return None
+
+
+def _augmentation(cfg: DictConfig) -> str | None:
+    flip = cfg.augmentation.flip
+    if flip and flip not in FLIP_MODES:
+        return f"augmentation.flip={flip} is not one of {', '.join(FLIP_MODES)} or null"
+    return None
+
+
+def _search(cfg: DictConfig) -> str | None:
+    lr = cfg.search.learning_rate
+    if lr.min <= 0 or lr.max <= 0:
+        return f"search.learning_rate.min={lr.min} and max={lr.max} must be positive numbers, e.g. min=1e-4 max=1e-2"
+    if lr.min > lr.max:
+        return f"search.learning_rate.min={lr.min} is larger than max={lr.max}; swap them"
+    if lr.sampling not in SAMPLINGS:
+        return f"search.learning_rate.sampling={lr.sampling} must be one of: {', '.join(SAMPLINGS)}"
+    loaded = list(cfg.optimizer.keys())
+    optimizers = list(cfg.search.optimizers)
+    if not optimizers:
+        return f"search.optimizers is empty; choose from {loaded}"
+    unloaded = next((name for name in optimizers if name not in loaded), None)
+    if unloaded:
+        return (
+            f"search.optimizers names '{unloaded}', which is not loaded; "
+            f"load it with optimizer=[{','.join([*loaded, unloaded])}] (loaded: {', '.join(loaded)})"
+        )
+    depths = list(cfg.search.unfreeze_depths)
+    if cfg.finetune.mode == "top" and (not depths or any(d < 0 for d in depths)):
+        return f"search.unfreeze_depths={depths} must be a non-empty list of whole numbers ≥ 0, e.g. [0,5,10]"
+    return None
+
+
+def _finetune(cfg: DictConfig) -> str | None:
+    ft = cfg.finetune
+    if ft.mode not in FINETUNE_MODES:
+        return f"finetune.mode={ft.mode} must be one of: {', '.join(FINETUNE_MODES)}"
+    if ft.head_epochs < 1:
+        return f"finetune.head_epochs={ft.head_epochs} must be at least 1"
+    if ft.mode != "none" and ft.finetune_epochs < 1:
+        return (
+            f"finetune.finetune_epochs={ft.finetune_epochs} must be at least 1 with finetune={ft.mode}; "
+            "use finetune=none for feature extraction only"
+        )
+    if not 0.0 <= ft.dropout < 1.0:
+        return f"finetune.dropout={ft.dropout} must be in [0, 1)"
+    if ft.lr_scale <= 0:
+        return f"finetune.lr_scale={ft.lr_scale} must be positive, e.g. 0.1"
+    return None
+
+
+def _tuner(cfg: DictConfig) -> str | None:
+    tuner = cfg.tuner
+    if tuner.name not in TUNER_NAMES:
+        return f"tuner.name={tuner.name} must be one of: {', '.join(TUNER_NAMES)}"
+    if tuner.objective not in OBJECTIVES:
+        return f"tuner.objective={tuner.objective} must be one of: {', '.join(OBJECTIVES)}"
+    if tuner.name != "hyperband" and tuner.max_trials < 1:
+        return f"tuner.max_trials={tuner.max_trials} must be at least 1"
+    if tuner.max_consecutive_failed_trials < 1:
+        return f"tuner.max_consecutive_failed_trials={tuner.max_consecutive_failed_trials} must be at least 1"
+    return None
+
+
+def _run(cfg: DictConfig) -> str | None:
+    if cfg.seed < 0:
+        return f"seed={cfg.seed} must be a whole number ≥ 0"
+    if cfg.precision not in PRECISIONS:
+        return f"precision={cfg.precision} must be one of: {', '.join(PRECISIONS)}"
+    if cfg.threads is not None and cfg.threads < 1:
+        return f"threads={cfg.threads} must be a whole number ≥ 1, or null for all cores"
+    if cfg.export.quantize not in QUANTIZE:
+        return f"export.quantize={cfg.export.quantize} must be one of: {', '.join(QUANTIZE)}"
+    role, chief = cfg.distributed.role, str(cfg.distributed.chief)
+    if role is not None and role not in DISTRIBUTED_ROLES:
+        return f"distributed.role={role} must be chief, worker or null"
+    host, _, port = chief.rpartition(":")
+    if role and (not host or not port.isdigit()):
+        return f"distributed.chief={chief} must be host:port, e.g. node1:8000"
+    return None
+
+
+def check_depths(cfg: DictConfig, num_layers: int, backbone: str, unit: str = "layers") -> None:
+    """Unfreeze depths must fit inside the backbone (``unit``: layers, or blocks for a hub model)."""
+    if cfg.finetune.mode != "top":
+        return
+    too_deep = [d for d in cfg.search.unfreeze_depths if d > num_layers]
+    if too_deep:
+        raise TlsweepError(
+            f"search.unfreeze_depths has {too_deep[0]}, but backbone {backbone} has only {num_layers} {unit}; "
+            f"use depths up to {num_layers} (or finetune=full to unfreeze all)"
+        )

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tlsweep import hub  # noqa: E402
 from tlsweep.backbones import keras_weights_dir  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
-from tlsweep.errors import TlsweepError  # noqa: E402
+from tlsweep.errors import TlsweepError, first_line  # noqa: E402
 
 log = logging.getLogger("tlsweep.weights")
 
@@ -38,7 +38,8 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
     from hydra.errors import HydraException
 
     from tlsweep.backbones import load_backbone
-    from tlsweep.config import register_resolvers, sweep_combinations
+    from tlsweep.config import sweep_combinations
+    from tlsweep.paths import register_resolvers
 
     register_resolvers()
     lines, errors = [], []
@@ -47,7 +48,7 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
             with initialize_config_module("tlsweep.conf", version_base="1.3"):
                 cfg = compose("config", overrides=combination)
         except HydraException as e:
-            raise TlsweepError(str(e).strip().splitlines()[0]) from e
+            raise TlsweepError(first_line(e)) from e
         backbone, size = cfg.backbone, int(cfg.dataset.image_size or cfg.backbone.image_size)
         try:
             load_backbone(backbone, size)

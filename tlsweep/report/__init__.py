@@ -1,6 +1,6 @@
 """The sweep report: every trial of every job, compared in one page.
 
-Data flow: ``collect`` reads the job folders on disk → ``summary`` ranks the trials and compares
+Data flow: ``tlsweep.records`` reads the job folders on disk → ``summary`` ranks the trials and compares
 the choices → ``render`` writes ``report.html`` (with ``plots``), ``report.md`` and ``trials.csv``.
 The sweep writes it at the end (``tlsweep.callbacks``); ``python -m tlsweep.report DIR``
 rebuilds it at any time.
@@ -17,7 +17,7 @@ DEFAULT_TOP = 5
 
 def build_report(root: Path, top: int = DEFAULT_TOP) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and ``trials.csv`` into ``root`` from the jobs under it."""
-    from tlsweep.report.collect import load_sweep
+    from tlsweep.records import load_sweep
     from tlsweep.report.render import write_all
     from tlsweep.report.summary import summarize
 

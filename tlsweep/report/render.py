@@ -14,8 +14,9 @@ from typing import Any
 import jinja2
 
 from tlsweep import files
+from tlsweep.records import reproduce_command
 from tlsweep.report import plots
-from tlsweep.report.summary import Summary, accuracy_interval, reproduce_command
+from tlsweep.report.summary import Summary, accuracy_interval
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"

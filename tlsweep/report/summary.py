@@ -7,7 +7,6 @@ the same numbers.
 from __future__ import annotations
 
 import math
-import shlex
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tlsweep.config import split_override
-from tlsweep.report.collect import Job, Sweep, Trial
+from tlsweep.records import Job, Sweep, Trial, best_entry, kept_epoch, ranking, sweep_objective
+from tlsweep.settings import minimised
 
 CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
 HIDDEN_CHOICES = ("optimizer",)  # the loaded optimizers; the one a trial used is a hyperparameter
@@ -107,18 +107,19 @@ class Summary:
 
     @property
     def maximize(self) -> bool:
-        return not self.objective.endswith("loss")
+        return not minimised(self.objective)
 
 
 def summarize(sweep: Sweep) -> Summary:
     """Rank every trial of the sweep by its jobs' objective and compare the choices."""
-    objectives = {job.objective for job in sweep.jobs if job.trials}
-    objective = objectives.pop() if len(objectives) == 1 else "val_accuracy"  # mixed: compare on accuracy
+    objective = sweep_objective(sweep)
     metric = METRIC_OF_OBJECTIVE.get(objective, "val_accuracy")
-    maximize = not objective.endswith("loss")
+    maximize = not minimised(objective)
     varying = _varying_overrides(sweep.jobs)
     rows = [_row(job, trial, objective, varying, sweep.root) for job, trial in sweep.trials]
-    _rank(rows, metric, maximize)
+    ranks = {(job.name, trial.trial_id): n for n, (job, trial, _) in enumerate(ranking(sweep, objective), 1)}
+    for row in rows:
+        row["rank"] = ranks.get((row["job"], row["trial"]))
     choice_keys = _ordered({k for r in rows for k in r.get("_choices", {})}, CHOICE_ORDER)
     hp_keys = _ordered({k for r in rows for k in r.get("_hyperparameters", {})}, HYPERPARAMETER_ORDER)
     for row in rows:
@@ -138,9 +139,9 @@ def summarize(sweep: Sweep) -> Summary:
 def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path) -> dict[str, Any]:
     record, history = trial.record, trial.history
     completed = trial.status == "completed"
-    best = _entry(history, record.get("best_epoch")) if completed else _best_entry(history, objective)
+    best = kept_epoch(trial, objective)
     head = record.get("stages", {}).get("head", {}) if completed else {}
-    stage1 = _entry(history, head.get("epoch")) or _best_entry([e for e in history if e["stage"] == "head"], objective)
+    stage1 = _entry(history, head.get("epoch")) or best_entry([e for e in history if e["stage"] == "head"], objective)
     overrides = dict(split_override(o) for o in job.overrides)
     choices = {k: str(v) for k, v in (record.get("choices") or job.record.get("choices") or {}).items()}
     return {
@@ -174,28 +175,12 @@ def _entry(history: list[dict[str, Any]], epoch: Any) -> dict[str, Any]:
     return next((e for e in history if e.get("epoch") == epoch), {})
 
 
-def _best_entry(history: list[dict[str, Any]], objective: str) -> dict[str, Any]:
-    """The best epoch so far of an unfinished trial."""
-    scored = [e for e in history if isinstance(e.get(objective), (int, float))]
-    if not scored:
-        return {}
-    return (min if objective.endswith("loss") else max)(scored, key=lambda e: e[objective])
-
-
 def _stage2(record: dict[str, Any], history: list[dict[str, Any]], completed: bool) -> str:
     if not any(e.get("stage") == "finetune" for e in history):
         return "not run"
     if not completed:
         return "unfinished"
     return "rolled back" if record.get("rolled_back") else "improved"
-
-
-def _rank(rows: list[dict[str, Any]], metric: str, maximize: bool) -> None:
-    """Rank completed trials by ``metric``, best first; the others keep ``rank`` None."""
-    scored = [r for r in rows if r["status"] == "completed" and isinstance(r.get(metric), (int, float))]
-    sign = -1 if maximize else 1
-    for rank, row in enumerate(sorted(scored, key=lambda r: (sign * r[metric], r["job"], _num(r["trial"]))), 1):
-        row["rank"] = rank
 
 
 def _display_order(row: dict[str, Any]) -> tuple:
@@ -259,31 +244,6 @@ def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, 
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-# Settings that reproduce one trial: its hyperparameters become a one-point search.
-_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner")
-
-
-def reproduce_command(job: Job, hyperparameters: dict[str, Any]) -> str:
-    """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters."""
-    kept = [o for o in job.overrides if not _pinned(split_override(o)[0])]
-    pinned = []
-    if "learning_rate" in hyperparameters:
-        lr = float(hyperparameters["learning_rate"])
-        pinned += [f"search.learning_rate.min={lr!r}", f"search.learning_rate.max={lr!r}"]
-    if "optimizer" in hyperparameters:
-        pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
-    if job.config.get("finetune", {}).get("mode", "top") == "top" and "unfreeze_depth" in hyperparameters:
-        pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
-    pinned += ["tuner=random", "tuner.max_trials=1"]
-    return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
-
-
-def _pinned(key: str) -> bool:
-    if key == "tuner.objective":
-        return False
-    return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)
 
 
 def _varying_overrides(jobs: list[Job]) -> list[str]:

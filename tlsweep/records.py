@@ -1,13 +1,16 @@
-"""Read a sweep from disk: its jobs and every trial record in them, whatever state they are in.
+"""The records of a run or sweep, read from disk: its jobs, every trial in them, and their ranking.
 
 Only files are read, never the memory of a running process, so this works for a finished sweep,
-one still running, one that crashed, a single run, and jobs that ran on other machines.
+one still running, one that crashed, a single run, and jobs that ran on other machines. The
+export and the report rank trials the same way, here (``ranking``), and rerun one the same way
+(``reproduce_command``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from tlsweep import files
+from tlsweep.config import split_override
+from tlsweep.settings import minimised
 
 HYDRA_DIR = ".hydra"
 
@@ -182,3 +187,61 @@ def _config(path: Path, record: dict[str, Any]) -> dict[str, Any]:
 def _trial_order(path: Path) -> tuple[int, str]:
     number = path.stem.removeprefix("trial_")
     return (int(number), "") if number.isdigit() else (1 << 30, number)
+
+
+def kept_epoch(trial: Trial, objective: str) -> dict[str, Any]:
+    """The epoch a trial's numbers come from: its kept (best) epoch when it completed, else its best so far."""
+    if trial.status == "completed":
+        return next((e for e in trial.history if e.get("epoch") == trial.record.get("best_epoch")), {})
+    return best_entry(trial.history, objective)
+
+
+def best_entry(history: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The epoch of ``history`` with the best ``objective``; empty when none has scored."""
+    scored = [e for e in history if isinstance(e.get(objective), (int, float))]
+    if not scored:
+        return {}
+    return (min if minimised(objective) else max)(scored, key=lambda e: e[objective])
+
+
+def ranking(sweep: Sweep, objective: str) -> list[tuple[Job, Trial, float]]:
+    """The completed trials of ``sweep`` that scored, best first by ``objective`` (ties: job, then trial number)."""
+    scored = []
+    for job, trial in sweep.trials:
+        value = kept_epoch(trial, objective).get(objective) if trial.status == "completed" else None
+        if isinstance(value, (int, float)):
+            scored.append((job, trial, float(value)))
+    sign = 1 if minimised(objective) else -1
+    return sorted(scored, key=lambda s: (sign * s[2], s[0].name, _trial_order(s[1].path)))
+
+
+def sweep_objective(sweep: Sweep) -> str:
+    """The objective the jobs ranked their trials by; validation accuracy when they differ."""
+    objectives = {job.objective for job in sweep.jobs if job.trials}
+    return objectives.pop() if len(objectives) == 1 else "val_accuracy"
+
+
+# Settings that reproduce one trial: its hyperparameters become a one-point search.
+_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner")
+
+
+def reproduce_command(job: Job, hyperparameters: dict[str, Any]) -> str:
+    """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters."""
+    kept = [o for o in job.overrides if not _pinned(split_override(o)[0])]
+    pinned = []
+    if "learning_rate" in hyperparameters:
+        lr = float(hyperparameters["learning_rate"])
+        pinned += [f"search.learning_rate.min={lr!r}", f"search.learning_rate.max={lr!r}"]
+    if "optimizer" in hyperparameters:
+        pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
+    if job.config.get("finetune", {}).get("mode", "top") == "top" and "unfreeze_depth" in hyperparameters:
+        pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
+    pinned += ["tuner=random", "tuner.max_trials=1"]
+    return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
+
+
+def _pinned(key: str) -> bool:
+    if key == "tuner.objective":
+        return False
+    return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)
+

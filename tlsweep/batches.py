@@ -1,0 +1,203 @@
+"""Where a trial's batches come from: the images (the plain way) or the feature cache's tensors.
+
+Both sources give the same batches: epoch ``e`` reads view ``e mod V`` in an order fixed by the
+trial's seed and ``e`` (``EpochBatches``), so cached and plain training see the same examples in
+the same order, and a trial trains the same whenever it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from tlsweep.cache import FeatureCache
+from tlsweep.data import ImageData
+from tlsweep.model import trainable_part
+
+
+class Source(Protocol):
+    """What a trial asks of its batch source, per unfreeze depth."""
+
+    def cut(self, depth: int) -> int | None: ...
+
+    def part(self, model: Any, depth: int) -> Any: ...
+
+    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]: ...
+
+
+def _inputs(arrays: list[Any]) -> Any:
+    """A batch's inputs as a model takes them: one array alone, several as a tuple."""
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+class EpochBatches:
+    """Batches of one epoch at a time: epoch ``e`` reads view ``e mod V`` in an order fixed by (seed, e).
+
+    A view is a list of arrays (images, or the cached tensors at a cut through the backbone) with
+    one row per example. Fixing the order and the view by the epoch number makes a trial repeatable
+    on its own (resume) and makes cached and plain training see the same batches. Rows are gathered
+    by index, so memory-mapped arrays work.
+    """
+
+    def __init__(
+        self, views: list[list[np.ndarray]], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int
+    ) -> None:
+        self.views, self.labels = views, np.asarray(labels)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.epoch = 0
+        self._rows: Any = None  # the in-pipeline copy of rows(epoch), once dataset() made one
+        self._dataset: Any = None
+
+    def reseed(self, seed: int) -> EpochBatches:
+        """The same examples in another trial's order: a job builds its pipeline once, not per trial."""
+        self.seed = seed
+        self.set_epoch(0)
+        return self
+
+    def dataset(self) -> Any:
+        """This as a ``tf.data`` pipeline for ``fit``; pass ``callback()`` too so it knows the epoch, and
+        ``steps_per_epoch=steps`` so that Keras makes one iterator an epoch, not two.
+
+        Arrays in memory are copied into TensorFlow once and each batch is gathered inside the
+        pipeline (a fixed order needs no gathering: an iterator over a gathering pipeline costs
+        about 10 ms to make, and Keras makes one or two an epoch). Memory-mapped arrays are read
+        batch by batch in Python instead (slower per step, but never loaded whole). All give the
+        batches ``batch`` gives.
+        """
+        import tensorflow as tf
+
+        if self._dataset is not None:
+            return self._dataset
+        if any(isinstance(a, np.memmap) for view in self.views for a in view):
+            self._dataset = self._read_in_python()
+            return self._dataset
+        n, size = len(self.labels), self.batch_size
+        fixed = not self.shuffle and len(self.views) == 1  # the same batches every epoch: nothing to gather
+        if fixed and all(a.dtype == np.float32 for a in self.views[0]):  # uint8 images stay uint8 until batched
+            with tf.device("/CPU:0"):
+                x = [tf.constant(a) for a in self.views[0]]
+                slices = (_inputs(x), tf.constant(self.labels))
+            self._dataset = tf.data.Dataset.from_tensor_slices(slices).batch(size)
+            return self._dataset
+        with tf.device("/CPU:0"):  # the pipeline's tensors stay on the host
+            stacked = [
+                tf.Variable(np.concatenate([view[k] for view in self.views]), trainable=False)
+                for k in range(len(self.views[0]))
+            ]
+            labels = tf.Variable(self.labels, trainable=False)
+            self._rows = tf.Variable(self.rows(self.epoch), trainable=False)  # set anew at every epoch
+
+        def gather(i: Any) -> tuple[Any, Any]:
+            rows = self._rows[i * size : (i + 1) * size]
+            x = [tf.cast(tf.gather(t, rows), tf.float32) for t in stacked]
+            return _inputs(x), tf.gather(labels, rows % n)
+
+        self._dataset = tf.data.Dataset.range(self.steps).map(gather).prefetch(tf.data.AUTOTUNE)
+        return self._dataset
+
+    def _read_in_python(self) -> Any:
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in self.views[0]]
+        x_spec = _inputs(specs)
+        y_spec = tf.TensorSpec((None,), tf.as_dtype(self.labels.dtype))
+
+        def generate() -> Any:
+            epoch = self.epoch
+            for i in range(self.steps):
+                yield self.batch(i, epoch)
+
+        ds = tf.data.Dataset.from_generator(generate, output_signature=(x_spec, y_spec))
+        return ds.apply(tf.data.experimental.assert_cardinality(self.steps)).prefetch(tf.data.AUTOTUNE)
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch."""
+        return -(-len(self.labels) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The coming epoch: its view and order. The pipeline reads them when ``fit`` starts the epoch."""
+        self.epoch = epoch
+        if self._rows is not None:
+            self._rows.assign(self.rows(epoch))
+
+    def callback(self) -> Any:
+        """A Keras callback that tells this which epoch ``fit`` is in (``initial_epoch`` included).
+
+        With ``fit(steps_per_epoch=steps)`` Keras makes an epoch's iterator before the epoch begins;
+        a ``tf.data`` iterator draws nothing until asked, so it still reads the epoch set here.
+        """
+        import keras
+
+        source = self
+
+        class SetEpoch(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                source.set_epoch(epoch)
+
+        return SetEpoch()
+
+    def rows(self, epoch: int) -> np.ndarray:
+        """The rows ``epoch`` reads, in order, counting through the views stacked one after another."""
+        return (epoch % len(self.views)) * len(self.labels) + self.order(epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.labels)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def batch(self, i: int, epoch: int) -> tuple[Any, np.ndarray]:
+        """Batch ``i`` of ``epoch``."""
+        idx = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+        arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[epoch % len(self.views)]]
+        return _inputs(arrays), self.labels[idx]
+
+
+class PlainData:
+    """The plain way: every epoch runs the whole model, augmentation included, on the images."""
+
+    def __init__(self, data: ImageData, batch_size: int, train_views: list[np.ndarray] | None = None) -> None:
+        views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
+        self.train = EpochBatches(views, data.y_train, batch_size, shuffle=True, seed=0)
+        self.val = EpochBatches([[data.x_val]], data.y_val, batch_size, shuffle=False, seed=0)
+
+    def cut(self, depth: int) -> int | None:
+        """Where the batches enter the classifier: no cut, the images go in whole."""
+        return None
+
+    def part(self, model: Any, depth: int) -> Any:
+        """What trains: the whole classifier (a new model over its layers)."""
+        import keras
+
+        return keras.Model(model.inputs, model.outputs, name="classifier")
+
+    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
+        """Training and validation batches of the images, in the order of the trial's ``seed``."""
+        return self.train.reseed(seed), self.val.reseed(seed)
+
+
+class CachedData:
+    """Training above the cut, on cached tensors: the same batches as the plain way, without the bottom."""
+
+    def __init__(self, cache: FeatureCache, batch_size: int) -> None:
+        self.cache, self.batch_size = cache, batch_size
+        self._batches: dict[int, tuple[EpochBatches, EpochBatches]] = {}  # by cut
+
+    def cut(self, depth: int) -> int | None:
+        """Where the batches enter the classifier: the cut below the top ``depth`` units."""
+        return self.cache.backbone.cut_depth(depth)
+
+    def part(self, model: Any, depth: int) -> Any:
+        """What trains: the classifier above the cut for ``depth``, sharing its layers."""
+        return trainable_part(model, self.cut(depth))
+
+    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
+        """Training and validation batches of the cached tensors at the cut for ``depth``, in the
+        order of the trial's ``seed``."""
+        data, cut = self.cache.data, self.cut(depth)
+        if cut not in self._batches:
+            train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=0)
+            val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=0)
+            self._batches[cut] = (train, val)
+        train, val = self._batches[cut]
+        return train.reseed(seed), val.reseed(seed)

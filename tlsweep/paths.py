@@ -1,0 +1,107 @@
+"""Where results go: the folders of runs, sweeps and jobs, named as Hydra asks the resolvers to.
+
+``conf/config.yaml`` names ``hydra.run.dir`` and ``hydra.sweep.dir`` through ``tlsweep_output_dir``
+(a new folder, or the one ``resume`` names) and each job of a sweep through ``tlsweep_job_dir``
+(the values it sweeps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from tlsweep.config import fixed_keys, split_override
+from tlsweep.errors import TlsweepError
+from tlsweep.settings import register_schema
+
+COMMAND_LINE_VARIABLE = "TLSWEEP_COMMAND_LINE"  # the command line, for jobs that run in other processes
+
+
+def register_resolvers() -> None:
+    """The schema and the resolvers the configs use; registered before Hydra composes them."""
+    register_schema()
+    if not OmegaConf.has_resolver("tlsweep_job_dir"):
+        OmegaConf.register_new_resolver("tlsweep_job_dir", job_dir_name)
+    if not OmegaConf.has_resolver("tlsweep_output_dir"):  # cached: every job of a sweep gets the same folder
+        OmegaConf.register_new_resolver("tlsweep_output_dir", output_dir, use_cache=True)
+
+
+def output_dir(kind: str, resume: Any, stamp: str, outputs: str = "outputs") -> str:
+    """The folder of a run or sweep (``kind``: runs or sweeps).
+
+    ``resume`` false: a new folder ``outputs/<kind>/<stamp>`` (``_1``, ``_2``… if it exists, so
+    nothing earlier is overwritten); true: the newest existing folder of that kind; else the
+    folder it names, which must exist.
+    """
+    base = Path(outputs) / kind
+    if resume is None or resume is False or str(resume).lower() == "false":
+        path, n = base / stamp, 1
+        while path.exists():
+            path, n = base / f"{stamp}_{n}", n + 1
+        return str(path)
+    if resume is True or str(resume).lower() == "true":
+        newest = newest_unfinished(base)
+        return str(newest) if newest is not None else str(base / stamp)
+    if not Path(str(resume)).is_dir():
+        raise TlsweepError(f"resume={resume} is not a folder; give a folder under {base} or resume=true for the newest")
+    return str(resume)
+
+
+def newest_unfinished(base: Path) -> Path | None:
+    """The run or sweep under ``base`` that ``resume=true`` continues: the most recently started one
+    that has a job not completed, else the most recently started one. Start times come from the jobs'
+    records (a folder's modification time changes whenever a report is rebuilt)."""
+    found = []
+    for folder in (p for p in Path(base).glob("*") if p.is_dir()):
+        records = []
+        for path in [folder / "job.json", *folder.glob("*/job.json")]:
+            try:
+                records.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue
+        records = [r for r in records if isinstance(r, dict)]
+        started = min((str(r.get("started", "")) for r in records), default="") or folder.name
+        unfinished = not records or any(r.get("status") != "completed" for r in records)
+        found.append((unfinished, started, folder.name, folder))
+    return max(found)[3] if found else None
+
+
+def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str] | None = None) -> str:
+    """A readable, safe folder name for a multirun job from the values it sweeps, e.g. ``backbone=resnet``.
+
+    Overrides given once on the command line for every job are left out: they are the same in all
+    jobs and would only make every name long. ``command_line`` defaults to the one ``tlsweep`` was
+    started with, which launchers that run jobs in other processes pass on in ``$TLSWEEP_COMMAND_LINE``.
+    """
+    if command_line is None:
+        passed = os.environ.get(COMMAND_LINE_VARIABLE)
+        command_line = json.loads(passed) if passed else sys.argv[1:]
+    fixed = fixed_keys(command_line)
+    parts = ",".join(sorted(str(o) for o in task_overrides if split_override(str(o))[0] not in fixed))
+    name = re.sub(r"[/\\:*?\"<>|\s]+", "_", parts).strip("._") or f"job{job_num}"
+    if parts and (name != parts or len(name) > 120):  # characters replaced: a digest of the values keeps names unique
+        name = f"{name[:100]}_{hashlib.sha1(parts.encode()).hexdigest()[:8]}"
+    return name
+
+
+def tensorboard_logdir(root: Path) -> Path:
+    """The folder to give ``tensorboard --logdir`` for a run or sweep: the ``outputs`` folder it is in
+    (every trial of every sweep in one table), else the run's or sweep's own folder. Absolute."""
+    root = Path(root).resolve()
+    return next((p for p in (root, *root.parents) if p.name == "outputs"), root)
+
+
+def shown(path: Path) -> str:
+    """A path as the user would type it here: relative to the working folder when under it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,244 @@
+"""One trial of transfer learning: a new head on the frozen backbone, then the backbone's top unfrozen.
+
+Both stages run on one epoch axis. ``TwoStageTrial.fit`` trains the job's classifier (reset by
+``build`` to the pretrained backbone and a newly drawn head) on the batches of the job's source
+— images, or the feature cache's tensors — and keeps the trial's best epoch. Change what a trial
+does here; ``tlsweep.tuners`` only hands trials to KerasTuner.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import keras
+import numpy as np
+from hydra.utils import instantiate
+
+from tlsweep.batches import Source
+from tlsweep.logs import TrialLog
+from tlsweep.model import SharedClassifier, unfreeze_top
+from tlsweep.settings import Objective, TrialSettings
+
+DIVERGED_LOSS = 1e6  # a cross-entropy this large means the weights blew up: stop the trial
+
+
+class TrialFailed(Exception):
+    """The trial cannot give a result (its loss diverged, or no epoch scored); the search goes on."""
+
+
+def stage_plan(
+    head_epochs: int, finetune_epochs: int, epochs: int | None = None, initial_epoch: int = 0
+) -> list[tuple[str, int, int]]:
+    """The (stage, first epoch, end epoch) of each ``fit`` of a trial, on one epoch axis.
+
+    ``epochs`` is a budget set by the tuner (Hyperband); it is split between the stages in
+    the ratio ``head_epochs : finetune_epochs``.
+    """
+    total = head_epochs + finetune_epochs if epochs is None else epochs
+    boundary = head_epochs
+    if epochs is not None and finetune_epochs:
+        boundary = max(1, round(total * head_epochs / (head_epochs + finetune_epochs)))
+    plan = []
+    if initial_epoch < min(boundary, total):
+        plan.append(("head", initial_epoch, min(boundary, total)))
+    if finetune_epochs and total > max(boundary, initial_epoch):
+        plan.append(("finetune", max(boundary, initial_epoch), total))
+    return plan
+
+
+def trial_seed(seed: int, trial_id: str) -> int:
+    """The seed of one trial: fixed by the job's seed and the trial's id, not by what ran before it."""
+    return zlib.crc32(f"{seed}:{trial_id}".encode()) & 0x7FFFFFFF
+
+
+def seed_keras(seed: int) -> None:
+    """Seed what a trial draws: Keras layers take their seeds from Python's ``random`` when given none.
+
+    ``keras.utils.set_random_seed`` would also call ``tf.random.set_seed``, which clears
+    TensorFlow's kernel cache: every compiled step would then be set up again, about 0.2 s a
+    stage. TensorFlow's own seed is set once per job, and no trial draws from it.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the best epoch of a trial and rolls stage 2 back when it did not beat stage 1.
+
+    Only trainable variables change during a stage, so only they are snapshotted (in memory):
+    the head in stage 1, the head and the unfrozen top in stage 2.
+    """
+
+    def __init__(self, objective: Objective) -> None:
+        super().__init__()
+        self.objective = objective
+        self.best: dict[str, Any] | None = None  # value, epoch, stage, loss of the trial's best epoch
+        self.stage_bests: dict[str, dict[str, Any]] = {}
+        self.rolled_back = False
+        self.diverged_at: int | None = None
+        self.stage = "head"
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._variables = list(self.model.trainable_variables)
+        self._start = [v.numpy() for v in self._variables]
+        self._stage_best: dict[str, Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        loss = logs.get("loss", 0.0)
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+            self.diverged_at = epoch + 1
+            self.model.stop_training = True
+            return
+        value = logs.get(self.objective.name)
+        if value is None or not math.isfinite(value):
+            return
+        if self._stage_best is None or self.objective.better(value, self._stage_best["value"]):
+            self._stage_best = {
+                "value": float(value),
+                "epoch": epoch + 1,
+                "stage": self.stage,
+                "val_loss": float(logs.get("val_loss", math.nan)),
+                "weights": [v.numpy() for v in self._variables],
+            }
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        stage_best = self._stage_best
+        if stage_best is not None:
+            self.stage_bests[self.stage] = {k: v for k, v in stage_best.items() if k != "weights"}
+        improved = stage_best is not None and (
+            self.best is None or self.objective.better(stage_best["value"], self.best["value"])
+        )
+        if stage_best is not None and improved:
+            self._restore(stage_best["weights"])
+            self.best = self.stage_bests[self.stage]
+        else:
+            self._restore(self._start)
+            self.rolled_back = self.stage == "finetune"
+
+    def _restore(self, values: list[np.ndarray]) -> None:
+        for variable, value in zip(self._variables, values, strict=True):
+            variable.assign(value)
+
+
+class Validate(keras.callbacks.Callback):
+    """Adds ``val_loss`` and ``val_accuracy`` to each epoch's logs, as ``fit(validation_data=…)`` would.
+
+    The scores come from an evaluator shared by every trainer with the same inputs (see
+    ``SharedClassifier.evaluator``), so an evaluation step is traced once per cut, not once per
+    optimizer. Put it first: the callbacks after it read the scores.
+    """
+
+    def __init__(self, evaluator: keras.Model, data: Any) -> None:
+        super().__init__()
+        self.evaluator, self.data = evaluator, data
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = self.evaluator.evaluate(self.data, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in scores.items()})
+
+
+@dataclass
+class TwoStageTrial:
+    """A two-stage transfer-learning trial on the job's classifier and batch source."""
+
+    settings: TrialSettings
+    classifier: SharedClassifier
+    source: Source  # where each stage's batches come from: images, or cached tensors
+
+    def declare(self, hp: Any) -> dict[str, Any]:
+        """Declare the searched hyperparameters on KerasTuner's ``hp`` and return this trial's values."""
+        space = self.settings.space
+        values = {
+            "learning_rate": hp.Float(
+                "learning_rate", space.lr_min, space.lr_max, sampling=space.lr_sampling, step=space.lr_step
+            ),
+            "optimizer": hp.Choice("optimizer", list(space.optimizers)),
+        }
+        if self.settings.mode == "top":
+            values["unfreeze_depth"] = hp.Choice("unfreeze_depth", list(space.depths))
+        elif self.settings.mode == "full":
+            values["unfreeze_depth"] = hp.Fixed("unfreeze_depth", self.classifier.backbone.num_layers)
+        return values
+
+    def build(self, hp: Any) -> keras.Model:
+        """The job's classifier, reset for this trial (see ``SharedClassifier``); ``fit`` compiles what trains."""
+        self.declare(hp)
+        return self.classifier.fresh(everything=self.settings.keep_checkpoints)  # Hyperband loads checkpoints
+
+    def fit(
+        self,
+        hp: Any,
+        model: keras.Model,
+        trial_log: TrialLog | None = None,
+        seed: int = 0,
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+    ) -> dict[str, Any]:
+        """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch.
+
+        Batches are fixed by ``seed`` and the epoch, so a trial trains the same way whether it
+        runs first, tenth, again after a resume, or on cached tensors. Returns the trial's summary
+        (best epoch and stage, the objective's value, each stage's best, whether stage 2 rolled back).
+        """
+        settings = self.settings
+        plan = stage_plan(settings.head_epochs, settings.finetune_epochs, epochs, initial_epoch)
+        best = BestWeights(settings.objective)
+        for stage, first, end in plan:
+            best.stage = stage
+            if trial_log:
+                trial_log.begin_stage(stage, plan[-1][2])
+            self._fit_stage(hp, model, stage, (first, end), best, trial_log, seed)
+            if best.diverged_at is not None:
+                raise TrialFailed(
+                    f"the loss became NaN, infinite or exploded (> {DIVERGED_LOSS:g}) at epoch {best.diverged_at} "
+                    "(learning rate too high for this optimizer?)"
+                )
+        if best.best is None:
+            raise TrialFailed("no epoch produced a finite validation metric")
+        return {
+            "best_epoch": best.best["epoch"],
+            "best_stage": best.best["stage"],
+            "val_loss": best.best["val_loss"],
+            settings.objective.name: best.best["value"],
+            "stages": best.stage_bests,
+            "rolled_back": best.rolled_back,
+        }
+
+    def _fit_stage(
+        self,
+        hp: Any,
+        model: keras.Model,
+        stage: str,
+        epochs: tuple[int, int],
+        best: BestWeights,
+        trial_log: TrialLog | None,
+        seed: int,
+    ) -> None:
+        """One stage: compile (or reuse) what trains at this depth, then fit it from ``epochs[0]`` to ``epochs[1]``."""
+        depth, learning_rate, name = 0, float(hp.get("learning_rate")), str(hp.get("optimizer"))
+        if stage == "finetune":
+            depth = int(hp.get("unfreeze_depth"))
+            unfreeze_top(model, depth)
+            learning_rate *= self.settings.lr_scale
+        make_model = partial(self.source.part, model, depth)
+        make_optimizer = partial(instantiate, self.settings.optimizers[name], learning_rate=learning_rate)
+        trainer = self.classifier.trainer((depth, name), make_model, make_optimizer, learning_rate)
+        evaluator = self.classifier.evaluator(self.source.cut(depth), make_model)
+        train, val = self.source.batches(depth, seed)
+        recording = trial_log.callbacks() if trial_log else []
+        trainer.fit(
+            train.dataset(),
+            initial_epoch=epochs[0],
+            epochs=epochs[1],
+            steps_per_epoch=train.steps,
+            verbose=0,
+            shuffle=False,  # the batches already come in each epoch's order
+            callbacks=[train.callback(), Validate(evaluator, val.dataset()), best, *recording],
+        )
