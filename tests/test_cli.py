@@ -110,6 +110,6 @@ def test_two_sweep_values_that_look_alike_get_two_folders_and_the_right_labels(t
     result = run_cli(["-m", "dataset=folder", "dataset.path=photos/2024,photos_2024", *settings], tmp_path)
     assert result.returncode == 0, result.stdout
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
-    labels = sorted(p.read_text().split() for p in sweep.glob("*/labels.txt"))
+    labels = sorted((p.parent / "labels.txt").read_text().split() for p in sweep.glob("*/job.json"))
     assert labels == [["bus", "car", "van"], ["cat", "dog"]]  # each job kept its own data, in its own folder
     assert len(list(sweep.glob("*/job.json"))) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +13,25 @@ from conftest import REPO
 
 @pytest.mark.slow
 def test_wheel_install_works_from_another_folder(tmp_path: Path) -> None:
+    site = tmp_path / "site"  # the wheel installed alone, in front of the test environment's packages
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
     def sh(*args: str, cwd: Path = tmp_path) -> str:
-        done = subprocess.run(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        done = subprocess.run(
+            args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stdout
         return done.stdout
 
-    sh(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "--no-build-isolation",
-        "-w",
-        str(tmp_path / "dist"),
-        str(REPO),
-    )
-    wheel = next((tmp_path / "dist").glob("tlsweep-*.whl"))
-    sh(sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv"))
-    python = str(tmp_path / "venv" / "bin" / "python")
-    sh(python, "-m", "pip", "install", "--no-deps", "--no-index", str(wheel))
+    dist = tmp_path / "dist"
+    sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
+    wheel = next(dist.glob("tlsweep-*.whl"))
+    sh(sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    python = sys.executable
     location = sh(python, "-c", "import tlsweep, sys; print(tlsweep.__file__)", cwd=elsewhere)
-    assert str(tmp_path / "venv") in location, "the test must exercise the installed copy"
+    assert str(site) in location, "the test must exercise the installed copy"
     help_text = sh(python, "-m", "tlsweep", "--help", cwd=elsewhere)
     backbones = sorted(path.stem for path in (REPO / "conf" / "backbone").glob("*.yaml"))
     assert f"backbone: {', '.join(backbones)}" in help_text and "hub_resnet" in backbones
@@ -46,7 +42,7 @@ def test_wheel_install_works_from_another_folder(tmp_path: Path) -> None:
         cwd=elsewhere,
     )
     assert int(weights.split()[-1]) > 100_000  # TensorFlow may print its start-up lines first
-    console = sh(str(tmp_path / "venv" / "bin" / "tlsweep"), "--cfg", "job", cwd=elsewhere)
+    console = sh(str(site / "bin" / "tlsweep"), "--cfg", "job", cwd=elsewhere)
     assert "name: tiny" in console
 
 
