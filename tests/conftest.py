@@ -47,6 +47,7 @@ FAST = [
     "finetune.finetune_epochs=1",
     "tuner.max_trials=2",
     "search.unfreeze_depths=[0,3]",
+    "finalists.top=0",  # the tests of finalists turn them on
     "verbose=false",
 ]
 

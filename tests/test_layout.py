@@ -7,13 +7,13 @@ from pathlib import Path
 
 from conftest import REPO
 
-# config → data → backbone → model → trial → tuner → job → records → export → report, with the
+# config → data → backbone → model → trial → tuner → records → finalists → job → export → report, with the
 # helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
     "errors", "settings", "files", "console", "config", "paths",
     "data", "hub", "backbones", "model", "cache", "batches",
-    "logs", "trial", "tuners", "identity", "device", "job",
-    "records", "evaluate", "export", "predict", "weights",
+    "logs", "trial", "tuners", "records", "finalists", "identity", "device", "job",
+    "evaluate", "export", "predict", "weights",
     "report.plots", "report.summary", "report.render", "report", "report.__main__",
     "callbacks", "__main__",
 ]  # fmt: skip

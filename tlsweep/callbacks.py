@@ -97,4 +97,8 @@ def winner_line(root: Path) -> str | None:
     exported = f"; model {root / 'best'}" if summary.sweep.export else ""
     report = f"; report {root / 'report.html'}" if (root / "report.html").is_file() else ""
     job = "" if len(summary.sweep.jobs) == 1 else f"{best['job']} "
-    return f"best: {job}trial_{best['trial']} {summary.metric} {best[summary.metric]:.4f}{tested}{exported}{report}"
+    value = f"{best[summary.metric]:.4f}"
+    if summary.winner:  # the answer is a configuration over seeds: its mean and interval
+        top = summary.finalists[0]
+        value = f"{top.mean:.4f} ± {(top.high - top.low) / 2:.4f} over {top.runs} seeds"
+    return f"best: {job}trial_{best['trial']} {summary.metric} {value}{tested}{exported}{report}"

@@ -31,7 +31,16 @@ import tlsweep
 from tlsweep import files
 from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError, first_line
-from tlsweep.records import Trial, best_entry, kept_epoch, load_sweep, ranking, reproduce_command, sweep_objective
+from tlsweep.records import (
+    Group,
+    Trial,
+    best_entry,
+    kept_epoch,
+    load_sweep,
+    reproduce_command,
+    sweep_objective,
+    winner,
+)
 from tlsweep.settings import QUANTIZE
 
 log = logging.getLogger(__name__)
@@ -45,11 +54,11 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     """Export the best trial of the run or sweep in ``root`` into ``root/best``; None if no trial completed."""
     sweep = load_sweep(root)
     objective = sweep_objective(sweep)
-    ranked = ranking(sweep, objective)
-    if not ranked:
+    found = winner(sweep, objective)
+    if found is None:
         log.warning("no trial completed in %s: nothing to export", root)
         return None
-    job, trial, _ = ranked[0]
+    job, trial, group = found
     best = {"job": job.name, "trial": trial.trial_id}
     model_file = job.path / files.BEST_MODEL
     if not model_file.is_file():
@@ -105,7 +114,8 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
             "trial": best["trial"],
             "metrics": _metrics(trial, objective),
             "hyperparameters": trial.record.get("hyperparameters", {}),
-            "reproduce": reproduce_command(job, trial.record.get("hyperparameters", {})),
+            "finalist": None if group is None else _finalist(group, objective),
+            "reproduce": reproduce_command(job, trial),
         }
         files.write_json(staging / files.EXPORT_RECORD, record)
         files.write_text(staging / files.MODEL_CARD, model_card(record, job.record, job.config, evaluation, target))
@@ -115,6 +125,18 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     test_note = f", test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} images" if evaluation else ""
     log.info("best model (%s trial_%s%s) exported to %s", job.name, best["trial"], test_note, target)
     return target
+
+
+def _finalist(group: Group, objective: str) -> dict[str, Any]:
+    """How the exported configuration did over its seeds, and which seed the model is."""
+    low, high = group.interval
+    return {
+        "objective": objective,
+        "mean": group.mean,
+        "interval": [low, high],
+        "runs": {t.trial_id: v for t, v in zip(group.runs, group.values, strict=True)},
+        "chosen": "the run closest to the configuration's mean",
+    }
 
 
 def _metrics(trial: Trial, objective: str) -> dict[str, float]:
@@ -226,6 +248,14 @@ def model_card(
         f"- Validation accuracy {metrics.get('val_accuracy', float('nan')):.4f} (the search chose this trial on it, "
         "so it is optimistic)",
     ]
+    finalist = record.get("finalist")
+    if finalist:
+        low, high = finalist["interval"]
+        lines.append(
+            f"- Over {len(finalist['runs'])} seeds its configuration scored {finalist['objective']} "
+            f"{finalist['mean']:.4f} on average (95% interval {low:.4f}–{high:.4f}); this model is the seed "
+            "closest to that mean"
+        )
     if evaluation:
         lines += [
             f"- Test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} held-out images (unbiased)",

@@ -1,15 +1,16 @@
 """Finalists: a job's best configurations trained again with more seeds, so its answer outlasts seed noise.
 
 One draw per configuration ranks luck as much as choices. After the search, the top
-``finalists.top`` configurations each run ``finalists.seeds - 1`` more times, with other seeds,
-on the same features and splits. Each run is recorded like a trial (``trials/trial_<id>.s<n>.json``,
-its TensorBoard run, resumable). The job's result is the configuration with the best mean, and its
-model is that configuration's run closest to the mean (``tlsweep.records.winner`` decides, from the
-records alone).
+``finalists.top`` configurations each run ``finalists.seeds - 1`` more times with other seeds, on
+the same features and splits. Each run is recorded like a trial (``trials/trial_<id>.s<n>.json``,
+its TensorBoard run; a resumed job skips the runs already recorded). The job's result is the
+configuration with the best mean, and its model is that configuration's run closest to the mean:
+``tlsweep.records.finalist_groups`` decides, from the records alone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +18,16 @@ from typing import Any
 
 from tlsweep import files
 from tlsweep.logs import BestModel, TrialLog
-from tlsweep.trial import TwoStageTrial, seed_keras, trial_seed
+from tlsweep.records import Sweep, Trial, finalist_groups, load_job, ranking
+from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
 
 
 class Chosen(dict):
-    """Hyperparameters already chosen (a finalist's), answering a trial's declarations with their values."""
+    """Hyperparameters already chosen (a finalist's): a trial's declarations get their values back."""
 
-    def get(self, name: str, default: Any = None) -> Any:  # noqa: D102  the hp.get a trial calls
-        return super().get(name, default)
-
-    def Float(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  KerasTuner's names
+    def Float(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  the names KerasTuner's hp uses
         return self[name]
 
     def Choice(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
@@ -39,97 +38,104 @@ class Chosen(dict):
 
 
 @dataclass
-class FinalistRuns:
+class Finalists:
     """Runs the finalists of one job: its top configurations, each with more seeds."""
 
     trial: TwoStageTrial
     job_dir: Path
-    context: dict[str, Any]  # what each run records beside its hyperparameters (as a search trial does)
+    context: dict[str, Any]  # what each run records beside its hyperparameters, as a search trial does
     seed: int
     top: int
     seeds: int
     verbose: bool
     logdir: Path
 
-    def run(self, completed: list[dict[str, Any]], best: BestModel) -> None:
-        """Train the extra seeds of the top configurations of ``completed`` (trial records), then keep
-        the winner's run closest to its mean as the job's best model."""
-        chosen = finalist_trials(completed, self.trial.settings.objective.name, self.top)
-        if not chosen or self.seeds < 2:
+    def run(self, best: BestModel) -> None:
+        """Train the extra seeds of the job's top configurations, then keep the winner's run closest to
+        its mean as the job's best model."""
+        job = load_job(self.job_dir, self.job_dir)
+        objective = self.trial.settings.objective.name
+        ranked = ranking(Sweep(job.path, [job]), objective)
+        originals = _distinct([t for _, t, _ in ranked if "finalist_of" not in t.record])
+        chosen = originals[: self.top]
+        if len(chosen) < 1 or self.seeds < 2:
             return
-        log.info(
-            "finalists: the top %d configurations, each with %d more seed(s)", len(chosen), self.seeds - 1
-        )
+        log.info("finalists: the top %d configurations, each with %d more seed(s)", len(chosen), self.seeds - 1)
         weights: dict[str, list[Any]] = {}
-        for rank, record in enumerate(chosen, 1):
+        for rank, original in enumerate(chosen, 1):
             for replicate in range(1, self.seeds):
-                weights.update(self._run(record, replicate, f"finalist {rank}/{len(chosen)}, seed {replicate + 1}"))
+                label = f"finalist {rank}/{len(chosen)} (trial_{original.trial_id}), seed {replicate + 1}/{self.seeds}"
+                weights.update(self._run(original, replicate, label))
         self._keep_winner(best, weights)
 
-    def _run(self, original: dict[str, Any], replicate: int, label: str) -> dict[str, list[Any]]:
-        """One more seed of a finalist; nothing when an earlier (resumed) run already recorded it."""
-        run_id = f"{original['trial_id']}.s{replicate}"
-        path = self.job_dir / files.TRIALS_DIR / f"trial_{run_id}.json"
-        if _completed(path):
+    def _run(self, original: Trial, replicate: int, label: str) -> dict[str, list[Any]]:
+        """One more seed of a finalist, and its weights; nothing when a resumed job already recorded it."""
+        run_id = f"{original.trial_id}.s{replicate}"
+        if _completed(self.job_dir / files.TRIALS_DIR / f"trial_{run_id}.json"):
             return {}
-        values = dict(original["hyperparameters"])
-        seed = trial_seed(self.seed, values, replicate)
-        context = {**self.context, "finalist_of": original["trial_id"], "replicate": replicate, "seed": seed}
-        trial_log = TrialLog(self.job_dir, run_id, label, values, context, self.verbose, self.logdir)
-        seed_keras(seed)
+        hp = Chosen(original.record["hyperparameters"])
+        seed = trial_seed(self.seed, dict(hp), replicate)
+        context = {**self.context, "finalist_of": original.trial_id, "replicate": replicate, "seed": seed}
+        trial_log = TrialLog(self.job_dir, run_id, label, dict(hp), context, self.verbose, self.logdir)
         trial_log.start()
-        hp = Chosen(values)
-        model = self.trial.build(hp)
         try:
-            summary = self.trial.fit(hp, model, trial_log=trial_log, seed=seed)
-        except Exception as e:  # a seed that diverges is a finding about the configuration, not a crash
+            model, summary = self._train(hp, seed, trial_log)
+        except TrialFailed as e:  # a seed that diverges is a finding about the configuration: recorded, not fatal
             trial_log.fail(e)
             return {}
         trial_log.finish(summary)
         trial_log.complete()
         objective = self.trial.settings.objective.name
-        log.info("%s done: %s %.4f (trial_%s)", label, objective, summary[objective], run_id)
+        log.info("%s done: %s %.4f", label, objective, summary[objective])
         return {run_id: model.get_weights()}
+
+    def _train(self, hp: Chosen, seed: int, trial_log: TrialLog | None = None) -> tuple[Any, dict[str, Any]]:
+        seed_keras(seed)
+        model = self.trial.build(hp)
+        return model, self.trial.fit(hp, model, trial_log=trial_log, seed=seed)
 
     def _keep_winner(self, best: BestModel, weights: dict[str, list[Any]]) -> None:
         """Make ``best.keras`` the winning configuration's run closest to its mean, as the records name it."""
-        from tlsweep.records import load_job, winner_of_job  # records come after the search in the pipeline
-
-        job = load_job(self.job_dir, self.job_dir)
-        found = winner_of_job(job)
-        if found is None:
+        groups = finalist_groups(load_job(self.job_dir, self.job_dir), self.trial.settings.objective.name)
+        if not groups:
             return
-        run, group = found
+        group = groups[0]
+        run = group.closest_to_mean()
+        low, high = group.interval
+        log.info(
+            "finalists done: trial_%s is best, %s %.4f on average over %d seeds (95%% interval %.4f–%.4f); "
+            "its model is the seed closest to that mean (trial_%s)",
+            group.trial_id,
+            self.trial.settings.objective.name,
+            group.mean,
+            len(group.values),
+            low,
+            high,
+            run.trial_id,
+        )
         if best.read().get("trial_id") == run.trial_id:
             return
-        model = self.trial.classifier.model
         if run.trial_id in weights:
+            model = self.trial.classifier.model
             model.set_weights(weights[run.trial_id])
-        else:  # a run of an earlier process (resumed) or the search's own: trained again, the same by its seed
+        else:  # the search's own run, or one of an earlier (resumed) process: trained again, the same by its seed
             hp = Chosen(run.record["hyperparameters"])
-            model = self.trial.build(hp)
-            seed_keras(int(run.record.get("seed", trial_seed(self.seed, dict(hp), 0))))
-            self.trial.fit(hp, model, seed=int(run.record.get("seed", trial_seed(self.seed, dict(hp), 0))))
-        best.keep(run.record, model, {"mean": group.mean, "interval": group.interval, "runs": len(group.values)})
+            model, _ = self._train(hp, trial_seed(self.seed, dict(hp), int(run.record.get("replicate", 0))))
+        best.keep(run.record, model, {"mean": group.mean, "interval": [low, high], "runs": len(group.values)})
 
 
-def finalist_trials(completed: list[dict[str, Any]], objective: str, top: int) -> list[dict[str, Any]]:
-    """The search trials of the ``top`` best distinct configurations, best first."""
-    minimise = objective.endswith("loss")
-    scored = [r for r in completed if isinstance(r.get(objective), (int, float)) and "finalist_of" not in r]
-    scored.sort(key=lambda r: r[objective] if minimise else -r[objective])
-    chosen, seen = [], set()
-    for record in scored:
-        key = tuple(sorted(record.get("hyperparameters", {}).items()))
+def _distinct(trials: list[Trial]) -> list[Trial]:
+    """The first trial of each configuration (its hyperparameters), in order."""
+    seen, found = set(), []
+    for trial in trials:
+        key = json.dumps(trial.record.get("hyperparameters", {}), sort_keys=True)
         if key not in seen:
             seen.add(key)
-            chosen.append(record)
-    return chosen[:top]
+            found.append(trial)
+    return found
 
 
 def _completed(path: Path) -> bool:
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
     except (OSError, ValueError):

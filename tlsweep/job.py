@@ -30,6 +30,7 @@ from tlsweep.cache import make_cache
 from tlsweep.data import ImageData, load_dataset
 from tlsweep.device import configure
 from tlsweep.errors import TlsweepError
+from tlsweep.finalists import Finalists
 from tlsweep.identity import check_folder, job_identity
 from tlsweep.logs import BestModel, format_value
 from tlsweep.model import SharedClassifier, augmentation
@@ -150,6 +151,18 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
         cache.prepare(classifier.network)  # the pretrained network, before a trial trains it
     log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
     _run_search(tuner, job_dir, int(cfg.tuner.max_consecutive_failed_trials))
+    if role is None and cfg.finalists.top > 0:  # a distributed search's chief trains nothing; its workers stop
+        finalists = Finalists(
+            trial,
+            job_dir,
+            job.recorded(trial.settings.objective.name),
+            int(cfg.seed),
+            int(cfg.finalists.top),
+            int(cfg.finalists.seeds),
+            bool(cfg.verbose),
+            job.logdir,
+        )
+        finalists.run(job.best)
     search_s = round(time.monotonic() - searching, 1)
     if cache is not None:
         store = cache.store
@@ -178,6 +191,7 @@ def _context(
         best=BestModel(job_dir, Objective(str(cfg.tuner.objective)), classes),
         verbose=bool(cfg.verbose),
         seed=int(cfg.seed),
+        replicate=int(cfg.finalists.replicate),
     )
 
 

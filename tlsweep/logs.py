@@ -217,14 +217,28 @@ class BestModel:
 
     def offer(self, record: dict[str, Any], model: keras.Model) -> dict[str, Any]:
         """Save ``model`` (trial ``record``'s, at its best epoch) when it beats the best so far; returns the best."""
-        value = record[self.objective.name]
         with files.locked(self.job_dir / ".best.lock"):
             best = self.read()  # another process may have saved a better trial meanwhile
-            if not best or self.objective.better(value, best["value"]):
-                origin = {"job": self.job_dir.name, "trial_id": record["trial_id"], "classes": self.classes}
-                files.save_model(model, self.job_dir / files.BEST_MODEL, origin)
-                files.write_text(self.job_dir / files.LABELS, "\n".join(self.classes) + "\n")
-                best = {"value": value, "trial_id": record["trial_id"], "hyperparameters": record["hyperparameters"]}
-                files.write_json(self.job_dir / files.BEST_RECORD, best)
+            if not best or self.objective.better(record[self.objective.name], best["value"]):
+                best = self._save(record, model)
+        return best
+
+    def keep(self, record: dict[str, Any], model: keras.Model, finalist: dict[str, Any]) -> dict[str, Any]:
+        """Save ``model`` as the job's best whatever its single value: the winning finalist's run closest
+        to its configuration's mean (``finalist``: the mean, its interval and the number of runs)."""
+        with files.locked(self.job_dir / ".best.lock"):
+            return self._save(record, model, finalist=finalist)
+
+    def _save(self, record: dict[str, Any], model: keras.Model, **extra: Any) -> dict[str, Any]:
+        origin = {"job": self.job_dir.name, "trial_id": record["trial_id"], "classes": self.classes}
+        files.save_model(model, self.job_dir / files.BEST_MODEL, origin)
+        files.write_text(self.job_dir / files.LABELS, "\n".join(self.classes) + "\n")
+        best = {
+            "value": record[self.objective.name],
+            "trial_id": record["trial_id"],
+            "hyperparameters": record["hyperparameters"],
+            **extra,
+        }
+        files.write_json(self.job_dir / files.BEST_RECORD, best)
         return best
 

@@ -9,9 +9,11 @@ export and the report rank trials the same way, here (``ranking``), and rerun on
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import socket
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,8 +213,7 @@ def ranking(sweep: Sweep, objective: str) -> list[tuple[Job, Trial, float]]:
         value = kept_epoch(trial, objective).get(objective) if trial.status == "completed" else None
         if isinstance(value, (int, float)):
             scored.append((job, trial, float(value)))
-    sign = 1 if minimised(objective) else -1
-    return sorted(scored, key=lambda s: (sign * s[2], s[0].name, _trial_order(s[1].path)))
+    return sorted(scored, key=lambda s: _rank_key(s[2], objective, s[0], s[1]))
 
 
 def sweep_objective(sweep: Sweep) -> str:
@@ -221,12 +222,78 @@ def sweep_objective(sweep: Sweep) -> str:
     return objectives.pop() if len(objectives) == 1 else "val_accuracy"
 
 
+@dataclass
+class Group:
+    """A configuration's runs: its search trial, then the finalist runs of it with other seeds."""
+
+    job: Job
+    runs: list[Trial]
+    values: list[float]
+
+    @property
+    def trial_id(self) -> str:
+        """The search trial the configuration was first tried in."""
+        return self.runs[0].trial_id
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% interval of the mean over seeds (Student's t): where the configuration's mean lies."""
+        n = len(self.values)
+        if n < 2:
+            return (self.mean, self.mean)
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, n - 1)) * statistics.stdev(self.values) / math.sqrt(n)
+        return (self.mean - half, self.mean + half)
+
+    def closest_to_mean(self) -> Trial:
+        """The run nearest the mean (the earliest such): the model that stands for the configuration."""
+        nearest = min(range(len(self.runs)), key=lambda i: (abs(self.values[i] - self.mean), i))
+        return self.runs[nearest]
+
+
+def finalist_groups(job: Job, objective: str) -> list[Group]:
+    """The job's finalists: each configuration that ran with more than one seed, best mean first."""
+    scores = {t.trial_id: kept_epoch(t, objective).get(objective) for t in job.trials if t.status == "completed"}
+    scored = [t for t in job.trials if isinstance(scores.get(t.trial_id), (int, float))]
+    groups = []
+    for trial in scored:
+        if trial.record.get("finalist_of") is None:
+            runs = [trial, *(t for t in scored if str(t.record.get("finalist_of")) == trial.trial_id)]
+            if len(runs) > 1:
+                groups.append(Group(job, runs, [float(scores[t.trial_id]) for t in runs]))
+    return sorted(groups, key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]))
+
+
+def winner(sweep: Sweep, objective: str) -> tuple[Job, Trial, Group | None] | None:
+    """What a sweep answers: the finalist configuration with the best mean of all jobs, as its run
+    closest to the mean; without finalists, the best single trial. None when no trial completed."""
+    groups = sorted(
+        (g for job in sweep.jobs for g in finalist_groups(job, objective)),
+        key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]),
+    )
+    if groups:
+        return groups[0].job, groups[0].closest_to_mean(), groups[0]
+    ranked = ranking(sweep, objective)
+    return (ranked[0][0], ranked[0][1], None) if ranked else None
+
+
+def _rank_key(value: float, objective: str, job: Job, trial: Trial) -> tuple:
+    return ((1 if minimised(objective) else -1) * value, job.name, _trial_order(trial.path))
+
+
 # Settings that reproduce one trial: its hyperparameters become a one-point search.
-_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner")
+_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner", "finalists")
 
 
-def reproduce_command(job: Job, hyperparameters: dict[str, Any]) -> str:
-    """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters."""
+def reproduce_command(job: Job, trial: Trial) -> str:
+    """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters, and its
+    seed (a finalist run's seed too): it trains the same, and gives the same metrics on CPU."""
+    hyperparameters = trial.record.get("hyperparameters", {})
     kept = [o for o in job.overrides if not _pinned(split_override(o)[0])]
     pinned = []
     if "learning_rate" in hyperparameters:
@@ -236,7 +303,9 @@ def reproduce_command(job: Job, hyperparameters: dict[str, Any]) -> str:
         pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
     if job.config.get("finetune", {}).get("mode", "top") == "top" and "unfreeze_depth" in hyperparameters:
         pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
-    pinned += ["tuner=random", "tuner.max_trials=1"]
+    pinned += ["tuner=random", "tuner.max_trials=1", "finalists.top=0"]
+    if trial.record.get("replicate"):
+        pinned.append(f"finalists.replicate={int(trial.record['replicate'])}")
     return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
 
 

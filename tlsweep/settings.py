@@ -96,6 +96,13 @@ class SearchConfig:
 
 
 @dataclass
+class FinalistsConfig:
+    top: int = 3
+    seeds: int = 3
+    replicate: int = 0
+
+
+@dataclass
 class FeatureCacheConfig:
     views: Optional[int] = None
     dtype: str = "float32"
@@ -132,6 +139,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    finalists: FinalistsConfig = field(default_factory=FinalistsConfig)
     seed: int = 0
     verbose: bool = True
     cache: bool = True
@@ -385,6 +393,12 @@ def _tuner(cfg: DictConfig) -> str | None:
         return f"tuner.max_trials={tuner.max_trials} must be at least 1"
     if tuner.max_consecutive_failed_trials < 1:
         return f"tuner.max_consecutive_failed_trials={tuner.max_consecutive_failed_trials} must be at least 1"
+    finalists = cfg.finalists
+    if finalists.top < 0 or finalists.seeds < 1 or finalists.replicate < 0:
+        return (
+            f"finalists.top={finalists.top}, seeds={finalists.seeds} and replicate={finalists.replicate} must be "
+            "whole numbers: top ≥ 0 (0: no finalists), seeds ≥ 1 (the search's own included), replicate ≥ 0"
+        )
     return None
 
 

@@ -8,6 +8,7 @@ does here; ``tlsweep.tuners`` only hands trials to KerasTuner.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import zlib
@@ -51,9 +52,12 @@ def stage_plan(
     return plan
 
 
-def trial_seed(seed: int, trial_id: str) -> int:
-    """The seed of one trial: fixed by the job's seed and the trial's id, not by what ran before it."""
-    return zlib.crc32(f"{seed}:{trial_id}".encode()) & 0x7FFFFFFF
+def trial_seed(seed: int, hyperparameters: dict[str, Any], replicate: int = 0) -> int:
+    """The seed of one run of a configuration: fixed by the job's seed, the trial's hyperparameters and
+    which of the configuration's seeds it is (0: the search's; finalists add 1, 2, …) — not by its
+    trial number or what ran before it, so a rerun of the same values trains the same."""
+    key = json.dumps({"seed": seed, "hyperparameters": hyperparameters, "replicate": replicate}, sort_keys=True)
+    return zlib.crc32(key.encode()) & 0x7FFFFFFF
 
 
 def seed_keras(seed: int) -> None:
@@ -155,12 +159,13 @@ class TwoStageTrial:
     def declare(self, hp: Any) -> dict[str, Any]:
         """Declare the searched hyperparameters on KerasTuner's ``hp`` and return this trial's values."""
         space = self.settings.space
-        values = {
-            "learning_rate": hp.Float(
+        if space.lr_min == space.lr_max:  # a pinned rate (a rerun): exactly it, not exp(log(it))
+            learning_rate = hp.Fixed("learning_rate", space.lr_min)
+        else:
+            learning_rate = hp.Float(
                 "learning_rate", space.lr_min, space.lr_max, sampling=space.lr_sampling, step=space.lr_step
-            ),
-            "optimizer": hp.Choice("optimizer", list(space.optimizers)),
-        }
+            )
+        values = {"learning_rate": learning_rate, "optimizer": hp.Choice("optimizer", list(space.optimizers))}
         if self.settings.mode == "top":
             values["unfreeze_depth"] = hp.Choice("unfreeze_depth", list(space.depths))
         elif self.settings.mode == "full":

@@ -47,6 +47,18 @@ class JobContext:
     best: BestModel
     verbose: bool = True
     seed: int = 0
+    replicate: int = 0  # which seed of each configuration the search's trials run (finalists.replicate)
+
+    def recorded(self, objective: str, worker: str | None = None) -> dict[str, Any]:
+        """What each trial's record holds beside its hyperparameters and history."""
+        return {
+            "sweep": self.sweep,
+            "choices": self.choices,
+            "settings": self.settings,
+            "objective": objective,
+            "data": self.data,
+            "worker": worker,
+        }
 
 
 class StopSearch(TlsweepError, kt.errors.FatalError):
@@ -88,18 +100,12 @@ class SweepTuner:
             trial.trial_id,
             self._label(trial),
             values,
-            {
-                "sweep": self.job.sweep,
-                "choices": self.job.choices,
-                "settings": self.job.settings,
-                "objective": self.oracle.objective.name,
-                "data": self.job.data,
-                "worker": self.tuner_id,
-            },
+            self.job.recorded(self.oracle.objective.name, self.tuner_id),
             self.job.verbose,
             self.job.logdir,
         )
-        seed = trial_seed(self.job.seed, trial.trial_id)
+        seed = trial_seed(self.job.seed, values, self.job.replicate)
+        trial_log.record["seed"] = seed
         seed_keras(seed)  # before the model is reset: its initial weights, its dropout
         try:
             trial_log.start()

@@ -16,7 +16,7 @@ import jinja2
 from tlsweep import files
 from tlsweep.records import reproduce_command
 from tlsweep.report import plots
-from tlsweep.report.summary import Summary, accuracy_interval
+from tlsweep.report.summary import Finalist, Summary, accuracy_interval
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -53,6 +53,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         trial = next(t for t in job.trials if t.trial_id == best["trial"])
         hyperparameters = trial.record.get("hyperparameters", {})
         setup = {k: best[k] for k in summary.setup_columns if best.get(k) is not None}
+        finalist = summary.finalists[0] if summary.winner else None
         headline = {
             "job": best["job"],
             "trial": best["trial"],
@@ -63,8 +64,9 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
             "best_epoch": best["best_epoch"],
             "best_stage": best["best_stage"],
             "stage2": best["stage2"],
-            "command": reproduce_command(job, hyperparameters),
-            "runner_up": _runner_up(summary),
+            "command": reproduce_command(job, trial),
+            "runner_up": _verdict(summary) if finalist else _runner_up(summary),
+            "finalist": None if finalist is None else _finalist_line(finalist, summary.metric),
         }
     statuses: dict[str, int] = {}
     for _, trial in sweep.trials:
@@ -92,6 +94,10 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         "jobs": jobs,
         "trial_counts": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none yet",
         "effects": summary.effects,
+        "finalists": [
+            {**f.__dict__, "name": _name(summary, f.job, f.trial)} for f in summary.finalists
+        ],
+        "noise_told": any(e.noise for e in summary.effects),
         "warnings": summary.warnings,
         "columns": summary.shown_columns,
         "constants": {k: _fmt(v, k) for k, v in summary.constants.items()},
@@ -137,6 +143,33 @@ def _interval(row: dict[str, Any], metric: str, n: int | None) -> str:
     return f"95% interval {low:.3f}–{high:.3f} on {n} validation images"
 
 
+def _span(finalist: dict[str, Any]) -> str:
+    return f"{_fmt(finalist['low'])}–{_fmt(finalist['high'])}"
+
+
+def _finalist_line(finalist: Finalist, metric: str) -> str:
+    return (
+        f"{metric} {_fmt(finalist.mean)} on average over {finalist.runs} seeds (95% interval "
+        f"{_fmt(finalist.low)}–{_fmt(finalist.high)}); the model is the seed closest to that mean"
+    )
+
+
+def _verdict(summary: Summary) -> str:
+    """In plain words: which finalists the winner beat beyond seed noise, and which it did not."""
+    first, *others = summary.finalists
+    name = _name(summary, first.job, first.trial)
+    close = [_name(summary, f.job, f.trial) for f in others if f.verdict == "within noise of the best"]
+    if not others:
+        return f"{name} is best; it was the only finalist"
+    if not close:
+        return f"{name} is best, beyond seed noise of every other finalist"
+    return f"{name} is best; {', '.join(close)} {'is' if len(close) == 1 else 'are'} within seed noise of it"
+
+
+def _name(summary: Summary, job: str, trial: str) -> str:
+    return f"trial_{trial}" if len(summary.sweep.jobs) == 1 else f"{job} trial_{trial}"
+
+
 def _runner_up(summary: Summary) -> str:
     """How far the second-best trial is, to say how clear the winner is."""
     if len(summary.ranked) < 2:
@@ -176,6 +209,7 @@ def to_markdown(context: dict[str, Any]) -> str:
             f"{context['metric']} {_fmt(h['value'])}**"
             + (f" ({h['interval']})" if h["interval"] else ""),
             "",
+            *([f"- {_md(h['finalist'])}"] if h["finalist"] else []),
             *[f"- {_md(k)}: {_md(_fmt(v))}" for k, v in {**h["setup"], **h["hyperparameters"]}.items()],
             f"- kept epoch {h['best_epoch']} ({h['best_stage']}); stage 2: {h['stage2']}",
             *([f"- {_md(h['runner_up'])}"] if h["runner_up"] else []),
@@ -201,11 +235,24 @@ def to_markdown(context: dict[str, Any]) -> str:
             for j in context["jobs"]
         ],
     )
+    if context["finalists"]:
+        lines += ["", f"## Finalists: the best configurations over several seeds ({context['metric']})", ""]
+        lines += _md_table(
+            ["configuration", "seeds", "mean", "95% interval of the mean", "worst", "best", "verdict"],
+            [
+                [f["name"], f["runs"], f["mean"], _span(f), f["worst"], f["best"], f["verdict"]]
+                for f in context["finalists"]
+            ],
+        )
     if context["effects"]:
         lines += ["", f"## Effect of each choice ({context['metric']})", ""]
+        noise = ["vs the group's best"] if context["noise_told"] else []
         lines += _md_table(
-            ["group", "value", "trials", "best", "median", "worst", "best trial"],
-            [[e.group, e.value, e.trials, e.best, e.median, e.worst, e.best_trial] for e in context["effects"]],
+            ["group", "value", "trials", "best", "median", "worst", "best trial", *noise],
+            [
+                [e.group, e.value, e.trials, e.best, e.median, e.worst, e.best_trial, *([e.noise] if noise else [])]
+                for e in context["effects"]
+            ],
         )
     if context["warnings"]:
         lines += ["", "## Overfitting", "", *[f"- {_md(w)}" for w in context["warnings"]]]
@@ -257,6 +304,7 @@ def to_html(context: dict[str, Any], summary: Summary, top: int) -> str:
         loader=jinja2.PackageLoader("tlsweep.report"), autoescape=True, undefined=jinja2.StrictUndefined
     )
     environment.filters["fmt"] = _fmt
+    environment.filters["span"] = _span
     return environment.get_template("report.html.j2").render(**context, plots=_plots(summary, top))
 
 

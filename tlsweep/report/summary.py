@@ -9,12 +9,23 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tlsweep.config import split_override
-from tlsweep.records import Job, Sweep, Trial, best_entry, kept_epoch, ranking, sweep_objective
+from tlsweep.records import (
+    Group,
+    Job,
+    Sweep,
+    Trial,
+    best_entry,
+    finalist_groups,
+    kept_epoch,
+    ranking,
+    sweep_objective,
+    winner,
+)
 from tlsweep.settings import minimised
 
 CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
@@ -31,6 +42,11 @@ METRIC_COLUMNS = (
     "best_stage",
     "stage2",
     "epochs",
+    "seed",
+    "finalist_of",  # a finalist run: the search trial whose configuration it repeats with another seed
+    "mean_over_seeds",  # a finalist's runs: their mean, and the 95% interval of that mean
+    "interval_low",
+    "interval_high",
     "duration_s",
     "overfitting",
     "error",
@@ -66,6 +82,22 @@ class Effect:
     median: float
     worst: float
     best_trial: str
+    noise: str = ""  # "within seed noise" or "beyond seed noise" of the group's best value, when finalists tell
+
+
+@dataclass
+class Finalist:
+    """A configuration run with several seeds: how it did on average, and against the winner."""
+
+    job: str
+    trial: str
+    runs: int
+    mean: float
+    low: float
+    high: float
+    worst: float
+    best: float
+    verdict: str  # "best", "within noise of the best" or "behind the best"
 
 
 @dataclass
@@ -80,7 +112,8 @@ class Summary:
     hyperparameter_columns: list[str]
     effects: list[Effect]
     warnings: list[str]
-
+    finalists: list[Finalist] = field(default_factory=list)  # best mean first: the first is the answer
+    winner: tuple[str, str] | None = None  # (job, trial) of the run that stands for the answer
     @property
     def constants(self) -> dict[str, Any]:
         """Setup and hyperparameter columns with one value in every trial: said once, not in every row."""
@@ -103,6 +136,9 @@ class Summary:
 
     @property
     def best(self) -> dict[str, Any] | None:
+        """The row of the answer: the winning finalist's run closest to its mean, else the best trial."""
+        if self.winner is not None:
+            return next((r for r in self.table.rows if (r["job"], r["trial"]) == self.winner), None)
         return self.ranked[0] if self.ranked else None
 
     @property
@@ -117,6 +153,8 @@ def summarize(sweep: Sweep) -> Summary:
     maximize = not minimised(objective)
     varying = _varying_overrides(sweep.jobs)
     rows = [_row(job, trial, objective, varying, sweep.root) for job, trial in sweep.trials]
+    groups = [g for job in sweep.jobs for g in finalist_groups(job, objective)]
+    _add_group_columns(rows, groups)
     ranks = {(job.name, trial.trial_id): n for n, (job, trial, _) in enumerate(ranking(sweep, objective), 1)}
     for row in rows:
         row["rank"] = ranks.get((row["job"], row["trial"]))
@@ -127,13 +165,76 @@ def summarize(sweep: Sweep) -> Summary:
         row.update({k: choices.get(k) for k in choice_keys}, **{k: hps.get(k) for k in hp_keys})
     columns = ["rank", "job", "trial", "status", *choice_keys, *varying, *hp_keys, *METRIC_COLUMNS]
     table = Table(columns, sorted(rows, key=_display_order))
+    noise = _seed_noise(groups)
+    searched = [r for r in table.rows if r.get("finalist_of") is None]  # a finalist's extra seeds repeat a trial
     effects = []
     for group in dict.fromkeys(g for g in (*GROUPS, *choice_keys, *varying) if g in columns):
-        group_effect = group_effects(table.rows, group, metric, maximize, name_jobs=len(sweep.jobs) > 1)
+        group_effect = group_effects(searched, group, metric, maximize, name_jobs=len(sweep.jobs) > 1)
         if len(group_effect) > 1:  # one value everywhere shows no effect
-            effects += group_effect
+            effects += _mark_noise(group_effect, noise)
     warnings = [f"{r['job']} trial_{r['trial']}: {r['overfitting']}" for r in table.rows if r["overfitting"]]
-    return Summary(sweep, objective, metric, table, [*choice_keys, *varying], hp_keys, effects, warnings)
+    found = winner(sweep, objective)
+    return Summary(
+        sweep,
+        objective,
+        metric,
+        table,
+        [*choice_keys, *varying],
+        hp_keys,
+        effects,
+        warnings,
+        _finalists(groups, objective),
+        (found[0].name, found[1].trial_id) if found and found[2] is not None else None,
+    )
+
+
+def _add_group_columns(rows: list[dict[str, Any]], groups: list[Group]) -> None:
+    """Each finalist run's row gets its configuration's mean over seeds and that mean's 95% interval."""
+    by_run = {(g.job.name, t.trial_id): g for g in groups for t in g.runs}
+    for row in rows:
+        group = by_run.get((row["job"], row["trial"]))
+        low, high = group.interval if group else (None, None)
+        row.update(mean_over_seeds=group.mean if group else None, interval_low=low, interval_high=high)
+
+
+def _finalists(groups: list[Group], objective: str) -> list[Finalist]:
+    """The finalists of every job, best mean first, each judged against the first: an interval that
+    overlaps the winner's is within seed noise of it."""
+    ordered = sorted(groups, key=lambda g: (g.mean if minimised(objective) else -g.mean, g.job.name))
+    found = []
+    for i, group in enumerate(ordered):
+        low, high = group.interval
+        top_low, top_high = ordered[0].interval
+        overlaps = low <= top_high and top_low <= high
+        verdict = "best" if i == 0 else ("within noise of the best" if overlaps else "behind the best")
+        found.append(
+            Finalist(
+                group.job.name, group.trial_id, len(group.values), group.mean, low, high,
+                min(group.values) if not minimised(objective) else max(group.values),
+                max(group.values) if not minimised(objective) else min(group.values),
+                verdict,
+            )
+        )  # fmt: skip
+    return found
+
+
+def _seed_noise(groups: list[Group]) -> float | None:
+    """How much one configuration's result moves with the seed alone: the pooled standard deviation of
+    the finalists' runs (None without finalists)."""
+    spreads = [(len(g.values) - 1, statistics.variance(g.values)) for g in groups if len(g.values) > 1]
+    freedom = sum(n for n, _ in spreads)
+    return math.sqrt(sum(n * v for n, v in spreads) / freedom) if freedom else None
+
+
+def _mark_noise(effects: list[Effect], noise: float | None) -> list[Effect]:
+    """Say which values' best results differ from the group's best by more than seed noise: two single
+    draws differ by more than 1.96·√2·σ by chance only one time in twenty."""
+    if noise is None or not effects:
+        return effects
+    margin = 1.96 * math.sqrt(2) * noise
+    for effect in effects[1:]:
+        effect.noise = "beyond seed noise" if abs(effects[0].best - effect.best) > margin else "within seed noise"
+    return effects
 
 
 def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path) -> dict[str, Any]:
@@ -162,6 +263,8 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path)
         "best_stage": best.get("stage"),
         "stage2": _stage2(record, history, completed),
         "epochs": len(history),
+        "seed": record.get("seed"),
+        "finalist_of": record.get("finalist_of"),
         "duration_s": record.get("duration_s"),
         "overfitting": overfitting(history),
         "error": trial.error,

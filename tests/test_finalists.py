@@ -1,0 +1,74 @@
+"""A winner that holds up: finalists re-run over seeds, the best mean wins, and the report's rerun
+command gives exactly the number the report shows."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import FAST, make_image_folder, run_cli
+
+from tlsweep.records import Sweep, finalist_groups, load_job, winner
+from tlsweep.report.summary import summarize
+
+
+def write_trial(job: Path, trial_id: str, value: float, hyperparameters: dict, **extra) -> None:
+    history = [{"epoch": 1, "stage": "head", "loss": 1.0, "accuracy": value, "val_loss": 1.0, "val_accuracy": value}]
+    record = {
+        "trial_id": trial_id, "status": "completed", "hyperparameters": hyperparameters, "history": history,
+        "best_epoch": 1, "val_accuracy": value, "stages": {"head": {"value": value, "epoch": 1}}, **extra,
+    }  # fmt: skip
+    (job / "trials").mkdir(parents=True, exist_ok=True)
+    (job / "trials" / f"trial_{trial_id}.json").write_text(json.dumps(record))
+
+
+def test_the_best_mean_wins_not_the_luckiest_draw(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    lucky, steady = {"learning_rate": 0.01}, {"learning_rate": 0.001}
+    write_trial(job, "0", 0.95, lucky)  # one lucky draw ...
+    write_trial(job, "0.s1", 0.60, lucky, finalist_of="0", replicate=1)
+    write_trial(job, "0.s2", 0.65, lucky, finalist_of="0", replicate=2)
+    write_trial(job, "1", 0.85, steady)  # ... against a configuration that holds up
+    write_trial(job, "1.s1", 0.84, steady, finalist_of="1", replicate=1)
+    write_trial(job, "1.s2", 0.86, steady, finalist_of="1", replicate=2)
+    (job / "job.json").write_text(json.dumps({"status": "completed"}))
+    groups = finalist_groups(load_job(job, job), "val_accuracy")
+    assert [g.trial_id for g in groups] == ["1", "0"] and groups[0].mean == pytest.approx(0.85)
+    low, high = groups[0].interval
+    assert low < 0.85 < high and high - low < 0.1
+    found_job, run, group = winner(Sweep(job, [load_job(job, job)]), "val_accuracy")
+    assert run.trial_id == "1" and group.trial_id == "1"  # 0.85 is the seed closest to the mean
+    summary = summarize(Sweep(job, [load_job(job, job)]))
+    assert summary.best["trial"] == "1" and [f.verdict for f in summary.finalists] == ["best", "behind the best"]
+
+
+@pytest.mark.slow
+def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(tmp_path: Path) -> None:
+    images = make_image_folder(tmp_path / "images")
+    settings = [a for a in FAST if not a.startswith(("finalists", "tuner.max_trials"))]
+    args = ["dataset=folder", f"dataset.path={images}", *settings, "tuner.max_trials=3", "finalists.top=2"]
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stdout
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    records = {p.stem.removeprefix("trial_"): json.loads(p.read_text()) for p in (run / "trials").glob("*.json")}
+    assert len(records) == 3 + 2 * 2  # three search trials; two finalists, each with two more seeds
+    groups = finalist_groups(load_job(run, run), "val_accuracy")
+    assert [len(g.values) for g in groups] == [3, 3]
+    exported = json.loads((run / "best" / "export.json").read_text())
+    assert exported["finalist"]["mean"] == pytest.approx(max(g.mean for g in groups))  # the best mean wins
+    assert exported["trial"] == groups[0].closest_to_mean().trial_id
+    markdown = (run / "report.md").read_text()
+    assert "## Finalists" in markdown and "is best" in markdown
+
+    command = re.search(r"```\n(python -m tlsweep .*)\n```", markdown).group(1)
+    again = run_cli(shlex.split(command)[3:], tmp_path)
+    assert again.returncode == 0, again.stdout
+    rerun = next(p for p in (tmp_path / "outputs" / "runs").iterdir() if p != run)
+    (record,) = [json.loads(p.read_text()) for p in (rerun / "trials").glob("*.json")]
+    original = records[exported["trial"]]
+    assert record["val_accuracy"] == original["val_accuracy"]  # exactly: the same seed, data and steps
+    metrics = ("loss", "accuracy", "val_loss", "val_accuracy")
+    assert [[e[k] for k in metrics] for e in record["history"]] == [[e[k] for k in metrics] for e in original["history"]]
