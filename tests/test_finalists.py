@@ -34,15 +34,20 @@ def test_the_best_mean_wins_not_the_luckiest_draw(tmp_path: Path) -> None:
     write_trial(job, "1", 0.85, steady)  # ... against a configuration that holds up
     write_trial(job, "1.s1", 0.84, steady, finalist_of="1", replicate=1)
     write_trial(job, "1.s2", 0.86, steady, finalist_of="1", replicate=2)
+    weak = {"learning_rate": 0.0001}
+    for run_id, value in (("2", 0.50), ("2.s1", 0.51), ("2.s2", 0.52)):
+        extra = {"finalist_of": "2", "replicate": int(run_id[-1])} if "." in run_id else {}
+        write_trial(job, run_id, value, weak, **extra)
     (job / "job.json").write_text(json.dumps({"status": "completed"}))
     groups = finalist_groups(load_job(job, job), "val_accuracy")
-    assert [g.trial_id for g in groups] == ["1", "0"] and groups[0].mean == pytest.approx(0.85)
+    assert [g.trial_id for g in groups] == ["1", "0", "2"] and groups[0].mean == pytest.approx(0.85)
     low, high = groups[0].interval
     assert low < 0.85 < high and high - low < 0.1
     found_job, run, group = winner(Sweep(job, [load_job(job, job)]), "val_accuracy")
     assert run.trial_id == "1" and group.trial_id == "1"  # 0.85 is the seed closest to the mean
     summary = summarize(Sweep(job, [load_job(job, job)]))
-    assert summary.best["trial"] == "1" and [f.verdict for f in summary.finalists] == ["best", "behind the best"]
+    verdicts = [f.verdict for f in summary.finalists]  # three seeds of the lucky one cannot rule it out; the weak one
+    assert summary.best["trial"] == "1" and verdicts == ["best", "within noise of the best", "behind the best"]
 
 
 @pytest.mark.slow
@@ -71,4 +76,5 @@ def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(
     original = records[exported["trial"]]
     assert record["val_accuracy"] == original["val_accuracy"]  # exactly: the same seed, data and steps
     metrics = ("loss", "accuracy", "val_loss", "val_accuracy")
-    assert [[e[k] for k in metrics] for e in record["history"]] == [[e[k] for k in metrics] for e in original["history"]]
+    per_epoch = [[[e[k] for k in metrics] for e in r["history"]] for r in (record, original)]
+    assert per_epoch[0] == per_epoch[1]
