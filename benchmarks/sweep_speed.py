@@ -50,6 +50,7 @@ def search_args(trials: int, head: int, finetune: int) -> list[str]:
         "search.optimizers=[adam,sgd]",
         f"finetune.head_epochs={head}",
         f"finetune.finetune_epochs={finetune}",
+        "finalists.top=0",  # the search alone, both ways: finalists would add the same extra runs to each
         "verbose=false",
         "report.enabled=false",
         "export.enabled=false",

@@ -75,10 +75,12 @@ def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
     assert (run_dir / "report.html").is_file() and "report written to" in result.stdout
     evaluation = json.loads((run_dir / "best" / "evaluation.json").read_text())  # the demo holds out a test split
     assert evaluation["images"] > 100 and f"test accuracy {evaluation['accuracy']:.4f}" in result.stdout
-    best = json.loads((run_dir / "job.json").read_text())["best"]
+    best = json.loads((run_dir / "job.json").read_text())["best"]  # the winning finalist's seed nearest its mean
+    mean, (low, high) = best["finalist"]["mean"], best["finalist"]["interval"]
     assert result.stdout.strip().splitlines()[-1] == (
-        f"best: trial_{best['trial_id']} val_accuracy {best['value']:.4f}, test accuracy {evaluation['accuracy']:.4f}; "
-        f"model {run_dir.resolve() / 'best'}; report {run_dir.resolve() / 'report.html'}"
+        f"best: trial_{best['trial_id']} val_accuracy {mean:.4f} ± {(high - low) / 2:.4f} over 3 seeds, "
+        f"test accuracy {evaluation['accuracy']:.4f}; model {run_dir.resolve() / 'best'}; "
+        f"report {run_dir.resolve() / 'report.html'}"
     )
     # the terminal shows tlsweep's lines; TensorFlow's own go to the job's log
     assert not [line for line in result.stdout.splitlines() if any(n in line for n in TENSORFLOW_NOISE)]

@@ -33,7 +33,7 @@ def trained(tmp_path_factory) -> dict:
     images = make_image_folder(root / "images", per_class=16)
     run = root / "run"
     overrides = ["dataset=folder", f"dataset.path={images}", "augmentation=light", "dataset.test_split=0.25", *FAST]
-    learn_fast = ["finetune.head_epochs=4", "search.optimizers=[adam]", "search.learning_rate.min=5e-3"]
+    learn_fast = ["finetune.head_epochs=6", "search.optimizers=[adam]", "search.learning_rate.min=5e-3"]
     cfg = make_config([*overrides, *learn_fast])
     run_job(cfg, run, CHOICES)
     data = load_dataset(cfg.dataset, 32)

@@ -153,6 +153,7 @@ class TrialLog(keras.callbacks.Callback):
         values = {"sweep": self.record.get("sweep", ""), "job": self.record["job"]}
         values.update(self.record.get("choices", {}), **self.record["hyperparameters"])
         values.update(self.record.get("settings", {}))
+        values.update(trial_seed=self.record.get("seed", ""), finalist_of=self.record.get("finalist_of") or "")
         values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
         with self._writer() as writer, writer.as_default():
             hparams_api.hparams(values, trial_id=self.session_name)
