@@ -15,7 +15,6 @@ Writes ``<run or sweep folder>/best/``::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shlex
@@ -31,6 +30,7 @@ import tlsweep
 from tlsweep import files
 from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError, first_line
+from tlsweep.paths import folder_command
 from tlsweep.records import (
     Group,
     Trial,
@@ -282,12 +282,11 @@ def model_card(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tlsweep.export FOLDER``: export a run's or sweep's best model; one error line on failure."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tlsweep.export",
-        description="Export the best model of a tlsweep run or sweep into its best/ folder, and test it once on "
-        "the held-out images.",
+    parser = folder_command(
+        "python -m tlsweep.export",
+        "Export the best model of a tlsweep run or sweep into its best/ folder, and test it once on the held-out "
+        "images.",
     )
-    parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
     parser.add_argument("--no-saved-model", action="store_true", help="skip the TensorFlow SavedModel")
     parser.add_argument("--tflite", action="store_true", help="also write model.tflite")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="TFLite weights (default none)")

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from tlsweep.errors import TlsweepError
+from tlsweep.paths import folder_command
 from tlsweep.report import DEFAULT_TOP, build_report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Build the report; one ``error:`` line and exit code 1 on a user error."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tlsweep.report",
-        description="Compare every trial of every job of a tlsweep sweep (or run) in report.html, "
-        "report.md and trials.csv, written into the folder. Works while the sweep runs and after a crash.",
+    parser = folder_command(
+        "python -m tlsweep.report",
+        "Compare every trial of every job of a tlsweep sweep (or run) in report.html, report.md and trials.csv, "
+        "written into the folder. Works while the sweep runs and after a crash.",
     )
-    parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
     parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="trials whose curves are plotted (default 5)")
     args = parser.parse_args(argv)
     try:
