@@ -78,3 +78,30 @@ def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(
     metrics = ("loss", "accuracy", "val_loss", "val_accuracy")
     per_epoch = [[[e[k] for k in metrics] for e in r["history"]] for r in (record, original)]
     assert per_epoch[0] == per_epoch[1]
+
+
+def test_refit_exports_the_winner_retrained_on_training_and_validation_images(tmp_path: Path) -> None:
+    from conftest import make_config
+    from omegaconf import OmegaConf
+
+    from tlsweep.export import export_best
+    from tlsweep.job import run_job
+    from tlsweep.predict import load_predictor
+
+    images = make_image_folder(tmp_path / "images")
+    settings = [a for a in FAST if not a.startswith("finalists")]
+    finalists = ["finalists.top=1", "finalists.seeds=2", "finalists.refit=true"]
+    cfg = make_config(["dataset=folder", f"dataset.path={images}", *settings, *finalists])
+    job = tmp_path / "job"
+    run_job(cfg, job, {"backbone": "tiny", "dataset": "folder"})
+    (group,) = finalist_groups(load_job(job, job), "val_accuracy")
+    refit = json.loads((job / "trials" / f"trial_{group.trial_id}.refit.json").read_text())
+    chosen = group.closest_to_mean().record
+    assert refit["status"] == "completed" and refit["refit_of"] == group.trial_id
+    assert len(refit["history"]) == chosen["best_epoch"]  # its best epoch count, nothing to choose from
+    assert refit["train_images"] == chosen["data"]["train_images"] + chosen["data"]["val_images"]
+    export = export_best(job, OmegaConf.create({"saved_model": False, "tflite": False, "quantize": "none"}))
+    record = json.loads((export / "export.json").read_text())
+    assert record["trial"] == f"{group.trial_id}.refit"
+    assert "retrained on training + validation" in record["finalist"]["chosen"]
+    assert load_predictor(export).classes == ["cat", "dog", "fox"]

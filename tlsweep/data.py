@@ -44,6 +44,18 @@ class ImageData:
     x_test: np.ndarray | None = None  # held out from the search; evaluated once, on the best model
     y_test: np.ndarray | None = None
 
+    def merged(self) -> ImageData:
+        """These images with the validation images moved into training (for a final refit: nothing is
+        held out; the validation arrays stay for shape only)."""
+        return ImageData(
+            np.concatenate([self.x_train, self.x_val]),
+            np.concatenate([self.y_train, self.y_val]),
+            self.x_val,
+            self.y_val,
+            self.class_names,
+            f"{self.description}, validation images included",
+        )
+
     def summary(self) -> str:
         """One line saying what was loaded, for the job log."""
         line = (

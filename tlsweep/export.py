@@ -114,7 +114,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
             "trial": best["trial"],
             "metrics": _metrics(trial, objective),
             "hyperparameters": trial.record.get("hyperparameters", {}),
-            "finalist": None if group is None else _finalist(group, objective),
+            "finalist": None if group is None else _finalist(group, objective, trial),
             "reproduce": reproduce_command(job, trial),
         }
         files.write_json(staging / files.EXPORT_RECORD, record)
@@ -127,15 +127,19 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     return target
 
 
-def _finalist(group: Group, objective: str) -> dict[str, Any]:
-    """How the exported configuration did over its seeds, and which seed the model is."""
+def _finalist(group: Group, objective: str, trial: Trial) -> dict[str, Any]:
+    """How the exported configuration did over its seeds, and which run the model is."""
     low, high = group.interval
+    epochs = trial.record.get("best_epoch")
+    chosen = "the seed closest to the configuration's mean"
+    if trial.record.get("refit_of"):
+        chosen = f"the configuration retrained on training + validation images for {epochs} epochs (finalists.refit)"
     return {
         "objective": objective,
         "mean": group.mean,
         "interval": [low, high],
         "runs": {t.trial_id: v for t, v in zip(group.runs, group.values, strict=True)},
-        "chosen": "the run closest to the configuration's mean",
+        "chosen": chosen,
     }
 
 
@@ -253,8 +257,8 @@ def model_card(
         low, high = finalist["interval"]
         lines.append(
             f"- Over {len(finalist['runs'])} seeds its configuration scored {finalist['objective']} "
-            f"{finalist['mean']:.4f} on average (95% interval {low:.4f}–{high:.4f}); this model is the seed "
-            "closest to that mean"
+            f"{finalist['mean']:.4f} on average (95% interval {low:.4f}–{high:.4f}); this model is "
+            f"{finalist['chosen']}"
         )
     if evaluation:
         lines += [

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tlsweep import files
+from tlsweep.batches import Source
 from tlsweep.logs import BestModel, TrialLog
 from tlsweep.records import Sweep, Trial, finalist_groups, load_job, ranking
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
@@ -49,6 +51,7 @@ class Finalists:
     seeds: int
     verbose: bool
     logdir: Path
+    refit: Callable[[], Source] | None = None  # finalists.refit: the training + validation images, as a source
 
     def run(self, best: BestModel) -> None:
         """Train the extra seeds of the job's top configurations, then keep the winner's run closest to
@@ -113,6 +116,11 @@ class Finalists:
             high,
             run.trial_id,
         )
+        summary = {"mean": group.mean, "interval": [low, high], "runs": len(group.values)}
+        if self.refit is not None:
+            record, model = self._refit(run)
+            best.keep(record, model, {**summary, "refit_of": run.trial_id})
+            return
         if best.read().get("trial_id") == run.trial_id:
             return
         if run.trial_id in weights:
@@ -121,7 +129,26 @@ class Finalists:
         else:  # the search's own run, or one of an earlier (resumed) process: trained again, the same by its seed
             hp = Chosen(run.record["hyperparameters"])
             model, _ = self._train(hp, trial_seed(self.seed, dict(hp), int(run.record.get("replicate", 0))))
-        best.keep(run.record, model, {"mean": group.mean, "interval": [low, high], "runs": len(group.values)})
+        best.keep(run.record, model, summary)
+
+    def _refit(self, run: Trial) -> tuple[dict[str, Any], Any]:
+        """The winning configuration retrained on training + validation images for the epochs its chosen run
+        kept, recorded as ``trial_<id>.refit``."""
+        source = self.refit()
+        hp = Chosen(run.record["hyperparameters"])
+        seed = trial_seed(self.seed, dict(hp), int(run.record.get("replicate", 0)))
+        epochs = int(run.record["best_epoch"])
+        group_id = str(run.record.get("finalist_of") or run.trial_id)
+        context = {**self.context, "refit_of": group_id, "seed": seed, "train_images": len(source.train.labels)}
+        trial_log = TrialLog(self.job_dir, f"{group_id}.refit", "refit", dict(hp), context, self.verbose, self.logdir)
+        trial_log.start()
+        seed_keras(seed)
+        model = self.trial.build(hp)
+        self.trial.refit(hp, model, source, epochs, trial_log, seed)
+        trial_log.finish({"best_epoch": epochs, "best_stage": trial_log.stage, "rolled_back": False, "stages": {}})
+        trial_log.complete()
+        log.info("refit: trial_%s's configuration, %d epochs on %d images", group_id, epochs, len(source.train.labels))
+        return trial_log.record, model
 
 
 def _distinct(trials: list[Trial]) -> list[Trial]:

@@ -161,6 +161,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
             int(cfg.finalists.seeds),
             bool(cfg.verbose),
             job.logdir,
+            refit=(lambda: PlainData(data.merged(), batch_size)) if cfg.finalists.refit else None,
         )
         finalists.run(job.best)
     search_s = round(time.monotonic() - searching, 1)

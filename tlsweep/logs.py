@@ -220,7 +220,7 @@ class BestModel:
         """Save ``model`` (trial ``record``'s, at its best epoch) when it beats the best so far; returns the best."""
         with files.locked(self.job_dir / ".best.lock"):
             best = self.read()  # another process may have saved a better trial meanwhile
-            if not best or self.objective.better(record[self.objective.name], best["value"]):
+            if not best or best["value"] is None or self.objective.better(record[self.objective.name], best["value"]):
                 best = self._save(record, model)
         return best
 
@@ -235,7 +235,7 @@ class BestModel:
         files.save_model(model, self.job_dir / files.BEST_MODEL, origin)
         files.write_text(self.job_dir / files.LABELS, "\n".join(self.classes) + "\n")
         best = {
-            "value": record[self.objective.name],
+            "value": record.get(self.objective.name),  # a refit has no held-out value
             "trial_id": record["trial_id"],
             "hyperparameters": record["hyperparameters"],
             **extra,

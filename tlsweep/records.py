@@ -277,7 +277,12 @@ def winner(sweep: Sweep, objective: str) -> tuple[Job, Trial, Group | None] | No
         key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]),
     )
     if groups:
-        return groups[0].job, groups[0].closest_to_mean(), groups[0]
+        top = groups[0]
+        refit = next(  # finalists.refit: the winner retrained on training + validation images stands for it
+            (t for t in top.job.trials if t.status == "completed" and str(t.record.get("refit_of")) == top.trial_id),
+            None,
+        )
+        return top.job, refit or top.closest_to_mean(), top
     ranked = ranking(sweep, objective)
     return (ranked[0][0], ranked[0][1], None) if ranked else None
 

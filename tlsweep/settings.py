@@ -100,6 +100,7 @@ class FinalistsConfig:
     top: int = 3
     seeds: int = 3
     replicate: int = 0
+    refit: bool = False
 
 
 @dataclass

@@ -199,7 +199,7 @@ class TwoStageTrial:
             best.stage = stage
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
-            self._fit_stage(hp, model, stage, (first, end), best, trial_log, seed)
+            self._fit_stage(hp, model, stage, (first, end), self.source, [best], trial_log, seed)
             if best.diverged_at is not None:
                 raise TrialFailed(
                     f"the loss became NaN, infinite or exploded (> {DIVERGED_LOSS:g}) at epoch {best.diverged_at} "
@@ -216,27 +216,42 @@ class TwoStageTrial:
             "rolled_back": best.rolled_back,
         }
 
+    def refit(self, hp: Any, model: keras.Model, source: Source, epochs: int, trial_log: TrialLog, seed: int) -> None:
+        """Train the configuration for exactly ``epochs`` on ``source`` and keep the last epoch: the winner
+        retrained on training + validation images for its best epoch count (nothing is held out to choose by)."""
+        head = self.settings.head_epochs
+        plan = [("head", 0, min(epochs, head))]
+        if epochs > head and self.settings.finetune_epochs:
+            plan.append(("finetune", head, epochs))
+        for stage, first, end in plan:
+            trial_log.begin_stage(stage, epochs)
+            self._fit_stage(hp, model, stage, (first, end), source, [], trial_log, seed)
+            if any(e["loss"] is None for e in trial_log.record["history"]):  # NaN or infinite
+                raise TrialFailed("the loss became NaN or infinite while refitting")
+
     def _fit_stage(
         self,
         hp: Any,
         model: keras.Model,
         stage: str,
         epochs: tuple[int, int],
-        best: BestWeights,
+        source: Source,
+        keep: list[keras.callbacks.Callback],
         trial_log: TrialLog | None,
         seed: int,
     ) -> None:
-        """One stage: compile (or reuse) what trains at this depth, then fit it from ``epochs[0]`` to ``epochs[1]``."""
+        """One stage: compile (or reuse) what trains at this depth on ``source``, then fit it from
+        ``epochs[0]`` to ``epochs[1]``; ``keep`` (the best epoch's keeper) sees each validated epoch."""
         depth, learning_rate, name = 0, float(hp.get("learning_rate")), str(hp.get("optimizer"))
         if stage == "finetune":
             depth = int(hp.get("unfreeze_depth"))
             unfreeze_top(model, depth)
             learning_rate *= self.settings.lr_scale
-        make_model = partial(self.source.part, model, depth)
+        make_model = partial(source.part, model, depth)
         make_optimizer = partial(instantiate, self.settings.optimizers[name], learning_rate=learning_rate)
-        trainer = self.classifier.trainer((depth, name), make_model, make_optimizer, learning_rate)
-        evaluator = self.classifier.evaluator(self.source.cut(depth), make_model)
-        train, val = self.source.batches(depth, seed)
+        trainer = self.classifier.trainer((source.cut(depth), depth, name), make_model, make_optimizer, learning_rate)
+        train, val = source.batches(depth, seed)
+        validate = [Validate(self.classifier.evaluator(source.cut(depth), make_model), val.dataset())] if keep else []
         recording = trial_log.callbacks() if trial_log else []
         trainer.fit(
             train.dataset(),
@@ -245,5 +260,5 @@ class TwoStageTrial:
             steps_per_epoch=train.steps,
             verbose=0,
             shuffle=False,  # the batches already come in each epoch's order
-            callbacks=[train.callback(), Validate(evaluator, val.dataset()), best, *recording],
+            callbacks=[train.callback(), *validate, *keep, *recording],
         )
