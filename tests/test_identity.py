@@ -88,7 +88,7 @@ def test_resume_refuses_changed_data_and_says_what_changed(finished) -> None:
 
 def test_a_second_process_never_runs_the_same_job(finished) -> None:
     images, job_dir = finished
-    holding = files.exclusive(job_dir / files.JOB_LOCK, lambda: AssertionError("the test holds the lock first"))
+    holding = files.locked(job_dir / files.JOB_LOCK, lambda: AssertionError("the test holds the lock first"))
     with holding, pytest.raises(TlsweepError, match=r"is being run by another process \(pid \d+ on"):
         job(images, job_dir, "resume=true")
 

@@ -105,8 +105,12 @@ def model_origin(path: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, across processes."""
+def locked(path: Path, busy: Callable[[], Exception] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, across processes.
+
+    Without ``busy`` it waits for the lock; with it, it raises ``busy()`` at once when another process
+    holds the lock. The lock goes with the process, however it ends.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: one process per job folder there, nothing to share
@@ -114,28 +118,10 @@ def locked(path: Path) -> Iterator[None]:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def exclusive(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the ``with`` block, or raise ``busy()`` at once if another
-    process holds it (the lock goes with the process, however it ends)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no second process runs a job folder there
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if busy is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise busy() from None
+            raise busy() from None  # only the non-blocking lock, taken with busy, raises it
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ from typing import Any
 from tlsweep import files
 from tlsweep.batches import Source
 from tlsweep.logs import BestModel, TrialLog
-from tlsweep.records import Sweep, Trial, finalist_groups, load_job, ranking
+from tlsweep.records import Sweep, Trial, finalist_groups, load_job, ranking, read_json
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,5 @@ def _distinct(trials: list[Trial]) -> list[Trial]:
 
 
 def _completed(path: Path) -> bool:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
-    except (OSError, ValueError):
-        return False
+    record, _ = read_json(path)
+    return record is not None and record.get("status") == "completed"

@@ -9,7 +9,6 @@ so a sweep's results can be read from disk whatever happened to the process.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import shlex
@@ -34,6 +33,7 @@ from tlsweep.finalists import Finalists
 from tlsweep.identity import check_folder, job_identity
 from tlsweep.logs import BestModel, format_value
 from tlsweep.model import SharedClassifier, augmentation
+from tlsweep.records import load_job, read_json
 from tlsweep.settings import Objective, TrialSettings, check_depths, finetune_epochs, validate
 from tlsweep.trial import TwoStageTrial
 from tlsweep.tuners import JobContext, join_search, make_tuner
@@ -57,7 +57,7 @@ def run_job(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path 
             f"job {job_dir} is being run by another process ({_runner(job_dir)}); wait for it to end, or stop it first"
         )
 
-    with files.exclusive(job_dir / files.JOB_LOCK, busy):
+    with files.locked(job_dir / files.JOB_LOCK, busy):
         return _run_alone(cfg, job_dir, choices, root)
 
 
@@ -103,14 +103,8 @@ def _run_alone(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Pa
 
 def _read_record(job_dir: Path) -> dict[str, Any] | None:
     """The job's ``job.json`` from an earlier run in this folder; None if there is none."""
-    path = job_dir / files.JOB_RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"status": "unreadable"}
-    return record if isinstance(record, dict) else {"status": "unreadable"}
+    record, problem = read_json(job_dir / files.JOB_RECORD)
+    return {"status": "unreadable"} if problem else record
 
 
 def _runner(job_dir: Path) -> str:
@@ -271,13 +265,7 @@ def _summary(
 
 def _last_failure(job_dir: Path) -> str:
     """The error of the job's most recently ended failed trial, first line only."""
-    failed = []
-    for path in (job_dir / files.TRIALS_DIR).glob("trial_*.json"):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if record.get("status") == "failed":
-            failed.append((str(record.get("ended", "")), str(record.get("error", "?")).splitlines()[0]))
-    return max(failed)[1] if failed else "unknown"
+    failed = [t for t in load_job(job_dir, job_dir).trials if t.status == "failed"]
+    last = max(failed, key=lambda t: str(t.record.get("ended", "")), default=None)
+    return str(last.error or "?").splitlines()[0] if last else "unknown"
 

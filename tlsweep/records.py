@@ -109,15 +109,15 @@ def find_job_dirs(root: Path) -> list[Path]:
 def load_sweep(root: Path) -> Sweep:
     """Read every job and trial under ``root``."""
     root = Path(root)
-    export, _ = _read_json(root / files.EXPORT_DIR / files.EXPORT_RECORD)
-    evaluation, _ = _read_json(root / files.EXPORT_DIR / files.EVALUATION)
+    export, _ = read_json(root / files.EXPORT_DIR / files.EXPORT_RECORD)
+    evaluation, _ = read_json(root / files.EXPORT_DIR / files.EVALUATION)
     return Sweep(root, [load_job(path, root) for path in find_job_dirs(root)], export, evaluation)
 
 
 def load_job(path: Path, root: Path) -> Job:
     """Read one job folder; unreadable or missing files become a status and an error, never an exception."""
     name = str(path.relative_to(root)) if path != root else path.name
-    record, error = _read_json(path / files.JOB_RECORD)
+    record, error = read_json(path / files.JOB_RECORD)
     if record is None:
         status = "crashed" if error else "not started"
         error = error or "no job.json: the job stopped before its search began"
@@ -134,7 +134,7 @@ def load_job(path: Path, root: Path) -> Job:
 
 
 def _load_trial(path: Path, job_status: str) -> Trial:
-    record, error = _read_json(path)
+    record, error = read_json(path)
     if record is None:
         return Trial(path, {}, "unreadable", error)
     status = str(record.get("status", "running"))
@@ -144,7 +144,7 @@ def _load_trial(path: Path, job_status: str) -> Trial:
     return Trial(path, record, status, record.get("error", error))
 
 
-def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The JSON object in ``path``; ``(None, None)`` if there is no file, ``(None, why)`` if it is unreadable."""
     if not path.is_file():
         return None, None
