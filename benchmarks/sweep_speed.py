@@ -73,7 +73,8 @@ def floor() -> None:
     from hydra import compose, initialize_config_module
 
     from tlsweep.backbones import load_backbone
-    from tlsweep.cache import FeatureCache, Store
+    from tlsweep.cache.features import FeatureCache
+    from tlsweep.cache.store import Store
     from tlsweep.data import load_dataset
     from tlsweep.paths import register_resolvers
 
@@ -87,8 +88,8 @@ def floor() -> None:
         cache = FeatureCache(backbone, data, None, 1, 0, Store(Path(tmp)))
         for _ in range(2):
             started = time.perf_counter()
-            cache.compute(0, "train", 0, None)
-            cache.compute(0, "val", 0, None)
+            cache.compute(0, "train", 0)
+            cache.compute(0, "val", 0)
             times.append(time.perf_counter() - started)
     print(json.dumps({"cold": times[0], "warm": times[1]}))
 

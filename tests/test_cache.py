@@ -17,7 +17,8 @@ from conftest import FAST, make_config
 
 from tlsweep.backbones import crossing_tensors, load_backbone
 from tlsweep.batches import CachedData, PlainData
-from tlsweep.cache import Store, make_cache
+from tlsweep.cache.features import make_cache
+from tlsweep.cache.store import DiskArray, Store, Writer
 from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.logs import TrialLog
@@ -103,6 +104,21 @@ def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, t
         assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[0], data.x_train)
 
 
+def test_a_float16_cache_trains_as_the_float32_cache_does(image_folder: Path, tmp_path: Path) -> None:
+    histories = {}
+    for dtype in ("float32", "float16"):
+        cfg, data, backbone = job_inputs(image_folder, tmp_path / dtype)
+        cfg.feature_cache.dtype = dtype
+        cache = make_cache(cfg, backbone, data)
+        assert cache.val(0)[0].dtype == np.dtype(dtype)
+        histories[dtype] = train(cfg, backbone, CachedData(cache, 8), tmp_path / dtype)[1]
+    for a, b in zip(histories["float32"], histories["float16"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-3) and a["val_loss"] == pytest.approx(
+            b["val_loss"], abs=2e-3
+        )
+        assert a["val_accuracy"] == b["val_accuracy"]
+
+
 def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Path, tmp_path: Path) -> None:
     """A job reuses one classifier and its compiled steps: no weight, optimizer or random state leaks."""
     cfg, data, backbone = job_inputs(image_folder, tmp_path, "light")  # plain: augmentation, dropout in the model
@@ -122,18 +138,18 @@ def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Pa
     first = make_cache(cfg, backbone, data)
     assert first.depths == [0, 3]  # the search's unfreeze depths: every cut is made on first use
     first.train_views(0)
-    assert (first.store.built, first.store.reused) == (2, 0)
-    first.val(0), first.train_views(DEPTH)  # validation's two cuts; a depth the search did not name
-    assert (first.store.built, first.store.reused) == (5, 0)
+    assert (first.store.built, first.store.reused) == (1, 0)
+    first.val(0), first.train_views(DEPTH)  # validation's cut; a depth the search did not name
+    assert (first.store.built, first.store.reused) == (3, 0)
 
     again = make_cache(cfg, backbone, data)  # another job, or a later sweep, with the same inputs
     np.testing.assert_array_equal(again.train_views(DEPTH)[0][1], first.train_views(DEPTH)[0][1])
-    assert (again.store.built, again.store.reused) == (0, 3)
+    assert (again.store.built, again.store.reused) == (0, 1)
 
     data.x_train[0, 0, 0, 0] ^= 1  # one pixel of one image changed
     changed = make_cache(cfg, backbone, data)
     changed.train_views(0)
-    assert (changed.store.built, changed.store.reused) == (2, 0)
+    assert (changed.store.built, changed.store.reused) == (1, 0)
 
 
 def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
@@ -162,30 +178,34 @@ def test_each_cut_made_from_the_one_below_equals_the_cut_made_from_the_images(
     cfg, data, backbone = job_inputs(image_folder, tmp_path)
     chained = make_cache(cfg, backbone, data)
     chained.depths = [0, 2, DEPTH, 8, backbone.num_layers]
+    chained.prepare()  # every cut in one pass, each from the one below it
+    assert chained.store.built == 10
     for depth in chained.depths:
-        direct = chained.compute(depth, "val", 0, None)
+        direct = chained.compute(depth, "val", 0)
         for a, b in zip(chained.val(depth), direct, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
-    assert chained.store.built == 5
+    assert chained.val(0)[0].shape == (len(data.y_val), backbone.build().output.shape[-1])  # pooled for the head
 
 
-def test_the_store_memory_maps_big_arrays_keeps_float16_and_survives_a_race(tmp_path: Path) -> None:
+def test_the_store_reads_big_arrays_from_disk_keeps_float16_and_survives_a_race(tmp_path: Path) -> None:
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((3, 2), np.float32)]
-    small = Store(tmp_path, memory_mb=100).get({"k": 1}, lambda: arrays)
-    assert not isinstance(small[0], np.memmap)
-    big = Store(tmp_path, memory_mb=0).get({"k": 1}, lambda: pytest.fail("must be reused"))
-    assert isinstance(big[0], np.memmap) and np.array_equal(big[0], arrays[0])
+    small = Store(tmp_path).get({"k": 1}, lambda: arrays)
+    assert isinstance(small[0], np.ndarray)
+    big = Store(tmp_path).get({"k": 1}, lambda: pytest.fail("must be reused"), in_memory=False)
+    assert isinstance(big[0], DiskArray) and np.array_equal(big[0][:], arrays[0])
+    np.testing.assert_array_equal(big[0][np.array([2, 0, 2])], arrays[0][[2, 0, 2]])  # rows by index, any order
     half = Store(tmp_path, dtype="float16").get({"k": 2}, lambda: arrays)
     assert half[0].dtype == np.float16
 
-    folder = next(p for p in tmp_path.iterdir() if json.loads((p / "done.json").read_text())["fields"] == {"k": 1})
-    (folder / "1.npy").write_bytes(b"damaged")
     store = Store(tmp_path)
+    folder = store.folder({"k": 1})
+    (folder / "1.npy").write_bytes(b"damaged")
     rebuilt = store.get({"k": 1}, lambda: arrays)  # a damaged cache is built again, not loaded
     assert np.array_equal(rebuilt[1], arrays[1]) and store.built == 1
 
-    store = Store(tmp_path)
-    store._save(folder, arrays, {"k": 1})  # a second process finishing the same key later
+    with store.write({"k": 1}, [a.shape for a in arrays]) as writers:  # a second process finishing the same key
+        for writer, array in zip(writers, arrays, strict=True):
+            writer.append(array)
     assert json.loads((folder / "done.json").read_text())["arrays"] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -193,7 +213,7 @@ def test_the_store_memory_maps_big_arrays_keeps_float16_and_survives_a_race(tmp_
 def test_a_garbled_array_or_a_listing_without_arrays_is_rebuilt_not_used(tmp_path: Path) -> None:
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4)]
     Store(tmp_path).get({"k": 1}, lambda: arrays)
-    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    folder = Store(tmp_path).folder({"k": 1})
     data = bytearray((folder / "0.npy").read_bytes())
     data[-8:] = b"\x7f" * 8  # the same size, other numbers: np.load would read it happily
     (folder / "0.npy").write_bytes(bytes(data))
@@ -219,7 +239,7 @@ def test_a_full_disk_while_the_cache_is_written_is_one_line(tmp_path: Path, monk
     def no_space(*args, **kwargs):
         raise OSError("write failed")  # as NumPy raises it: no errno
 
-    monkeypatch.setattr(np, "save", no_space)
+    monkeypatch.setattr(Writer, "append", no_space)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
     with pytest.raises(TlsweepError, match="the disk is full while writing the feature cache"):
         Store(tmp_path).get({"k": 1}, lambda: [np.ones((64, 64), np.float32)])

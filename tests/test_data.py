@@ -10,13 +10,49 @@ import pytest
 from conftest import class_image, make_config, make_image_folder, write_image
 from PIL import Image
 
+from tlsweep import data as data_module
 from tlsweep.batches import EpochBatches
+from tlsweep.cache.store import DiskArray, Store
 from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, load_dataset
 from tlsweep.errors import TlsweepError
 
 
 def folder_cfg(path: Path, *overrides: str):
     return make_config(["dataset=folder", f"dataset.path={path}", *overrides]).dataset
+
+
+def test_decoded_images_are_kept_for_later_jobs_and_decoded_again_when_a_file_changes(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    first_store = Store(tmp_path / "cache")
+    first = load_dataset(folder_cfg(image_folder), 24, first_store)
+    assert (first_store.built, first_store.reused) == (2, 0)  # train/ and val/
+    store = Store(tmp_path / "cache")
+    again = load_dataset(folder_cfg(image_folder), 24, store)
+    assert (store.built, store.reused) == (0, 2)
+    for a, b in ((first.x_train, again.x_train), (first.y_train, again.y_train), (first.x_val, again.x_val)):
+        np.testing.assert_array_equal(a, b)
+    photo = sorted((image_folder / "train" / "cat").iterdir())[-1]
+    write_image(photo, np.full((40, 40, 3), 255, np.uint8))  # one training image replaced
+    store = Store(tmp_path / "cache")
+    changed = load_dataset(folder_cfg(image_folder), 24, store)
+    assert (store.built, store.reused) == (1, 1)
+    assert not np.array_equal(changed.x_train, first.x_train)
+
+
+def test_many_images_decode_in_processes_to_the_same_arrays(image_folder: Path, monkeypatch) -> None:
+    monkeypatch.setattr(data_module, "PROCESSES_FROM", 1)
+    processes = load_dataset(folder_cfg(image_folder), 24)
+    monkeypatch.setattr(data_module, "PROCESSES_FROM", 10**9)
+    threads = load_dataset(folder_cfg(image_folder), 24)
+    np.testing.assert_array_equal(processes.x_train, threads.x_train)
+    np.testing.assert_array_equal(processes.y_train, threads.y_train)
+    assert np.bincount(processes.y_train).tolist() == [8, 8, 8]
+
+
+def test_images_too_big_for_the_memory_budget_are_refused_before_decoding(image_folder: Path) -> None:
+    with pytest.raises(TlsweepError, match=r"30 images .* take .* decoded at 224 px, more than this job's memory"):
+        load_dataset(folder_cfg(image_folder), 224, max_bytes=1000)
 
 
 def test_folder_with_train_and_val(image_folder: Path) -> None:
@@ -207,6 +243,7 @@ def test_the_pipeline_gives_the_same_batches_from_memory_and_from_a_memory_mappe
         "memory-mapped": EpochBatches(
             [[np.load(tmp_path / "x.npy", mmap_mode="r"), x[:, 0]], [x + 1, x[:, 1]]], y, 4, True, 3
         ),
+        "read from disk": EpochBatches([[DiskArray(tmp_path / "x.npy"), x[:, 0]], [x + 1, x[:, 1]]], y, 4, True, 3),
     }
     for source in sources.values():
         ds, set_epoch = source.dataset(), source.callback()

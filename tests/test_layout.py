@@ -10,10 +10,10 @@ from conftest import REPO
 # config → data → backbone → model → trial → tuner → records → finalists → job → export → report, with the
 # helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
-    "errors", "settings", "files", "console", "config", "paths",
-    "data", "hub", "backbones", "model", "cache", "batches",
+    "errors", "settings", "files", "cache.store", "console", "config", "paths",
+    "data", "hub", "backbones", "model", "cache.plan", "cache.features", "cache", "batches",
     "logs", "trial", "tuners", "records", "finalists", "identity", "device", "job",
-    "evaluate", "export", "predict", "weights",
+    "evaluate", "export", "predict", "weights", "cache.__main__",
     "report.plots", "report.summary", "report.render", "report", "report.__main__",
     "callbacks", "__main__",
 ]  # fmt: skip

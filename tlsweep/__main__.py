@@ -44,6 +44,7 @@ def main(cfg: DictConfig) -> None:
     _output_root[:] = [job_dir.parent if multirun else job_dir]
     native_stderr_to(job_dir / LOG_FILE)  # TensorFlow's C++ lines go to the job log, not the terminal
     from tlsweep.job import run_job  # imports TensorFlow: only when a job runs, so --help stays fast
+
     if cfg.resume and (not multirun or hc.job.num == 0):  # once per sweep
         log.info("resuming %s", _output_root[0])
     try:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tlsweep.cache import FeatureCache
+from tlsweep.cache.features import FeatureCache
 from tlsweep.data import ImageData
 from tlsweep.model import trainable_part
 
@@ -35,15 +35,18 @@ class EpochBatches:
     """Batches of one epoch at a time: epoch ``e`` reads view ``e mod V`` in an order fixed by (seed, e).
 
     A view is a list of arrays (images, or the cached tensors at a cut through the backbone) with
-    one row per example. Fixing the order and the view by the epoch number makes a trial repeatable
-    on its own (resume) and makes cached and plain training see the same batches. Rows are gathered
-    by index, so memory-mapped arrays work.
+    one row per example; None for a view no epoch reads here. Fixing the order and the view by the
+    epoch number makes a trial repeatable on its own (resume) and makes cached and plain training
+    see the same batches. Rows are gathered by index, so arrays read from disk work.
     """
 
     def __init__(
-        self, views: list[list[np.ndarray]], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int
+        self, views: list[list[Any] | None], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int
     ) -> None:
-        self.views, self.labels = views, np.asarray(labels)
+        self.period = len(views)  # epoch e reads view e mod period
+        self.slot = {v: i for i, v in enumerate(v for v, view in enumerate(views) if view is not None)}
+        self.views = [view for view in views if view is not None]
+        self.labels = np.asarray(labels)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
         self._rows: Any = None  # the in-pipeline copy of rows(epoch), once dataset() made one
@@ -61,19 +64,19 @@ class EpochBatches:
 
         Arrays in memory are copied into TensorFlow once and each batch is gathered inside the
         pipeline (a fixed order needs no gathering: an iterator over a gathering pipeline costs
-        about 10 ms to make, and Keras makes one or two an epoch). Memory-mapped arrays are read
-        batch by batch in Python instead (slower per step, but never loaded whole). All give the
-        batches ``batch`` gives.
+        about 10 ms to make, and Keras makes one or two an epoch). Arrays on disk are read batch by
+        batch in Python instead (slower per step, but never loaded whole). All give the batches
+        ``batch`` gives.
         """
         import tensorflow as tf
 
         if self._dataset is not None:
             return self._dataset
-        if any(isinstance(a, np.memmap) for view in self.views for a in view):
+        if any(not isinstance(a, np.ndarray) or isinstance(a, np.memmap) for view in self.views for a in view):
             self._dataset = self._read_in_python()
             return self._dataset
         n, size = len(self.labels), self.batch_size
-        fixed = not self.shuffle and len(self.views) == 1  # the same batches every epoch: nothing to gather
+        fixed = not self.shuffle and self.period == 1  # the same batches every epoch: nothing to gather
         if fixed and all(a.dtype == np.float32 for a in self.views[0]):  # uint8 images stay uint8 until batched
             with tf.device("/CPU:0"):
                 x = [tf.constant(a) for a in self.views[0]]
@@ -81,12 +84,10 @@ class EpochBatches:
             self._dataset = tf.data.Dataset.from_tensor_slices(slices).batch(size)
             return self._dataset
         with tf.device("/CPU:0"):  # the pipeline's tensors stay on the host
-            stacked = [
-                tf.Variable(np.concatenate([view[k] for view in self.views]), trainable=False)
-                for k in range(len(self.views[0]))
-            ]
+            stacked = [self._stack(k) for k in range(len(self.views[0]))]
             labels = tf.Variable(self.labels, trainable=False)
-            self._rows = tf.Variable(self.rows(self.epoch), trainable=False)  # set anew at every epoch
+            first = self.epoch if self.epoch % self.period in self.slot else min(self.slot)  # set at every epoch
+            self._rows = tf.Variable(self.rows(first), trainable=False)
 
         def gather(i: Any) -> tuple[Any, Any]:
             rows = self._rows[i * size : (i + 1) * size]
@@ -95,6 +96,18 @@ class EpochBatches:
 
         self._dataset = tf.data.Dataset.range(self.steps).map(gather).prefetch(tf.data.AUTOTUNE)
         return self._dataset
+
+    def _stack(self, k: int) -> Any:
+        """Tensor ``k`` of every view, one after another, in one variable: copied view by view, so the
+        copy never needs a third array's memory."""
+        import tensorflow as tf
+
+        first = self.views[0][k]
+        shape = (len(self.views) * len(first), *first.shape[1:])
+        stacked = tf.Variable(tf.zeros(shape, first.dtype), trainable=False)
+        for i, view in enumerate(self.views):
+            stacked[i * len(first) : (i + 1) * len(first)].assign(view[k])
+        return stacked
 
     def _read_in_python(self) -> Any:
         import tensorflow as tf
@@ -117,9 +130,13 @@ class EpochBatches:
         return -(-len(self.labels) // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """The coming epoch: its view and order. The pipeline reads them when ``fit`` starts the epoch."""
+        """The coming epoch: its view and order. The pipeline reads them when ``fit`` starts the epoch.
+
+        An epoch whose view was not made here (a trial's stage 2 starts at epoch 0 of the axis, but
+        reads its first stage-2 epoch) is remembered, and refused only when it is trained on.
+        """
         self.epoch = epoch
-        if self._rows is not None:
+        if self._rows is not None and epoch % self.period in self.slot:
             self._rows.assign(self.rows(epoch))
 
     def callback(self) -> Any:
@@ -134,13 +151,21 @@ class EpochBatches:
 
         class SetEpoch(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                source._slot(epoch)  # an epoch trained on a view never made here is a bug: say so
                 source.set_epoch(epoch)
 
         return SetEpoch()
 
     def rows(self, epoch: int) -> np.ndarray:
         """The rows ``epoch`` reads, in order, counting through the views stacked one after another."""
-        return (epoch % len(self.views)) * len(self.labels) + self.order(epoch)
+        return self._slot(epoch) * len(self.labels) + self.order(epoch)
+
+    def _slot(self, epoch: int) -> int:
+        """Where the view epoch ``epoch`` reads is among the views kept."""
+        view = epoch % self.period
+        if view not in self.slot:
+            raise RuntimeError(f"epoch {epoch} reads view {view}, which was not made at this cut")
+        return self.slot[view]
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.labels)
@@ -149,7 +174,7 @@ class EpochBatches:
     def batch(self, i: int, epoch: int) -> tuple[Any, np.ndarray]:
         """Batch ``i`` of ``epoch``."""
         idx = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[epoch % len(self.views)]]
+        arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[self._slot(epoch)]]
         return _inputs(arrays), self.labels[idx]
 
 
@@ -177,23 +202,40 @@ class PlainData:
 
 
 class CachedData:
-    """Training above the cut, on cached tensors: the same batches as the plain way, without the bottom."""
+    """Training above the cut, on cached tensors: the same batches as the plain way, without the bottom.
 
-    def __init__(self, cache: FeatureCache, batch_size: int) -> None:
+    A depth whose cut the cache's plan does not keep trains the plain way, on ``plain``.
+    """
+
+    def __init__(self, cache: FeatureCache, batch_size: int, plain: PlainData | None = None) -> None:
         self.cache, self.batch_size = cache, batch_size
+        self.plain = plain
         self._batches: dict[int, tuple[EpochBatches, EpochBatches]] = {}  # by cut
 
+    def _plain(self, depth: int) -> PlainData | None:
+        cut = self.cache.backbone.cut_depth(depth)
+        if self.cache.cached(cut):
+            return None
+        if self.plain is None:
+            self.plain = PlainData(self.cache.data, self.batch_size)
+        return self.plain
+
     def cut(self, depth: int) -> int | None:
-        """Where the batches enter the classifier: the cut below the top ``depth`` units."""
-        return self.cache.backbone.cut_depth(depth)
+        """Where the batches enter the classifier: the cut below the top ``depth`` units (None: the images)."""
+        plain = self._plain(depth)
+        return plain.cut(depth) if plain else self.cache.backbone.cut_depth(depth)
 
     def part(self, model: Any, depth: int) -> Any:
         """What trains: the classifier above the cut for ``depth``, sharing its layers."""
-        return trainable_part(model, self.cut(depth))
+        plain = self._plain(depth)
+        return plain.part(model, depth) if plain else trainable_part(model, self.cut(depth))
 
     def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
         """Training and validation batches of the cached tensors at the cut for ``depth``, in the
         order of the trial's ``seed``."""
+        plain = self._plain(depth)
+        if plain:
+            return plain.batches(depth, seed)
         data, cut = self.cache.data, self.cut(depth)
         if cut not in self._batches:
             train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=0)

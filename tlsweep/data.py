@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageOps
 
+from tlsweep.cache.store import Store
 from tlsweep.errors import TlsweepError, first_line
 
 log = logging.getLogger(__name__)
@@ -70,14 +73,23 @@ class ImageData:
         return line
 
 
-def load_dataset(cfg: DictConfig, image_size: int) -> ImageData:
-    """Load the dataset that ``cfg`` (the ``dataset`` group) names, at ``image_size`` pixels."""
-    loaders: dict[str, Callable[[DictConfig, int], ImageData]] = {
-        "digits": _load_digits_demo,
-        "folder": _load_folder,
-        "tf_flowers": _load_tfds,
-    }
-    data = loaders[cfg.name](cfg, image_size)  # the name, fractions and batch size were checked with the config
+def load_dataset(
+    cfg: DictConfig, image_size: int, store: Store | None = None, max_bytes: float | None = None
+) -> ImageData:
+    """Load the dataset that ``cfg`` (the ``dataset`` group) names, at ``image_size`` pixels.
+
+    With a ``store``, a folder's decoded images are kept there, so later jobs and sweeps at the same
+    size skip decoding. ``max_bytes``: the most the decoded images may take in memory (checked
+    before decoding).
+    """
+    if cfg.name == "folder":
+        data = _load_folder(cfg, image_size, store, max_bytes)
+    else:
+        loaders: dict[str, Callable[[DictConfig, int], ImageData]] = {
+            "digits": _load_digits_demo,
+            "tf_flowers": _load_tfds,
+        }
+        data = loaders[cfg.name](cfg, image_size)  # the name, fractions and batch size were checked with the config
     _hold_out_test(data, float(cfg.get("test_split", 0.0)), cfg.seed)
     return _take_fraction(data, cfg.fraction, cfg.seed)
 
@@ -201,22 +213,31 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return found
 
 
-def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
+def _load_folder(cfg: DictConfig, image_size: int, store: Store | None, max_bytes: float | None) -> ImageData:
     layout = folder_layout(cfg)
     workers = int(cfg.get("workers", 4))
     train_files, not_files = _class_files(layout.train)
-    x, y, skipped = _decode_all(train_files, image_size, workers)
+    split_files = {split: _class_files(root) for split, root in layout.splits().items() if split != "train"}
+    count = sum(len(ps) for files in [train_files, *(f for f, _ in split_files.values())] for ps in files.values())
+    needed = count * image_size * image_size * 3
+    if max_bytes is not None and needed > max_bytes:
+        raise TlsweepError(
+            f"the {count} images of {layout.root} take {needed / 2**30:.1f} GB decoded at {image_size} px, more than "
+            f"this job's memory budget allows ({max_bytes / 2**30:.1f} GB); set a smaller dataset.image_size or "
+            "dataset.fraction, or a larger feature_cache.memory_gb on a machine with the memory"
+        )
+    x, y, skipped = _decode_all(train_files, image_size, workers, store)
     class_names = list(train_files)
 
-    def decode_split(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    def decode_split(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
         """Another split's images, which must have the training split's classes."""
-        split_files, others = _class_files(root)
-        if list(split_files) != class_names:
+        files, others = split_files[split]
+        if list(files) != class_names:
             raise TlsweepError(
                 f"the class folders of {layout.train} and {root} differ "
-                f"({', '.join(sorted(set(train_files) ^ set(split_files)))}); give both the same classes"
+                f"({', '.join(sorted(set(train_files) ^ set(files)))}); give both the same classes"
             )
-        images, labels, unreadable = _decode_all(split_files, image_size, workers)
+        images, labels, unreadable = _decode_all(files, image_size, workers, store)
         skipped.extend(unreadable)
         not_files.extend(others)
         return images, labels
@@ -225,10 +246,10 @@ def _load_folder(cfg: DictConfig, image_size: int) -> ImageData:
         train, val = stratified_split(y, cfg.validation_split, cfg.seed)
         x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
     else:
-        (x_train, y_train), (x_val, y_val) = (x, y), decode_split(layout.val)
+        (x_train, y_train), (x_val, y_val) = (x, y), decode_split("val", layout.val)
     data = ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {layout.root}", skipped)
     if layout.test is not None:
-        data.x_test, data.y_test = decode_split(layout.test)
+        data.x_test, data.y_test = decode_split("test", layout.test)
     data.skipped += not_files  # pipes, devices, dangling links: never opened
     return data
 
@@ -302,20 +323,82 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
 
 
 def _decode_all(
-    files: dict[str, list[Path]], image_size: int, workers: int
+    files: dict[str, list[Path]], image_size: int, workers: int, store: Store | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every image of ``files`` decoded, with its class index; the unreadable ones skipped and named.
+
+    With a ``store``, the decoded images are kept there under a key of the files' paths, sizes and
+    modification times and the image size: the next job at this size loads them instead.
+    """
     paths = [p for ps in files.values() for p in ps]
     labels = np.array([i for i, ps in enumerate(files.values()) for _ in ps], dtype=np.int32)
-    log.info("decoding %d images at %d px …", len(paths), image_size)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        images = list(pool.map(lambda p: decode_image(p, image_size), paths, chunksize=16))
-    ok = np.array([im is not None for im in images], dtype=bool)
+    fields = {"kind": "decoded images", "size": image_size, "decoder": DECODER, "files": _files_key(paths)}
+    stored = store.load(fields, in_memory=True) if store is not None else None
+    if stored is not None:
+        store.reused += 1
+        x, ok = stored[0], stored[1].astype(bool)
+        log.info("%d images at %d px decoded by an earlier job (%s)", len(paths), image_size, store.root)
+    else:
+        x, good_rows = _decode(paths, image_size, workers)
+        ok = good_rows.astype(bool)
+        if store is not None:
+            about = f"{len(paths)} decoded images at {image_size} px from {paths[0].parent.parent}"
+            with store.write(fields, [x.shape, ok.shape], about, ["uint8", "uint8"]) as (images, good):
+                images.append(x)
+                good.append(good_rows)
     skipped = [str(p) for p, good in zip(paths, ok, strict=True) if not good]
     for label, name in enumerate(files):
         if not ok[labels == label].any():
             raise TlsweepError(f"no image of class '{name}' could be read; check the files in its folder")
-    x = np.stack([im for im in images if im is not None])
-    return x, labels[ok], skipped
+    return (x if ok.all() else x[ok]), labels[ok], skipped
+
+
+DECODER = 1  # bump when decode_image's output changes: decoded images stored earlier are then decoded again
+PROCESSES_FROM = 2000  # images: fewer decode in threads, as starting processes would cost more than it saves
+
+
+def _files_key(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _decode(paths: list[Path], image_size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images decoded into one uint8 array (unreadable ones left black), and which were read.
+
+    Decoding is CPU work in Python: large sets decode in one process per core (threads share one
+    interpreter and barely scale), small ones in threads.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = cores > 1 and len(paths) >= PROCESSES_FROM
+    how = f"{cores} processes" if processes else f"{max(1, workers)} threads"
+    log.info("decoding %d images at %d px in %s …", len(paths), image_size, how)
+    started = time.monotonic()
+    x = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+    ok = np.zeros(len(paths), np.uint8)
+    chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
+    if processes:
+        context = multiprocessing.get_context("spawn")  # TensorFlow's threads make fork unsafe
+        pool: Any = ProcessPoolExecutor(cores, mp_context=context)
+    else:
+        pool = ThreadPoolExecutor(max(1, workers))
+    with pool:
+        row = 0
+        for images, good in pool.map(_decode_chunk, chunks, [image_size] * len(chunks)):
+            x[row : row + len(images)], ok[row : row + len(images)] = images, good
+            row += len(images)
+    seconds = time.monotonic() - started
+    log.info("decoded in %.1fs (%.0f images/s)", seconds, len(paths) / max(seconds, 1e-9))
+    return x, ok
+
+
+def _decode_chunk(paths: list[Path], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    decoded = [decode_image(p, image_size) for p in paths]
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
+    images = np.stack([blank if im is None else im for im in decoded])
+    return images, np.array([im is not None for im in decoded], np.uint8)
 
 
 def decode_image(path: Path, image_size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:

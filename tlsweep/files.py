@@ -137,4 +137,3 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-

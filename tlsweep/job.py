@@ -25,7 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from tlsweep import files, paths
 from tlsweep.backbones import load_backbone
 from tlsweep.batches import CachedData, PlainData
-from tlsweep.cache import make_cache
+from tlsweep.cache.features import plan_cache
+from tlsweep.cache.plan import memory_budget, resident_memory
+from tlsweep.cache.store import Store, entries, gigabytes
 from tlsweep.data import ImageData, load_dataset
 from tlsweep.device import configure
 from tlsweep.errors import TlsweepError
@@ -122,7 +124,9 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     image_size = int(cfg.dataset.image_size or cfg.backbone.image_size)
     backbone = load_backbone(cfg.backbone, image_size)  # first: a weights problem should not wait for the data
     check_depths(cfg, backbone.num_layers, backbone.name, backbone.unit)
-    data = load_dataset(cfg.dataset, image_size)
+    budget = memory_budget(cfg.feature_cache.memory_gb, jobs_at_once())
+    store = Store(Path(cfg.feature_cache.dir)) if cfg.cache else None
+    data = load_dataset(cfg.dataset, image_size, store, max_bytes=budget - resident_memory())
     log.info(data.summary())
     job = _context(cfg, job_dir, root, choices, data, image_size)
     if job.best.read():
@@ -134,7 +138,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
         lambda: augmentation(cfg.augmentation, int(cfg.seed)),
         bool(cfg.jit_compile),
     )
-    cache = make_cache(cfg, backbone, data) if cfg.cache else None
+    cache = plan_cache(cfg, backbone, data, classifier.network, budget) if cfg.cache else None
     batch_size = int(cfg.dataset.batch_size)
     source = CachedData(cache, batch_size) if cache else PlainData(data, batch_size)
     trial = TwoStageTrial(TrialSettings.from_config(cfg), classifier, source)
@@ -160,9 +164,26 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
         finalists.run(job.best)
     search_s = round(time.monotonic() - searching, 1)
     if cache is not None:
-        store = cache.store
-        log.info("feature cache: %d arrays computed, %d reused from %s", store.built, store.reused, store.root)
+        built, reused, root = cache.store.built, cache.store.reused, cache.store.root
+        held = gigabytes(sum(e.bytes for e in entries(root)))
+        log.info(
+            "feature cache: %d parts computed, %d reused; %s holds %s (python -m tlsweep.cache list)",
+            built,
+            reused,
+            root,
+            held,
+        )
     return _summary(cfg, job, tuner, role, data, search_s)
+
+
+def jobs_at_once() -> int:
+    """How many jobs a parallel launcher runs side by side on this machine (they share its memory)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return max(int(HydraConfig.get().launcher.get("n_jobs") or 1), 1)
+    except (ValueError, AttributeError, TypeError):  # not run by Hydra, or a launcher without n_jobs
+        return 1
 
 
 def _context(
@@ -268,4 +289,3 @@ def _last_failure(job_dir: Path) -> str:
     failed = [t for t in load_job(job_dir, job_dir).trials if t.status == "failed"]
     last = max(failed, key=lambda t: str(t.record.get("ended", "")), default=None)
     return str(last.error or "?").splitlines()[0] if last else "unknown"
-

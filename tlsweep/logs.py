@@ -242,4 +242,3 @@ class BestModel:
         }
         files.write_json(self.job_dir / files.BEST_RECORD, best)
         return best
-

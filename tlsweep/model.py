@@ -103,14 +103,18 @@ def unfreeze_top(model: keras.Model, depth: int) -> int:
 
 
 def trainable_part(model: keras.Model, depth: int) -> keras.Model:
-    """The classifier above the cut at ``depth``: cached tensors in, class probabilities out.
+    """The classifier above the cut at ``depth``: cached tensors in (at 0, the pooled features), class
+    probabilities out.
 
     It shares its layers (and so its weights) with ``model``: training it trains ``model``.
     """
     backbone, head_block = model.get_layer("backbone"), model.get_layer("head")
-    if depth <= 0:
-        features = keras.Input(backbone.output.shape[1:], name="features")
-        return keras.Model(features, head_block(features), name="cached_head")
+    if depth <= 0:  # the backbone's output comes pooled: the head's layers after its pooling
+        features = keras.Input(backbone.output.shape[-1:], name="features")
+        x = features
+        for layer in head_block.layers:
+            x = x if layer.name == "pool" else layer(x)
+        return keras.Model(features, x, name="cached_head")
     crossing = crossing_tensors(backbone, depth)
     top = keras.Model(crossing, backbone.output, name="backbone_top")
     inputs = [keras.Input(t.shape[1:], name=f"cut_{i}") for i, t in enumerate(crossing)]

@@ -113,4 +113,3 @@ def folder_command(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
     return parser
-

@@ -318,4 +318,3 @@ def _pinned(key: str) -> bool:
     if key == "tuner.objective":
         return False
     return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)
-

@@ -107,7 +107,8 @@ class FinalistsConfig:
 class FeatureCacheConfig:
     views: Optional[int] = None
     dtype: str = "float32"
-    memory_mb: float = 2048.0
+    memory_gb: Optional[float] = None
+    max_disk_gb: float = 50.0
     dir: str = "outputs/.cache"
 
 
@@ -294,7 +295,7 @@ def validate(cfg: DictConfig) -> None:
     unknown = unknown_keys(cfg)
     if unknown:
         raise TlsweepError(unknown_key_message(unknown[0]))
-    for check in (_required, _dataset, _backbone, _augmentation, _search, _finetune, _tuner, _run):
+    for check in (_required, _dataset, _backbone, _augmentation, _search, _finetune, _tuner, _feature_cache, _run):
         problem = check(cfg)
         if problem:
             raise TlsweepError(problem)
@@ -403,6 +404,19 @@ def _tuner(cfg: DictConfig) -> str | None:
     return None
 
 
+def _feature_cache(cfg: DictConfig) -> str | None:
+    fc = cfg.feature_cache
+    if fc.dtype not in CACHE_DTYPES:
+        return f"feature_cache.dtype={fc.dtype} must be one of: {', '.join(CACHE_DTYPES)}"
+    if fc.views is not None and fc.views < 1:
+        return f"feature_cache.views={fc.views} must be at least 1, or null for one per epoch"
+    if fc.memory_gb is not None and fc.memory_gb <= 0:
+        return f"feature_cache.memory_gb={fc.memory_gb} must be positive, e.g. 4, or null for half the free memory"
+    if fc.max_disk_gb <= 0:
+        return f"feature_cache.max_disk_gb={fc.max_disk_gb} must be positive, e.g. 50"
+    return None
+
+
 def _run(cfg: DictConfig) -> str | None:
     if cfg.seed < 0:
         return f"seed={cfg.seed} must be a whole number ≥ 0"
@@ -419,6 +433,9 @@ def _run(cfg: DictConfig) -> str | None:
     if role and (not host or not port.isdigit()):
         return f"distributed.chief={chief} must be host:port, e.g. node1:8000"
     return None
+
+
+CACHE_DTYPES = ("float32", "float16")
 
 
 def check_depths(cfg: DictConfig, num_layers: int, backbone: str, unit: str = "layers") -> None:

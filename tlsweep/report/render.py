@@ -94,9 +94,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         "jobs": jobs,
         "trial_counts": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none yet",
         "effects": summary.effects,
-        "finalists": [
-            {**f.__dict__, "name": _name(summary, f.job, f.trial)} for f in summary.finalists
-        ],
+        "finalists": [{**f.__dict__, "name": _name(summary, f.job, f.trial)} for f in summary.finalists],
         "noise_told": any(e.noise for e in summary.effects),
         "warnings": summary.warnings,
         "columns": summary.shown_columns,
@@ -206,8 +204,7 @@ def to_markdown(context: dict[str, Any]) -> str:
     if h:
         lines += [
             f"**Best trial: {'' if context['one_job'] else _md(h['job']) + ' '}trial_{_md(h['trial'])} — "
-            f"{context['metric']} {_fmt(h['value'])}**"
-            + (f" ({h['interval']})" if h["interval"] else ""),
+            f"{context['metric']} {_fmt(h['value'])}**" + (f" ({h['interval']})" if h["interval"] else ""),
             "",
             *([f"- {_md(h['finalist'])}"] if h["finalist"] else []),
             *[f"- {_md(k)}: {_md(_fmt(v))}" for k, v in {**h["setup"], **h["hyperparameters"]}.items()],

@@ -114,6 +114,7 @@ class Summary:
     warnings: list[str]
     finalists: list[Finalist] = field(default_factory=list)  # best mean first: the first is the answer
     winner: tuple[str, str] | None = None  # (job, trial) of the run that stands for the answer
+
     @property
     def constants(self) -> dict[str, Any]:
         """Setup and hyperparameter columns with one value in every trial: said once, not in every row."""

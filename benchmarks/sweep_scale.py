@@ -1,0 +1,206 @@
+"""The feature cache at real dataset sizes: memory, disk and time of the flowers preset's search.
+
+From the 500 photos in ../shared/data/flowers-mini it builds larger datasets (each photo
+re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20 train/val in
+``train/`` and ``val/``), then runs, each job in its own process with an empty feature cache:
+
+- 3,000 images: the flowers preset's search (MobileNetV2 with the shared weights at 160 px,
+  ``augmentation=standard``, 10 trials of 5 + 5 epochs, depths 0/12/30/54, Adam and SGD) with the
+  cache; the plain way (``cache=false``) on 2 trials, its time scaled to 10; the search head-only
+  (``search.unfreeze_depths=[0]``); and the floor: one cold forward pass over every image.
+- 20,000 images: 3 trials of 2 + 2 epochs, with the default memory budget and with
+  ``feature_cache.memory_gb=4`` (the second reuses the decoded images and the cache).
+
+For each run it prints the peak resident memory of the job's process tree, the cache folder's
+size on disk, the wall time and the best validation accuracy. Finalists are off (``finalists.top=0``):
+the searches alone are compared.
+
+    python benchmarks/sweep_scale.py [--sizes 3000 20000] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLOWERS = SHARED / "data" / "flowers-mini"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_no_top.weights.h5"
+MEASURE = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def build_dataset(size: int, folder: Path, seed: int = 0) -> None:
+    """``size`` images made from the flower photos: random crops (60-100% of each side), half of them
+    flipped, re-encoded at JPEG quality 85-95; 80% in train/, 20% in val/."""
+    from PIL import Image
+
+    sources = sorted(p for p in FLOWERS.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    rng = random.Random(seed)
+    for i in range(size):
+        source = sources[i % len(sources)]
+        label = source.parent.name
+        split = "val" if rng.random() < 0.2 else "train"
+        with Image.open(source) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            im = im.crop((x, y, x + cw, y + ch))
+            if rng.random() < 0.5:
+                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out = folder / split / label / f"{i:06d}.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            im.save(out, quality=rng.randint(85, 95))
+
+
+def preset(dataset: Path, trials: int, head: int, finetune: int) -> list[str]:
+    """The flowers preset's search on a folder, with the shared weights."""
+    return [
+        "dataset=folder",
+        f"dataset.path={dataset}",
+        "backbone=mobilenet_v2",
+        f"backbone.weights={WEIGHTS}",
+        "dataset.image_size=160",
+        "augmentation=standard",
+        f"tuner.max_trials={trials}",
+        f"finetune.head_epochs={head}",
+        f"finetune.finetune_epochs={finetune}",
+        "finalists.top=0",
+        "verbose=false",
+        "report.enabled=false",
+        "export.enabled=false",
+    ]
+
+
+def run(name: str, args: list[str], work: Path, cache: Path | None = None) -> dict:
+    """One job in a fresh folder: peak memory of its processes, cache size, wall time, best accuracy."""
+    folder = work / name
+    folder.mkdir()
+    cache = cache or folder / "cache"
+    started = time.perf_counter()
+    command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "tlsweep", *args, f"feature_cache.dir={cache}"]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        sys.exit(f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    peak = next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("PEAK_KB"))
+    (record,) = [json.loads(p.read_text()) for p in folder.glob("outputs/runs/*/job.json")]
+    (log_file,) = folder.glob("outputs/runs/*/tlsweep.log")
+    plan = next((line.split("] ", 1)[1] for line in log_file.read_text().splitlines() if "cut(s)," in line), "")
+    disk = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.exists() else 0
+    return {
+        "wall": wall,
+        "search": record["search_s"],
+        "trials": record["completed_trials"],
+        "best": record["best"]["value"],
+        "peak_gb": peak / 2**20,
+        "disk_gb": disk / 2**30,
+        "plan": plan,
+    }
+
+
+def floor(dataset: Path) -> None:
+    """Print the seconds of one forward pass over every image (decoding not included), in this process."""
+    from hydra import compose, initialize_config_module
+
+    from tlsweep.backbones import load_backbone
+    from tlsweep.cache.features import FeatureCache
+    from tlsweep.cache.store import Store
+    from tlsweep.data import load_dataset
+    from tlsweep.paths import register_resolvers
+
+    register_resolvers()
+    with initialize_config_module("tlsweep.conf", version_base="1.3"):
+        cfg = compose("config", overrides=preset(dataset, 1, 1, 1))
+    data = load_dataset(cfg.dataset, 160)
+    backbone = load_backbone(cfg.backbone, 160)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(backbone, data, None, 1, 0, Store(Path(tmp)))
+        started = time.perf_counter()
+        cache.compute(0, "train", 0)
+        cache.compute(0, "val", 0)
+        print(json.dumps({"floor": time.perf_counter() - started}))
+
+
+def line(name: str, r: dict) -> str:
+    return (
+        f"  {name:34s} peak {r['peak_gb']:5.1f} GB  cache {r['disk_gb']:5.1f} GB  wall {r['wall']:7.1f} s  "
+        f"search {r['search']:7.1f} s  best val_accuracy {r['best']:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 20000])
+    parser.add_argument("--work", type=Path, default=None, help="where datasets and runs go (default: a temp folder)")
+    parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)  # the floor's own process
+    options = parser.parse_args()
+    if options.floor:
+        floor(options.floor)
+        return
+    if not (FLOWERS.is_dir() and WEIGHTS.is_file()):
+        sys.exit(f"needs the flower photos and MobileNetV2 weights in {SHARED}")
+    work = options.work or Path(tempfile.mkdtemp(prefix="tlsweep-scale-"))
+    print(f"working in {work} (machine: {_machine()})", flush=True)
+    for size in options.sizes:
+        dataset = work / f"flowers-{size}"
+        if not dataset.exists():
+            started = time.perf_counter()
+            build_dataset(size, dataset)
+            print(f"{size} images built in {time.perf_counter() - started:.0f} s", flush=True)
+        runs = work / f"runs-{size}"
+        shutil.rmtree(runs, ignore_errors=True)
+        runs.mkdir()
+        if size <= 5000:
+            args = preset(dataset, 10, 5, 5)
+            cached = run("cached", args, runs)
+            print(line("cache=true, 10 trials", cached), flush=True)
+            print(f"    {cached['plan']}", flush=True)
+            plain = run("plain", [*preset(dataset, 2, 5, 5), "cache=false"], runs)
+            print(line("cache=false, 2 trials", plain), flush=True)
+            head_only = run("head_only", [*args, "search.unfreeze_depths=[0]"], runs)
+            print(line("cache=true, head only, 10 trials", head_only), flush=True)
+            passes = subprocess.run(
+                [sys.executable, __file__, "--floor", str(dataset)], check=True, capture_output=True, text=True
+            )
+            cold = json.loads(passes.stdout.strip().splitlines()[-1])["floor"]
+            plain10 = plain["search"] * 10 / plain["trials"]
+            print(f"  the plain way scaled to 10 trials: search {plain10:.0f} s")
+            print(f"  speed-up of the cache (search): {plain10 / cached['search']:.1f}x")
+            gap = 100 * (cached["best"] - plain["best"])
+            print(f"  best accuracy, cached 10 trials minus plain 2 trials: {gap:+.1f} points")
+            print(f"  floor, one cold forward pass over all {size} images: {cold:.1f} s")
+            print(f"  head-only cached search: {head_only['search'] / cold:.1f}x the floor", flush=True)
+        else:
+            args = preset(dataset, 3, 2, 2)
+            default = run("default_budget", args, runs)
+            print(line("cache=true, 3 trials, default budget", default), flush=True)
+            print(f"    {default['plan']}", flush=True)
+            reuse = runs / "default_budget" / "cache"
+            small = run("memory_gb_4", [*args, "feature_cache.memory_gb=4"], runs, cache=reuse)
+            print(line("cache=true, 3 trials, memory_gb=4", small), flush=True)
+            print(f"    {small['plan']}", flush=True)
+
+
+def _machine() -> str:
+    import os
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {memory:.0f} GiB"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The feature cache: a sweep pays for about one pass of the frozen backbone, not one per trial and epoch.
+
+The frozen part of a trial's model computes the same thing in every trial and epoch. So, per job:
+
+- stage 1 trains the head on the backbone's pooled output, computed once;
+- stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
+  tensors that cross that cut (several inside a residual block), computed once per depth;
+- random augmentation becomes V fixed views of the training set (V: one per epoch by default);
+  epoch e trains on view e mod V, in every trial. Each cut keeps only the views its epochs read
+  (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
+
+A plan (``tlsweep.cache.plan``) decides first which cuts pay and where they go under the job's
+memory budget: in memory, read from disk batch by batch, or not cached (trained from the images).
+Every cut of a view is made in one pass, batch by batch, each from the one below it, and streamed
+to disk: building holds one batch, whatever the dataset's size. Arrays are stored by a key hashing
+everything that determines them (backbone, weights, image size, preprocessing, images,
+augmentation and seed, cut, view), so later jobs and sweeps reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, preprocessing_layer
+from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_fits, make_plan, resident_memory
+from tlsweep.cache.store import Store, entries, evict, gigabytes
+from tlsweep.data import ImageData
+from tlsweep.model import augmentation
+from tlsweep.settings import finetune_epochs
+
+log = logging.getLogger(__name__)
+
+BATCH = 64  # images per forward pass while building
+
+Arrays = list[Any]  # one array per tensor at a cut (numpy in memory, or a DiskArray)
+
+
+@dataclass
+class FeatureCache:
+    """The cached tensors of one job: every cut the plan keeps is made before the search starts
+    (``prepare``), any other when first asked for."""
+
+    backbone: Backbone
+    data: ImageData
+    augmentation: DictConfig | None
+    views: int
+    seed: int
+    store: Store
+    depths: list[int] = field(default_factory=lambda: [0])  # every cut the search may ask for
+    plan: CachePlan | None = None  # None: every cut cached in memory, with every view
+    _fingerprint: dict[str, Any] = field(default_factory=dict)
+    _memo: dict[tuple, Arrays] = field(default_factory=dict)
+    _parts: dict[tuple, Callable[[Arrays], Arrays]] = field(default_factory=dict)
+    _network: Any = None  # one network for every part: the cache never trains it
+
+    def cached(self, cut: int) -> bool:
+        """Whether trials above ``cut`` train on cached tensors (else on the images, the plain way)."""
+        return self.plan is None or self.plan.where(cut) != "images"
+
+    def views_at(self, cut: int) -> tuple[int, ...]:
+        """The training views kept at ``cut``: those its epochs read."""
+        planned = self.plan.views_at(cut) if self.plan else None
+        return planned if planned is not None else tuple(range(self.views))
+
+    def prepare(self, network: Any = None) -> None:
+        """Compute (or load) every cut the plan keeps, before any trial trains.
+
+        ``network`` is the backbone to run, pretrained and untouched: the job's classifier's, so
+        no second copy is built. It is let go afterwards, as trials train it; a cut asked for
+        later gets a network of its own.
+        """
+        self._network = network
+        try:
+            parts = self.parts()
+            for view in range(self.views):
+                self._make([c for c, split, v in parts if split == "train" and v == view], "train", view)
+            self._make([c for c, split, _ in parts if split == "val"], "val", 0)
+        finally:
+            self._network, self._parts = None, {}
+
+    def train_views(self, cut: int) -> list[Arrays | None]:
+        """For each view, the tensors at ``cut`` of every training image (None for views no epoch reads there)."""
+        kept = self.views_at(cut)
+        return [self._arrays(cut, "train", v) if v in kept else None for v in range(self.views)]
+
+    def val(self, cut: int) -> Arrays:
+        """The tensors at ``cut`` of every validation image (never augmented)."""
+        return self._arrays(cut, "val", 0)
+
+    def view_images(self, view: int) -> np.ndarray:
+        """Training images as view ``view`` augments them, all at once (for comparisons in tests)."""
+        return np.concatenate(list(self._images("train", view)))
+
+    def compute(self, cut: int, split: str, view: int) -> Arrays:
+        """The tensors at ``cut`` computed from the images in memory, nothing stored (for comparisons and the
+        benchmark's floor)."""
+        batches = [out[0] for out in self._run([cut], None, split, view)]
+        return [np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))]
+
+    def parts(self) -> list[tuple[int, str, int]]:
+        """The (cut, split, view) of every part the plan keeps."""
+        kept = [c for c in self.depths if self.cached(c)]
+        train = [(c, "train", v) for v in range(self.views) for c in kept if v in self.views_at(c)]
+        return train + [(c, "val", 0) for c in kept]
+
+    def folders(self) -> set[Path]:
+        """The store's folders of every part the plan keeps."""
+        return {self.store.folder(self._fields(*part)) for part in self.parts()}
+
+    def _arrays(self, cut: int, split: str, view: int) -> Arrays:
+        if (cut, split, view) not in self._memo:
+            self._make([cut], split, view)
+        return self._memo[(cut, split, view)]
+
+    def _fields(self, cut: int, split: str, view: int) -> dict[str, Any]:
+        return {**self.fingerprint(), "depth": cut, "split": split, "view": view, "views": self.views}
+
+    def _make(self, cuts: list[int], split: str, view: int) -> None:
+        """Load the tensors at ``cuts`` for one split and view, building the missing ones in one pass:
+        from the nearest cut already stored below them, or from the images."""
+        cuts = sorted(set(cuts), reverse=True)  # nearest the images first
+        missing = [c for c in cuts if not self.store.has(self._fields(c, split, view))]
+        if missing:
+            stored = [c for c in self.depths if c > missing[0] and self.store.has(self._fields(c, split, view))]
+            start = min(stored, default=None)
+            source = self.store.load(self._fields(start, split, view), in_memory=False) if start is not None else None
+            if source is None:
+                start = None
+            n = len(self.data.y_train if split == "train" else self.data.y_val)
+            where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
+            started = time.monotonic()
+            with ExitStack() as stack:
+                writers = []
+                for c in missing:
+                    fields, about = self._fields(c, split, view), self._about(c, split, view)
+                    writers.append(stack.enter_context(self.store.write(fields, self._shapes(c, n), about)))
+                for outputs in self._run(missing, source if start is not None else None, split, view, start):
+                    for cut_writers, arrays in zip(writers, outputs, strict=True):
+                        for writer, array in zip(cut_writers, arrays, strict=True):
+                            writer.append(array)
+            log.info(
+                "feature cache: %s, %s at depth %s: %d images in %.1fs",
+                where,
+                "cut" if len(missing) == 1 else "cuts",
+                ", ".join(str(c) for c in missing),
+                n,
+                time.monotonic() - started,
+            )
+        for c in cuts:
+            arrays = self.store.load(self._fields(c, split, view), in_memory=self._in_memory(c))
+            if arrays is None:
+                raise OSError(f"the feature cache in {self.store.root} could not be read back")
+            if c not in missing:
+                self.store.reused += 1
+            self._memo[(c, split, view)] = arrays
+
+    def _in_memory(self, cut: int) -> bool:
+        return self.plan is None or self.plan.where(cut) != "disk"
+
+    def _about(self, cut: int, split: str, view: int) -> str:
+        where = f"view {view + 1}/{self.views}" if split == "train" else split
+        return f"{self.backbone.name} {self.backbone.image_size}px, cut at depth {cut}, {where}"
+
+    def _shapes(self, cut: int, n: int) -> list[tuple[int, ...]]:
+        return [(n, *shape) for shape in cut_shapes(self._net(), cut, self.backbone.cuts)]
+
+    def _images(self, split: str, view: int) -> Iterator[np.ndarray]:
+        """The images of one split and view as float32 batches, augmented by the view's own draws."""
+        x = self.data.x_train if split == "train" else self.data.x_val
+        augment = None
+        if split == "train" and self.augmentation:
+            augment = augmentation(self.augmentation, self.seed + 7919 * view)
+        for i in range(0, len(x), BATCH):
+            batch = np.asarray(x[i : i + BATCH], np.float32)
+            yield np.asarray(augment(batch, training=True)) if augment is not None else batch
+
+    def _run(
+        self, cuts: list[int], source: Arrays | None, split: str, view: int, start: int | None = None
+    ) -> Iterator[list[Arrays]]:
+        """For each batch, the tensors at each of ``cuts`` (nearest the images first), each cut computed
+        from the one before it; the first from ``source`` (the stored tensors at cut ``start``) or the images."""
+        if source is None:
+            batches: Iterator[Arrays] = ([b] for b in self._images(split, view))
+        else:
+            count = len(source[0])
+            batches = ([np.asarray(a[i : i + BATCH], np.float32) for a in source] for i in range(0, count, BATCH))
+        for batch in batches:
+            below, outputs = (None if source is None else start), []
+            for cut in cuts:
+                batch = self._step(below, cut)(batch)
+                outputs.append(batch)
+                below = cut
+            yield outputs
+
+    def _net(self) -> Any:
+        if self._network is None:
+            self._network = self.backbone.build()
+        return self._network
+
+    def _step(self, below: int | None, cut: int) -> Callable[[Arrays], Arrays]:
+        """The layers from one cut (or the images) to another, as a function on a batch, traced once for
+        any batch size; tensors that cross both cuts are passed on, not computed."""
+        if (below, cut) in self._parts:
+            return self._parts[(below, cut)]
+        import keras
+        import tensorflow as tf
+
+        net = self._net()
+        wanted = crossing_tensors(net, cut)
+        given = [net.input] if below is None else crossing_tensors(net, below)
+        passed = [next((j for j, g in enumerate(given) if g is t), None) for t in wanted]
+        inputs = [keras.Input(g.shape[1:]) for g in given]
+        if below is None and cut >= self.backbone.cuts:  # the cut below every layer: the preprocessed images
+            model = keras.Model(inputs, [preprocessing_layer(self.backbone.preprocessing)(inputs[0])])
+            passed = [None]
+        else:
+            to_compute = [t for t, j in zip(wanted, passed, strict=True) if j is None]
+            model = None
+            if to_compute:
+                middle = keras.Model(given, to_compute)
+                x = preprocessing_layer(self.backbone.preprocessing)(inputs[0]) if below is None else inputs
+                outputs = keras.tree.flatten(middle(x, training=False))
+                if cut == 0 and len(outputs[0].shape) == 4:  # the head's input: pooled, as its first layer does
+                    outputs = [keras.ops.mean(outputs[0], axis=(1, 2))]
+                model = keras.Model(inputs, outputs)
+        function = None
+        if model is not None:
+            specs = [tf.TensorSpec((None, *g.shape[1:]), tf.float32) for g in given]
+
+            def forward(*xs: Any) -> list[Any]:
+                return keras.tree.flatten(model(xs[0] if len(xs) == 1 else list(xs), training=False))
+
+            function = tf.function(forward, input_signature=specs)
+
+        def step(xs: Arrays) -> Arrays:
+            computed = iter([np.asarray(t) for t in function(*xs)] if function is not None else [])
+            return [np.asarray(xs[j]) if j is not None else next(computed) for j in passed]
+
+        self._parts[(below, cut)] = step
+        return step
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the cached tensors depend on, besides the cut and the view."""
+        if not self._fingerprint:
+            weights = hashlib.sha256()
+            for array in self.backbone.weights:
+                weights.update(np.ascontiguousarray(array).tobytes())
+            images = hashlib.sha256()
+            for array in (self.data.x_train, self.data.y_train, self.data.x_val, self.data.y_val):
+                for i in range(0, len(array), 1024):  # in blocks: the images may be read from disk
+                    images.update(np.ascontiguousarray(array[i : i + 1024]).tobytes())
+            augmentation = OmegaConf.to_container(self.augmentation) if self.augmentation else None
+            self._fingerprint = {
+                "backbone": self.backbone.name,
+                "weights": weights.hexdigest(),
+                "image_size": self.backbone.image_size,
+                "preprocessing": self.backbone.preprocessing,
+                "images": images.hexdigest(),
+                "augmentation": augmentation,
+                "seed": self.seed,
+                "dtype": self.store.dtype,
+            }
+        return self._fingerprint
+
+
+def cut_shapes(network: Any, cut: int, cuts: int) -> list[tuple[int, ...]]:
+    """The shapes (without the batch) of the tensors stored at ``cut``: the pooled features at 0."""
+    if cut >= cuts:
+        return [tuple(network.input.shape[1:])]
+    shapes = [tuple(t.shape[1:]) for t in crossing_tensors(network, cut)]
+    return [shapes[0][-1:]] if cut == 0 and len(shapes[0]) == 3 else shapes
+
+
+def compute_below(network: Any, cut: int) -> float:
+    """The share of the backbone's compute in its layers below ``cut``, estimated per layer as its
+    weights times the pixels of its output (a convolution's multiply-adds)."""
+    layers = backbone_layers(network)
+    costs = []
+    for layer in layers:
+        pixels = 1
+        shape = getattr(layer, "output", None)
+        if shape is not None and len(layer.output.shape) == 4:
+            pixels = int(layer.output.shape[1] or 1) * int(layer.output.shape[2] or 1)
+        costs.append(layer.count_params() * pixels)
+    total = sum(costs) or 1
+    return sum(costs[: len(layers) - cut]) / total
+
+
+def views_for(cfg: DictConfig) -> int:
+    """How many augmented views: ``feature_cache.views``, or one per epoch; one without augmentation."""
+    if not _augments(cfg.augmentation):
+        return 1
+    if cfg.feature_cache.views:
+        return int(cfg.feature_cache.views)
+    return int(cfg.finetune.head_epochs) + finetune_epochs(cfg.finetune)
+
+
+def _augments(cfg: DictConfig) -> bool:
+    return augmentation(cfg, 0) is not None
+
+
+def search_depths(cfg: DictConfig, backbone: Backbone) -> list[int]:
+    """The unfreeze depths the search may train at."""
+    mode = cfg.finetune.mode
+    depths = [0] + ([int(d) for d in cfg.search.unfreeze_depths] if mode == "top" else [])
+    return depths + ([backbone.num_layers] if mode == "full" else [])
+
+
+def plan_cuts(cfg: DictConfig, backbone: Backbone, network: Any) -> list[Cut]:
+    """Each cut the search may train on: its bytes per image, the compute below it, the views its epochs
+    read and how many epochs are expected to train on it (trials, finalists' extra runs included)."""
+    head, finetune = int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune)
+    views = views_for(cfg)
+    depths = search_depths(cfg, backbone)
+    searched = depths[1:] or [0]
+    trials = int(cfg.tuner.max_trials) + int(cfg.finalists.top) * max(int(cfg.finalists.seeds) - 1, 0)
+    every = cfg.tuner.name == "hyperband"  # Hyperband splits each trial's epochs itself: any view may be read
+    by_cut: dict[int, list[int]] = {}
+    for depth in sorted(set(depths)):
+        by_cut.setdefault(backbone.cut_depth(depth), []).append(depth)
+    cuts = []
+    for cut, served in sorted(by_cut.items()):
+        share = sum(searched.count(d) for d in served) / len(searched)
+        epochs = trials * share * finetune + (trials * head if cut == 0 else 0)
+        read = set(range(head)) if cut == 0 else set()
+        read |= set(range(head, head + finetune)) if share else set()
+        kept = tuple(range(views)) if every else tuple(sorted({e % views for e in read}))
+        row = sum(math.prod(s) for s in cut_shapes(network, cut, backbone.cuts)) * 4
+        below = compute_below(network, cut) if cut < backbone.cuts else 0.0
+        cuts.append(Cut(cut, tuple(d for d in served if d or cut == 0), row, below, kept, epochs))
+    return cuts
+
+
+def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, plan: CachePlan | None = None) -> FeatureCache:
+    """The job's feature cache, as ``cfg.feature_cache`` and ``plan`` set it up."""
+    settings = cfg.feature_cache
+    store = Store(Path(settings.dir), str(settings.dtype))
+    augment = cfg.augmentation if _augments(cfg.augmentation) else None
+    cuts = sorted({backbone.cut_depth(d) for d in search_depths(cfg, backbone)})
+    return FeatureCache(backbone, data, augment, views_for(cfg), int(cfg.seed), store, cuts, plan)
+
+
+def plan_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, network: Any, budget: float) -> FeatureCache:
+    """The job's feature cache with its plan: what each cut takes against the memory ``budget`` (what the
+    job holds already, images included, and a reserve for training counted first) and the room on disk
+    (``feature_cache.max_disk_gb``, and the free space). Refuses before any work if even the head's
+    features cannot be stored; makes room by removing the least recently used keys of other jobs."""
+    settings = cfg.feature_cache
+    folder = Path(settings.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = float(settings.max_disk_gb) * GB
+    held = sum(e.bytes for e in entries(folder))
+    free = shutil.disk_usage(folder).free
+    images = data.x_train.nbytes + data.x_val.nbytes  # the plain way's pipeline copy, for depths trained from images
+    memory = budget - resident_memory() - TRAINING_RESERVE - images
+    itemsize = np.dtype(str(settings.dtype)).itemsize
+    cuts = plan_cuts(cfg, backbone, network)
+    plan = make_plan(
+        cuts, len(data.y_train), len(data.y_val), views_for(cfg), itemsize, max(memory, 0), min(limit, free + held)
+    )
+    check_head_fits(plan, folder, free, float(settings.max_disk_gb))
+    log.info(plan.line())
+    cache = make_cache(cfg, backbone, data, plan)
+    mine = cache.folders()
+    new = sum(d.bytes for d in plan.decisions if d.where != "images") - sum(
+        e.bytes for e in entries(folder) if e.folder in mine
+    )
+    removed = evict(folder, min(limit, held + free - GB) - max(new, 0), mine)
+    if removed:
+        log.info(
+            "feature cache: removed %d least recently used part(s) of other jobs (%s) to stay within %s",
+            len(removed),
+            gigabytes(sum(e.bytes for e in removed)),
+            gigabytes(limit),
+        )
+    return cache
