@@ -17,7 +17,7 @@ from conftest import FAST, make_config, run_cli
 
 from tlsweep.backbones import load_backbone
 from tlsweep.cache.features import plan_cache, plan_cuts
-from tlsweep.cache.plan import GB, Cut, make_plan
+from tlsweep.cache.plan import GB, Cut, available_memory, make_plan, memory_budget, resident_memory
 from tlsweep.cache.store import Store, entries, evict
 from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
@@ -134,3 +134,11 @@ def test_cache_list_and_clear(tmp_path: Path) -> None:
     assert "removed 1 key(s), 1.0 MB" in cleared.stdout and not entries(tmp_path / "c")
     missing = cache("list", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no feature cache in" in missing.stderr
+
+
+def test_the_default_budget_is_half_the_free_memory_shared_by_parallel_jobs() -> None:
+    held = resident_memory()
+    alone, shared = memory_budget(None, 1) - held, memory_budget(None, 2) - held
+    assert alone == pytest.approx(available_memory() / 2, rel=0.2)
+    assert shared == pytest.approx(alone / 2, rel=0.2)
+    assert memory_budget(4, 2) == 4 * GB  # a budget set by hand is the job's own

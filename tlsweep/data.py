@@ -223,7 +223,8 @@ def _load_folder(cfg: DictConfig, image_size: int, store: Store | None, max_byte
     if max_bytes is not None and needed > max_bytes:
         raise TlsweepError(
             f"the {count} images of {layout.root} take {needed / 2**30:.1f} GB decoded at {image_size} px, more than "
-            f"this job's memory budget allows ({max_bytes / 2**30:.1f} GB); set a smaller dataset.image_size or "
+            f"this job's memory budget allows ({max_bytes / 2**30:.1f} GB, with a copy in the input pipeline); set a "
+            "smaller dataset.image_size or "
             "dataset.fraction, or a larger feature_cache.memory_gb on a machine with the memory"
         )
     x, y, skipped = _decode_all(train_files, image_size, workers, store)

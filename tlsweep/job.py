@@ -126,7 +126,9 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     check_depths(cfg, backbone.num_layers, backbone.name, backbone.unit)
     budget = memory_budget(cfg.feature_cache.memory_gb, jobs_at_once())
     store = Store(Path(cfg.feature_cache.dir)) if cfg.cache else None
-    data = load_dataset(cfg.dataset, image_size, store, max_bytes=budget - resident_memory())
+    data = load_dataset(
+        cfg.dataset, image_size, store, max_bytes=(budget - resident_memory()) / 2
+    )  # and a pipeline copy
     log.info(data.summary())
     job = _context(cfg, job_dir, root, choices, data, image_size)
     if job.best.read():

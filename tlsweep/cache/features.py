@@ -370,6 +370,7 @@ def plan_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, network: An
     plan = make_plan(
         cuts, len(data.y_train), len(data.y_val), views_for(cfg), itemsize, max(memory, 0), min(limit, free + held)
     )
+    plan.budget = budget
     check_head_fits(plan, folder, free, float(settings.max_disk_gb))
     log.info(plan.line())
     cache = make_cache(cfg, backbone, data, plan)

@@ -19,7 +19,8 @@ from tlsweep.errors import TlsweepError
 
 GB = 2**30
 TRAINING_RESERVE = GB  # what training needs beside the arrays (activations, optimizer state, TensorFlow's own)
-PIPELINE_COPIES = 2  # arrays held in memory are also copied once into the input pipeline
+PIPELINE_COPIES = 2  # arrays held in memory are also copied once into the input pipeline (and, while
+# copying, the biggest of them takes its size once more)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CachePlan:
     views: int
     memory_bytes: float  # what the arrays could take in memory
     disk_bytes: float  # what they could take on disk
+    budget: float = 0.0  # the job's whole memory budget, of which memory_bytes is the arrays' share
 
     def where(self, cut: int) -> str:
         return next((d.where for d in self.decisions if d.cut.cut == cut), "memory")
@@ -67,7 +69,10 @@ class CachePlan:
             f"feature cache: {len(cached)} cut(s), {self.views} view(s) → {gigabytes(memory)} in memory, "
             f"{gigabytes(disk)} read from disk"
         )
-        line += f" (budget {gigabytes(self.memory_bytes)} in memory, {gigabytes(self.disk_bytes)} on disk)"
+        line += (
+            f" (memory budget {gigabytes(self.budget)} for the job, {gigabytes(self.memory_bytes)} of it for the "
+            f"cache; {gigabytes(self.disk_bytes)} on disk)"
+        )
         skipped = [d for d in self.decisions if d.where == "images"]
         if skipped:
             line += "; " + "; ".join(f"depth {_depths(d.cut)} trains from images: {d.why}" for d in skipped)
@@ -97,6 +102,7 @@ def make_plan(
     sized = [(c, array_bytes(c, train, val, itemsize)) for c in cuts]
     worth = sorted(sized, key=lambda cb: -(cb[0].epochs * cb[0].below) / max(cb[1], 1))
     memory_left, disk_left = memory_bytes, disk_bytes
+    largest = 0  # the biggest cut in memory: copying it into the pipeline briefly takes its size once more
     decisions = []
     for cut, size in worth:
         passes = len(set(cut.views) - shared) if cut.cut else len(cut.views)
@@ -107,8 +113,9 @@ def make_plan(
             decisions.append(Decision(cut, "images", size, why))
         elif size > disk_left:
             decisions.append(Decision(cut, "images", size, f"caching it would need {gigabytes(size)} on disk"))
-        elif size * PIPELINE_COPIES <= memory_left:
-            memory_left -= size * PIPELINE_COPIES
+        elif size * PIPELINE_COPIES + max(largest, size) <= memory_left + largest:
+            memory_left -= size * PIPELINE_COPIES + max(size - largest, 0)
+            largest = max(largest, size)
             disk_left -= size
             decisions.append(Decision(cut, "memory", size))
         else:
