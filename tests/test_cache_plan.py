@@ -89,19 +89,19 @@ def test_a_disk_limit_too_small_for_the_head_fails_the_job_with_one_line(image_f
 def test_a_job_over_its_memory_budget_reads_the_cache_from_disk_with_the_same_results(
     image_folder: Path, tmp_path: Path
 ) -> None:
-    args = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "augmentation=light", "seed=3"]
+    args = ["-m", "dataset=folder", f"dataset.path={image_folder}", *FAST, "augmentation=light", "seed=3"]
+    run = run_cli([*args, "feature_cache.memory_gb=4,1.2"], tmp_path)  # two jobs: in memory, then from disk
+    assert run.returncode == 0, run.stdout
     histories = {}
-    for name, budget in (("memory", []), ("disk", ["feature_cache.memory_gb=1.2"])):
-        folder = tmp_path / name
-        folder.mkdir()
-        run = run_cli([*args, *budget], folder)
-        assert run.returncode == 0, run.stdout
-        (log,) = folder.glob("outputs/runs/*/tlsweep.log")
-        plan = next(line for line in log.read_text().splitlines() if "feature cache:" in line and "cut(s)" in line)
+    for name, budget in (("memory", "4"), ("disk", "1.2")):
+        (job,) = tmp_path.glob(f"outputs/sweeps/*/feature_cache.memory_gb={budget}")
+        plan = next(line for line in (job / "tlsweep.log").read_text().splitlines() if "cut(s)" in line)
         assert ("0.0 MB read from disk" in plan) == (name == "memory"), plan
-        records = sorted(folder.glob("outputs/runs/*/trials/trial_*.json"))
+        records = sorted((job / "trials").glob("trial_*.json"))
         histories[name] = [json.loads(p.read_text())["history"] for p in records]
+    assert len(histories["disk"]) == 2
     for memory, disk in zip(histories["memory"], histories["disk"], strict=True):
+        assert len(memory) == len(disk) == 2
         for a, b in zip(memory, disk, strict=True):
             assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-4)
             assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
