@@ -125,10 +125,9 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     backbone = load_backbone(cfg.backbone, image_size)  # first: a weights problem should not wait for the data
     check_depths(cfg, backbone.num_layers, backbone.name, backbone.unit)
     budget = memory_budget(cfg.feature_cache.memory_gb, jobs_at_once())
-    store = Store(Path(cfg.feature_cache.dir)) if cfg.cache else None
-    data = load_dataset(
-        cfg.dataset, image_size, store, max_bytes=(budget - resident_memory()) / 2
-    )  # and a pipeline copy
+    images = Store(Path(cfg.feature_cache.dir)) if cfg.cache else None  # decoded images, kept for later jobs
+    room = (budget - resident_memory()) / 2  # the images, and their copy in the input pipeline
+    data = load_dataset(cfg.dataset, image_size, images, max_bytes=room)
     log.info(data.summary())
     job = _context(cfg, job_dir, root, choices, data, image_size)
     if job.best.read():
@@ -166,13 +165,13 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
         finalists.run(job.best)
     search_s = round(time.monotonic() - searching, 1)
     if cache is not None:
-        built, reused, root = cache.store.built, cache.store.reused, cache.store.root
-        held = gigabytes(sum(e.bytes for e in entries(root)))
+        store = cache.store
+        held = gigabytes(sum(e.bytes for e in entries(store.root)))
         log.info(
             "feature cache: %d parts computed, %d reused; %s holds %s (python -m tlsweep.cache list)",
-            built,
-            reused,
-            root,
+            store.built,
+            store.reused,
+            store.root,
             held,
         )
     return _summary(cfg, job, tuner, role, data, search_s)

@@ -146,7 +146,7 @@ class FeatureCache:
                 for c in missing:
                     fields, about = self._fields(c, split, view), self._about(c, split, view)
                     writers.append(stack.enter_context(self.store.write(fields, self._shapes(c, n), about)))
-                for outputs in self._run(missing, source if start is not None else None, split, view, start):
+                for outputs in self._run(missing, source, split, view, start):
                     for cut_writers, arrays in zip(writers, outputs, strict=True):
                         for writer, array in zip(cut_writers, arrays, strict=True):
                             writer.append(array)
@@ -289,10 +289,8 @@ def compute_below(network: Any, cut: int) -> float:
     layers = backbone_layers(network)
     costs = []
     for layer in layers:
-        pixels = 1
-        shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4:
-            pixels = int(layer.output.shape[1] or 1) * int(layer.output.shape[2] or 1)
+        shape = layer.output.shape
+        pixels = int(shape[1] or 1) * int(shape[2] or 1) if len(shape) == 4 else 1
         costs.append(layer.count_params() * pixels)
     total = sum(costs) or 1
     return sum(costs[: len(layers) - cut]) / total
@@ -361,7 +359,8 @@ def plan_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, network: An
     folder = Path(settings.dir)
     folder.mkdir(parents=True, exist_ok=True)
     limit = float(settings.max_disk_gb) * GB
-    held = sum(e.bytes for e in entries(folder))
+    found = entries(folder)
+    held = sum(e.bytes for e in found)
     free = shutil.disk_usage(folder).free
     images = data.x_train.nbytes + data.x_val.nbytes  # the plain way's pipeline copy, for depths trained from images
     memory = budget - resident_memory() - TRAINING_RESERVE - images
@@ -375,9 +374,7 @@ def plan_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, network: An
     log.info(plan.line())
     cache = make_cache(cfg, backbone, data, plan)
     mine = cache.folders()
-    new = sum(d.bytes for d in plan.decisions if d.where != "images") - sum(
-        e.bytes for e in entries(folder) if e.folder in mine
-    )
+    new = plan.disk_needed() - sum(e.bytes for e in found if e.folder in mine)
     removed = evict(folder, min(limit, held + free - GB) - max(new, 0), mine)
     if removed:
         log.info(

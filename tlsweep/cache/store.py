@@ -199,7 +199,6 @@ class Store:
                 w.abandon()
             shutil.rmtree(staging, ignore_errors=True)
             needed = sum(int(np.prod(s, dtype=np.int64)) for s in shapes) * np.dtype(self.dtype).itemsize
-            shutil.rmtree(staging, ignore_errors=True)
             if is_disk_full(e) or shutil.disk_usage(self.root).free < needed:
                 raise TlsweepError(
                     f"the disk is full while writing the feature cache in {self.root} ({needed / 2**30:.1f} GB "
