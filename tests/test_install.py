@@ -27,6 +27,13 @@ def test_wheel_install_works_from_another_folder(tmp_path: Path) -> None:
     sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO))
     wheel = next(dist.glob("tlsweep-*.whl"))
     sh(sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel))
+    shipped = {path.relative_to(site).as_posix() for path in (site / "tlsweep").rglob("*.py")}
+    missing = sorted(
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "tlsweep").rglob("*.py")
+        if path.relative_to(REPO).as_posix() not in shipped
+    )
+    assert not missing, f"modules left out of the wheel (pyproject.toml's packages): {missing}"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     python = sys.executable
