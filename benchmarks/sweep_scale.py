@@ -7,7 +7,8 @@ re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20
 - 3,000 images: the flowers preset's search (MobileNetV2 with the shared weights at 160 px,
   ``augmentation=standard``, 10 trials of 5 + 5 epochs, depths 0/12/30/54, Adam and SGD) with the
   cache; the plain way (``cache=false``) on 2 trials, its time scaled to 10; the search head-only
-  (``search.unfreeze_depths=[0]``); and the floor: one cold forward pass over every image.
+  (``search.unfreeze_depths=[0]``), with and without augmentation; and the floor: one cold forward
+  pass over every image.
 - 20,000 images: 3 trials of 2 + 2 epochs, with the default memory budget and with
   ``feature_cache.memory_gb=4`` (the second reuses the decoded images and the cache).
 
@@ -189,6 +190,9 @@ def main() -> None:
             print(line("cache=false, 2 trials", plain), flush=True)
             head_only = run("head_only", [*args, "search.unfreeze_depths=[0]"], runs)
             print(line("cache=true, head only, 10 trials", head_only), flush=True)
+            print(f"    {head_only['plan']}", flush=True)
+            one_view = run("head_only_none", [*args, "search.unfreeze_depths=[0]", "augmentation=none"], runs)
+            print(line("  the same, augmentation=none", one_view), flush=True)
             passes = subprocess.run(
                 [sys.executable, __file__, "--floor", str(dataset)], check=True, capture_output=True, text=True
             )
@@ -198,7 +202,12 @@ def main() -> None:
             print(f"  speed-up of the cache (search): {plain10 / cached['search']:.1f}x")
             print(f"  the same trials both ways, best val_accuracy cached / plain: {same_trials(runs)}")
             print(f"  floor, one cold forward pass over all {size} images: {cold:.1f} s")
-            print(f"  head-only cached search: {head_only['search'] / cold:.1f}x the floor", flush=True)
+            views = int(head_only["plan"].split(" view(s)")[0].rsplit(" ", 1)[-1])
+            print(
+                f"  head-only cached search: {head_only['search'] / cold:.1f}x the floor with {views} augmented "
+                f"views, {one_view['search'] / cold:.1f}x with augmentation=none (one view)",
+                flush=True,
+            )
         else:
             args = preset(dataset, 3, 2, 2)
             default = run("default_budget", args, runs)

@@ -55,15 +55,21 @@ def test_a_cut_that_trains_fewer_epochs_than_its_views_cost_trains_from_images()
 
 
 def test_each_cut_keeps_only_the_views_its_epochs_read(tmp_path: Path) -> None:
-    cfg = make_config(["augmentation=light", *FAST, "finetune.head_epochs=2", "finetune.finetune_epochs=3"])
+    epochs = ["finetune.head_epochs=2", "finetune.finetune_epochs=3"]
+    cfg = make_config(["augmentation=light", *FAST, *epochs, "feature_cache.views=5"])
     backbone = load_backbone(cfg.backbone, 32)
     cuts = {c.cut: c for c in plan_cuts(cfg, backbone, backbone.build())}
     assert cuts[0].views == (0, 1, 2, 3, 4)  # stage 1 (epochs 0-1), and stage 2 of depth-0 trials
     assert cuts[3].views == (2, 3, 4)  # stage 2 only
+    # By default, one view per epoch of the longer stage: stage 2 (epochs 2-4) reads views 2, 0, 1, all
+    # of them made for stage 1 anyway, so each view's cuts come from one pass of the backbone.
+    default = {
+        c.cut: c for c in plan_cuts(make_config(["augmentation=light", *FAST, *epochs]), backbone, backbone.build())
+    }
+    assert default[0].views == default[3].views == (0, 1, 2)
     assert cuts[3].row_bytes > cuts[0].row_bytes and 0 < cuts[3].below < cuts[0].below == 1.0
-    epochs = ["finetune.head_epochs=2", "finetune.finetune_epochs=3"]
     hyperband = make_config(["augmentation=light", *FAST, *epochs, "tuner=hyperband"])  # it splits epochs itself
-    assert {c.views for c in plan_cuts(hyperband, backbone, backbone.build())} == {(0, 1, 2, 3, 4)}
+    assert {c.views for c in plan_cuts(hyperband, backbone, backbone.build())} == {(0, 1, 2)}
 
 
 def test_no_room_on_disk_for_the_head_is_one_line_before_any_work(

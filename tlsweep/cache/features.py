@@ -5,7 +5,8 @@ The frozen part of a trial's model computes the same thing in every trial and ep
 - stage 1 trains the head on the backbone's pooled output, computed once;
 - stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
   tensors that cross that cut (several inside a residual block), computed once per depth;
-- random augmentation becomes V fixed views of the training set (V: one per epoch by default);
+- random augmentation becomes V fixed views of the training set (V: by default one per epoch of the
+  longer stage);
   epoch e trains on view e mod V, in every trial. Each cut keeps only the views its epochs read
   (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
 
@@ -181,10 +182,17 @@ class FeatureCache:
         x = self.data.x_train if split == "train" else self.data.x_val
         augment = None
         if split == "train" and self.augmentation:
-            augment = augmentation(self.augmentation, self.seed + 7919 * view)
+            import tensorflow as tf
+
+            layers = augmentation(self.augmentation, self.seed + 7919 * view)
+            # traced once per view: the same draws as eager calls, without Python's overhead per layer and batch
+            augment = tf.function(
+                lambda images: layers(images, training=True),
+                input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.float32)],
+            )
         for i in range(0, len(x), BATCH):
             batch = np.asarray(x[i : i + BATCH], np.float32)
-            yield np.asarray(augment(batch, training=True)) if augment is not None else batch
+            yield np.asarray(augment(batch)) if augment is not None else batch
 
     def _run(
         self, cuts: list[int], source: Arrays | None, split: str, view: int, start: int | None = None
@@ -297,12 +305,18 @@ def compute_below(network: Any, cut: int) -> float:
 
 
 def views_for(cfg: DictConfig) -> int:
-    """How many augmented views: ``feature_cache.views``, or one per epoch; one without augmentation."""
+    """How many augmented views: ``feature_cache.views``, else one per epoch of the longer stage; one
+    without augmentation.
+
+    Each view costs a pass of the augmentation and the backbone over the training images, the
+    cache's biggest cost. One per epoch of the longer stage means no stage trains on a view twice,
+    and stage 2 cycles through the views stage 1 made: every cut of a view comes from one pass.
+    """
     if not _augments(cfg.augmentation):
         return 1
     if cfg.feature_cache.views:
         return int(cfg.feature_cache.views)
-    return int(cfg.finetune.head_epochs) + finetune_epochs(cfg.finetune)
+    return max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
 
 
 def _augments(cfg: DictConfig) -> bool:
