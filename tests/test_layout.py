@@ -12,7 +12,7 @@ from conftest import REPO
 PIPELINE = [
     "errors", "settings", "files", "cache.store", "console", "config", "paths",
     "data", "hub", "backbones", "model", "cache.plan", "cache.features", "cache", "batches",
-    "logs", "trial", "tuners", "records", "finalists", "identity", "device", "job",
+    "logs", "stopping", "trial", "tuners", "records", "finalists", "identity", "device", "job",
     "evaluate", "export", "predict", "weights", "cache.__main__",
     "report.plots", "report.summary", "report.render", "report", "report.__main__",
     "callbacks", "__main__",

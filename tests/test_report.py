@@ -96,7 +96,8 @@ def test_the_csv_has_every_column(sweep) -> None:
     expected = {
         "rank", "job", "trial", "status", "backbone", "augmentation", "dataset.path", "learning_rate", "optimizer",
         "unfreeze_depth", "val_accuracy", "val_loss", "stage1_val_accuracy", "stage1_val_loss", "best_epoch",
-        "best_stage", "stage2", "duration_s", "overfitting", "error", "tensorboard",
+        "best_stage", "stage2", "duration_s", "overfitting", "error", "tensorboard", "val_balanced_accuracy",
+        "val_macro_f1", "stopped",
     }  # fmt: skip
     assert expected <= set(header), expected - set(header)
 

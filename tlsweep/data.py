@@ -73,6 +73,57 @@ class ImageData:
         return line
 
 
+FEW_IMAGES = 20  # a class with fewer training images than this is hard to learn and to judge
+IMBALANCED = 3.0  # the largest class this many times the smallest: accuracy hides the small classes
+
+
+def class_report(data: ImageData, objective: str) -> tuple[str, list[str]]:
+    """The training images per class (a line for the job log), and warnings: classes too small to learn or
+    judge, and an imbalance that plain accuracy would hide."""
+    counts = np.bincount(data.y_train, minlength=len(data.class_names))
+    pairs = list(zip(data.class_names, counts.tolist(), strict=True))
+    line = "images per class (training): " + ", ".join(f"{c} {n}" for c, n in pairs)
+    warnings = [
+        f"class '{c}' has only {n} training image(s); fewer than {FEW_IMAGES} are hard to learn and to judge"
+        for c, n in pairs
+        if n < FEW_IMAGES
+    ]
+    imbalance = imbalance_warning(counts.tolist(), objective)
+    return line, warnings + ([imbalance] if imbalance else [])
+
+
+def imbalance_warning(counts: list[int], objective: str) -> str | None:
+    """A warning when the training images per class (``counts``) are imbalanced and the objective is plain
+    accuracy, which the large classes dominate."""
+    if not counts or min(counts) <= 0 or max(counts) / min(counts) < IMBALANCED:
+        return None
+    if objective not in ("val_accuracy", "accuracy"):
+        return None
+    return (
+        f"the classes are imbalanced ({max(counts)} to {min(counts)} training images) and the objective is "
+        f"{objective}, which the large classes dominate: consider tuner.objective=val_balanced_accuracy "
+        "(or val_macro_f1) and class_weight=balanced"
+    )
+
+
+def class_weights(setting: Any, labels: np.ndarray, class_names: list[str]) -> dict[int, float] | None:
+    """Each class's weight in the training loss, by index: ``balanced`` gives a class n / (k · its count),
+    so every class weighs the same in total; a mapping names the classes it weighs (the rest weigh 1)."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = np.bincount(labels, minlength=len(class_names))
+        return {i: float(len(labels) / (len(class_names) * n)) for i, n in enumerate(counts) if n}
+    unknown = [str(k) for k in setting if str(k) not in class_names]
+    if unknown:
+        raise TlsweepError(
+            f"class_weight names class '{unknown[0]}', which the dataset does not have (its classes: "
+            f"{', '.join(class_names)})"
+        )
+    given = {str(k): float(v) for k, v in setting.items()}
+    return {i: given.get(name, 1.0) for i, name in enumerate(class_names)}
+
+
 def load_dataset(
     cfg: DictConfig, image_size: int, store: Store | None = None, max_bytes: float | None = None
 ) -> ImageData:

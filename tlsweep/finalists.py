@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tlsweep import files
 from tlsweep.batches import Source
 from tlsweep.logs import BestModel, TrialLog
 from tlsweep.records import Sweep, Trial, finalist_groups, load_job, ranking, read_json
+from tlsweep.stopping import StopRules
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Finalists:
     verbose: bool
     logdir: Path
     refit: Callable[[], Source] | None = None  # finalists.refit: the training + validation images, as a source
+    deadline: float | None = None  # the job's budget (time.monotonic()): no run starts after it
 
     def run(self, best: BestModel) -> None:
         """Train the extra seeds of the job's top configurations, then keep the winner's run closest to
@@ -67,6 +70,9 @@ class Finalists:
         weights: dict[str, list[Any]] = {}
         for rank, original in enumerate(chosen, 1):
             for replicate in range(1, self.seeds):
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    log.info("finalists: the budget is spent; the winner is chosen from the runs done")
+                    return self._keep_winner(best, weights)
                 label = f"finalist {rank}/{len(chosen)} (trial_{original.trial_id}), seed {replicate + 1}/{self.seeds}"
                 weights.update(self._run(original, replicate, label))
         self._keep_winner(best, weights)
@@ -82,7 +88,7 @@ class Finalists:
         trial_log = TrialLog(self.job_dir, run_id, label, dict(hp), context, self.verbose, self.logdir)
         trial_log.start()
         try:
-            model, summary = self._train(hp, seed, trial_log)
+            model, summary = self._train(hp, seed, trial_log, StopRules(deadline=self.deadline))
         except TrialFailed as e:  # a seed that diverges is a finding about the configuration: recorded, not fatal
             trial_log.fail(e)
             return {}
@@ -92,10 +98,12 @@ class Finalists:
         log.info("%s done: %s %.4f", label, objective, summary[objective])
         return {run_id: model.get_weights()}
 
-    def _train(self, hp: Chosen, seed: int, trial_log: TrialLog | None = None) -> tuple[Any, dict[str, Any]]:
+    def _train(
+        self, hp: Chosen, seed: int, trial_log: TrialLog | None = None, rules: StopRules | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         seed_keras(seed)
         model = self.trial.build(hp)
-        return model, self.trial.fit(hp, model, trial_log=trial_log, seed=seed)
+        return model, self.trial.fit(hp, model, trial_log=trial_log, seed=seed, rules=rules)
 
     def _keep_winner(self, best: BestModel, weights: dict[str, list[Any]]) -> None:
         """Make ``best.keras`` the winning configuration's run closest to its mean, as the records name it."""
@@ -128,7 +136,9 @@ class Finalists:
             model.set_weights(weights[run.trial_id])
         else:  # the search's own run, or one of an earlier (resumed) process: trained again, the same by its seed
             hp = Chosen(run.record["hyperparameters"])
-            model, _ = self._train(hp, trial_seed(self.seed, dict(hp), int(run.record.get("replicate", 0))))
+            seed = trial_seed(self.seed, dict(hp), int(run.record.get("replicate", 0)))
+            stopped = [e["epoch"] for e in run.record.get("stopped", []) if e["by"] == "budget"]
+            model, _ = self._train(hp, seed, rules=StopRules(last_epoch=stopped[0] if stopped else None))
         best.keep(run.record, model, summary)
 
     def _refit(self, run: Trial) -> tuple[dict[str, Any], Any]:

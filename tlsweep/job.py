@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +29,7 @@ from tlsweep.batches import CachedData, PlainData
 from tlsweep.cache.features import plan_cache
 from tlsweep.cache.plan import memory_budget, resident_memory
 from tlsweep.cache.store import Store, entries, gigabytes
-from tlsweep.data import ImageData, load_dataset
+from tlsweep.data import ImageData, class_report, class_weights, load_dataset
 from tlsweep.device import configure
 from tlsweep.errors import TlsweepError
 from tlsweep.finalists import Finalists
@@ -36,9 +37,10 @@ from tlsweep.identity import check_folder, job_identity
 from tlsweep.logs import BestModel, format_value
 from tlsweep.model import SharedClassifier, augmentation
 from tlsweep.records import load_job, read_json
-from tlsweep.settings import Objective, TrialSettings, check_depths, finetune_epochs, validate
+from tlsweep.settings import Objective, TrialSettings, budget_seconds, check_depths, finetune_epochs, validate
+from tlsweep.stopping import make_pruner
 from tlsweep.trial import TwoStageTrial
-from tlsweep.tuners import JobContext, join_search, make_tuner
+from tlsweep.tuners import BudgetSpent, JobContext, join_search, make_tuner
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ def _runner(job_dir: Path) -> str:
 def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path) -> dict[str, Any]:
     """The job's steps: check, set up the device, load the backbone and data, search, summarise."""
     validate(cfg)
+    started = time.monotonic()  # the budget's clock: everything the job does counts
     configure(cfg)  # GPUs, precision, threads: before TensorFlow builds anything
     keras.utils.set_random_seed(int(cfg.seed))
     tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
@@ -129,7 +132,13 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     room = (budget - resident_memory()) / 2  # the images, and their copy in the input pipeline
     data = load_dataset(cfg.dataset, image_size, images, max_bytes=room)
     log.info(data.summary())
-    job = _context(cfg, job_dir, root, choices, data, image_size)
+    per_class, warnings = class_report(data, str(cfg.tuner.objective))
+    log.info(per_class)
+    for warning in warnings:
+        log.warning(warning)
+    weights = class_weights(cfg.class_weight, data.y_train, data.class_names)
+    search_deadline, deadline = deadlines(cfg, started)
+    job = _context(cfg, job_dir, root, choices, data, image_size, search_deadline)
     if job.best.read():
         log.info("resuming: finished trials are kept (best so far trial_%s)", job.best.read()["trial_id"])
     classifier = SharedClassifier(
@@ -142,14 +151,17 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     cache = plan_cache(cfg, backbone, data, classifier.network, budget) if cfg.cache else None
     batch_size = int(cfg.dataset.batch_size)
     source = CachedData(cache, batch_size) if cache else PlainData(data, batch_size)
-    trial = TwoStageTrial(TrialSettings.from_config(cfg), classifier, source)
+    trial = TwoStageTrial(TrialSettings.from_config(cfg), classifier, source, weights)
     role = join_search(cfg.distributed)
     tuner = make_tuner(cfg.tuner, trial, job, int(cfg.seed))
     searching = time.monotonic()  # the search's time includes its feature cache
     if cache is not None and role != "chief":  # the chief hands out trials, it trains none
         cache.prepare(classifier.network)  # the pretrained network, before a trial trains it
     log.info("searching with %s in %s%s", cfg.tuner.name, job_dir, f" as the {role}" if role else "")
-    _run_search(tuner, job_dir, int(cfg.tuner.max_consecutive_failed_trials))
+    out_of_time = _run_search(tuner, job_dir, int(cfg.tuner.max_consecutive_failed_trials))
+    if out_of_time:
+        trials = len(tuner.oracle.trials)
+        log.info("stopped by the budget (%s) after %d trial%s", cfg.budget, trials, "" if trials == 1 else "s")
     if role is None and cfg.finalists.top > 0:  # a distributed search's chief trains nothing; its workers stop
         finalists = Finalists(
             trial,
@@ -161,6 +173,7 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
             bool(cfg.verbose),
             job.logdir,
             refit=(lambda: PlainData(data.merged(), batch_size)) if cfg.finalists.refit else None,
+            deadline=deadline,
         )
         finalists.run(job.best)
     search_s = round(time.monotonic() - searching, 1)
@@ -174,7 +187,23 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
             store.root,
             held,
         )
-    return _summary(cfg, job, tuner, role, data, search_s)
+    return {**_summary(cfg, job, tuner, role, data, search_s), **({"stopped_by_budget": True} if out_of_time else {})}
+
+
+def deadlines(cfg: DictConfig, started: float) -> tuple[float | None, float | None]:
+    """When the search must stop, and the whole job (``time.monotonic()``; None without a budget).
+
+    The finalists' runs get the budget's share they would have if every run took the same time:
+    ``top × (seeds − 1)`` runs beside ``tuner.max_trials``. The search gets the rest, and the
+    finalists whatever the search leaves.
+    """
+    budget = budget_seconds(cfg.budget)
+    if budget is None:
+        return None, None
+    finalists = int(cfg.finalists.top) * max(int(cfg.finalists.seeds) - 1, 0)
+    trials = int(cfg.tuner.max_trials) if cfg.tuner.name != "hyperband" else 0
+    share = finalists / (trials + finalists) if trials and finalists else 0.0
+    return started + budget * (1 - share), started + budget
 
 
 def jobs_at_once() -> int:
@@ -188,7 +217,13 @@ def jobs_at_once() -> int:
 
 
 def _context(
-    cfg: DictConfig, job_dir: Path, root: Path, choices: dict[str, Any], data: ImageData, image_size: int
+    cfg: DictConfig,
+    job_dir: Path,
+    root: Path,
+    choices: dict[str, Any],
+    data: ImageData,
+    image_size: int,
+    deadline: float | None = None,
 ) -> JobContext:
     """What every trial of the job records beside its hyperparameters, and where."""
     logdir = paths.tensorboard_logdir(root)
@@ -204,11 +239,14 @@ def _context(
             "train_images": int(len(data.y_train)),
             "val_images": int(len(data.y_val)),
             "test_images": 0 if data.y_test is None else int(len(data.y_test)),
+            "class_counts": [int(n) for n in np.bincount(data.y_train, minlength=len(classes))],
         },
         best=BestModel(job_dir, Objective(str(cfg.tuner.objective)), classes),
         verbose=bool(cfg.verbose),
         seed=int(cfg.seed),
         replicate=int(cfg.finalists.replicate),
+        pruner=make_pruner(cfg.pruning),
+        deadline=deadline,
     )
 
 
@@ -227,11 +265,14 @@ def job_settings(cfg: DictConfig, image_size: int) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(settings), resolve=True)  # type: ignore[return-value]
 
 
-def _run_search(tuner: Any, job_dir: Path, max_failures: int) -> None:
-    """KerasTuner's search; its stop after consecutive failed trials becomes one line naming the last reason."""
+def _run_search(tuner: Any, job_dir: Path, max_failures: int) -> bool:
+    """KerasTuner's search; its stop after consecutive failed trials becomes one line naming the last reason.
+    Returns whether the job's time budget stopped it."""
     gc.freeze()  # the backbone, images and classifier outlive every trial: spare the collector rescanning them
     try:
         tuner.search(verbose=0)
+    except BudgetSpent:
+        return True
     except RuntimeError as e:
         if "consecutive failures" not in str(e):
             raise
@@ -241,6 +282,7 @@ def _run_search(tuner: Any, job_dir: Path, max_failures: int) -> None:
         ) from None
     finally:
         gc.unfreeze()
+    return False
 
 
 def _summary(
@@ -250,7 +292,8 @@ def _summary(
     job_dir = job.job_dir
     best = job.best.read()  # on disk: in a distributed search other processes ran trials too
     trials = list(tuner.oracle.trials.values()) if role != "worker" else []  # a worker sees only its own
-    completed = sum(t.status == "COMPLETED" for t in trials)
+    pruned = sum(t.status == "pruned" for t in load_job(job_dir, job_dir).trials) if trials else 0
+    completed = sum(t.status == "COMPLETED" for t in trials) - pruned  # KerasTuner counts pruned trials completed
     if not best:
         raise TlsweepError(
             f"every trial of this job failed; the reasons are in {job_dir / files.TRIALS_DIR} and "
@@ -260,9 +303,10 @@ def _summary(
         log.info("worker done: the chief reports the search; best so far trial_%s", best["trial_id"])
         return {}
     log.info(
-        "job done: %d of %d trials completed; best trial_%s %s %.4f with %s",
+        "job done: %d of %d trials completed%s; best trial_%s %s %.4f with %s",
         completed,
         len(trials),
+        f", {pruned} pruned" if pruned else "",
         best["trial_id"],
         cfg.tuner.objective,
         best["value"],
@@ -277,6 +321,7 @@ def _summary(
     return {
         "trials": len(trials),
         "completed_trials": completed,
+        "pruned_trials": pruned,
         "best": best,
         **job.data,
         "skipped_images": data.skipped,

@@ -103,7 +103,7 @@ class TrialLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         entry = {"epoch": epoch + 1, "stage": self.stage}
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        for key in RECORDED_METRICS:
             entry[key] = _number(logs[key]) if key in logs else None
         entry["learning_rate"] = _number(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         entry["seconds"] = round(time.monotonic() - self._epoch_started, 3)
@@ -126,11 +126,15 @@ class TrialLog(keras.callbacks.Callback):
         self.record.update(summary)
 
     def complete(self) -> None:
-        """Mark the trial completed (once its model, if the job's best, is saved)."""
-        self.record["status"] = "completed"
+        """Mark the trial completed, or pruned (once its model, if the job's best, is saved)."""
+        pruned = any(e["by"] == "pruned" for e in self.record.get("stopped", []))
+        self.record["status"] = "pruned" if pruned else "completed"
         self._save(final=True)
         kept = next(e for e in self.record["history"] if e["epoch"] == self.record["best_epoch"])
-        self._end_session(True, {k: kept[k] for k in KEPT_METRICS if isinstance(kept.get(k), (int, float))})
+        metrics = {k: kept[k] for k in KEPT_METRICS if isinstance(kept.get(k), (int, float))}
+        # HParams' session statuses know no "pruned": two metrics say it, and where the trial stopped
+        metrics.update(pruned=float(pruned), epochs_trained=float(len(self.record["history"])))
+        self._end_session(True, metrics)
 
     def fail(self, error: BaseException) -> None:
         """Mark the trial failed with the reason; the search goes on with the next one."""
@@ -183,7 +187,8 @@ class TrialLog(keras.callbacks.Callback):
             writer.close()
 
 
-KEPT_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # logged for the kept epoch, as HParams metrics
+RECORDED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
+KEPT_METRICS = RECORDED_METRICS  # logged for the kept epoch, as HParams metrics
 
 
 def _metric(value: float | None) -> str:

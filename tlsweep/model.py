@@ -122,15 +122,70 @@ def trainable_part(model: keras.Model, depth: int) -> keras.Model:
     return keras.Model(inputs, head_block(features), name="cached_top")
 
 
-def compile_model(model: keras.Model, optimizer: Any = None, jit_compile: bool | str = False) -> None:
-    """Compile for integer class labels with accuracy (no optimizer: for scoring only); ``jit_compile=True``
-    compiles the steps with XLA. Set ``trainable`` first: the optimizer is built for what trains now."""
+class ConfusionScore(keras.metrics.Metric):
+    """A score from the confusion matrix of integer labels and predicted probabilities (rows: true class)."""
+
+    def __init__(self, num_classes: int, name: str, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.confusion = self.add_variable(shape=(num_classes, num_classes), initializer="zeros", name="confusion")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        ops, k = keras.ops, self.num_classes
+        true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), k, dtype="float32")
+        predicted = ops.one_hot(ops.argmax(ops.reshape(y_pred, (-1, k)), axis=-1), k, dtype="float32")
+        self.confusion.assign_add(ops.matmul(ops.transpose(true), predicted))
+
+    def reset_state(self) -> None:
+        self.confusion.assign(keras.ops.zeros_like(self.confusion))
+
+    def recall(self) -> Any:
+        """Each class's recall (NaN for a class without examples)."""
+        ops = keras.ops
+        support = ops.sum(self.confusion, axis=1)
+        return ops.diagonal(self.confusion) / ops.where(support > 0, support, float("nan"))
+
+
+class BalancedAccuracy(ConfusionScore):
+    """The mean of the classes' recalls: a majority class cannot carry it, as it carries accuracy."""
+
+    def __init__(self, num_classes: int, name: str = "balanced_accuracy", **kwargs: Any) -> None:
+        super().__init__(num_classes, name, **kwargs)
+
+    def result(self) -> Any:
+        recall = self.recall()
+        present = keras.ops.logical_not(keras.ops.isnan(recall))
+        return keras.ops.sum(keras.ops.where(present, recall, 0.0)) / keras.ops.maximum(
+            keras.ops.sum(keras.ops.cast(present, "float32")), 1.0
+        )
+
+
+class MacroF1(ConfusionScore):
+    """The mean of the classes' F1 scores, over the classes that occur in the labels or the predictions."""
+
+    def __init__(self, num_classes: int, name: str = "macro_f1", **kwargs: Any) -> None:
+        super().__init__(num_classes, name, **kwargs)
+
+    def result(self) -> Any:
+        ops = keras.ops
+        hits = ops.diagonal(self.confusion)
+        seen = ops.sum(self.confusion, axis=1) + ops.sum(self.confusion, axis=0)  # 2·TP + FP + FN
+        f1 = ops.where(seen > 0, 2 * hits / ops.maximum(seen, 1.0), 0.0)
+        return ops.sum(f1) / ops.maximum(ops.sum(ops.cast(seen > 0, "float32")), 1.0)
+
+
+def compile_model(
+    model: keras.Model, optimizer: Any = None, jit_compile: bool | str = False, scores: list[Any] | None = None
+) -> None:
+    """Compile for integer class labels with accuracy and ``scores`` (more metrics; no optimizer: for scoring
+    only); ``jit_compile=True`` compiles the steps with XLA. Set ``trainable`` first: the optimizer is built
+    for what trains now."""
     if optimizer is not None and keras.mixed_precision.global_policy().name.startswith("mixed"):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # keeps small float16 gradients from vanishing
     model.compile(
         optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=["accuracy", *(scores or [])],
         jit_compile=jit_compile,
         steps_per_execution=STEPS_PER_EXECUTION,
     )
@@ -171,6 +226,7 @@ class SharedClassifier:
         jit_compile: bool | str = False,
     ) -> None:
         self.backbone = backbone
+        self.num_classes = num_classes
         self.new_head = lambda pool: head(num_classes, dropout, pool)
         self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
         self.jit_compile = jit_compile
@@ -178,7 +234,7 @@ class SharedClassifier:
         self.network = self.model.get_layer("backbone")  # the classifier's backbone, pretrained until trained
         self._changed: set[int] = set()  # backbone variables (by position) a trainer may have changed since the reset
         self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray], list[int]]] = {}
-        self._evaluators: dict[Any, keras.Model] = {}
+        self._evaluators: dict[Any, tuple[keras.Model, BalancedAccuracy]] = {}
         logging.getLogger("tensorflow").addFilter(_one_trace_per_model)
 
     def fresh(self, everything: bool = False) -> keras.Model:
@@ -232,9 +288,15 @@ class SharedClassifier:
         """
         if key not in self._evaluators:
             model = make_model()
-            compile_model(model, jit_compile=self.jit_compile)
-            self._evaluators[key] = model
-        return self._evaluators[key]
+            balanced = BalancedAccuracy(self.num_classes)
+            compile_model(model, jit_compile=self.jit_compile, scores=[balanced, MacroF1(self.num_classes)])
+            self._evaluators[key] = (model, balanced)
+        return self._evaluators[key][0]
+
+    def recall(self, key: Any) -> list[float | None]:
+        """Each class's recall in the last evaluation of ``key``'s evaluator (None: no example of the class)."""
+        recall = keras.ops.convert_to_numpy(self._evaluators[key][1].recall())
+        return [None if np.isnan(r) else float(r) for r in recall]
 
 
 def _one_trace_per_model(record: logging.LogRecord) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -52,6 +53,7 @@ class FinetuneConfig:
     finetune_epochs: int = 0
     lr_scale: float = 0.1
     dropout: float = 0.2
+    patience: Optional[int] = None
 
 
 @dataclass
@@ -93,6 +95,14 @@ class SearchConfig:
     learning_rate: LearningRateConfig = field(default_factory=LearningRateConfig)
     optimizers: list[str] = field(default_factory=list)
     unfreeze_depths: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PruningConfig:
+    rule: str = "none"
+    warmup_epochs: int = 1
+    min_trials: int = 3
+    reduction_factor: int = 3  # asha
 
 
 @dataclass
@@ -141,7 +151,10 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
     finalists: FinalistsConfig = field(default_factory=FinalistsConfig)
+    budget: Any = None  # a duration: 90s, 30m, 2h, 1h30m, or seconds as a number
+    class_weight: Any = None  # balanced, or {class name: weight}
     seed: int = 0
     verbose: bool = True
     cache: bool = True
@@ -168,13 +181,14 @@ def register_schema() -> None:
 FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
 SAMPLINGS = ("log", "linear")
-OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
+OBJECTIVES = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1", "accuracy", "loss")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZE = ("none", "float16", "int8")
 DATASETS = ("digits", "folder", "tf_flowers")
 PREPROCESSING_MODES = ("tf", "torch", "unit", "none")  # tlsweep.backbones.PREPROCESSING says what each does
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 DISTRIBUTED_ROLES = ("chief", "worker")
+PRUNING_RULES = ("none", "median", "asha")
 
 
 def minimised(objective: str) -> bool:
@@ -222,6 +236,7 @@ class TrialSettings:
     head_epochs: int
     finetune_epochs: int  # 0 with finetune=none
     lr_scale: float
+    patience: int | None  # a stage stops after this many epochs without a better objective
     space: SearchSpace
     optimizers: dict[str, Any]  # each optimizer's settings, for hydra.utils.instantiate
     keep_checkpoints: bool  # Hyperband continues trials from their checkpoints; no other tuner reads one
@@ -237,6 +252,7 @@ class TrialSettings:
             head_epochs=int(ft.head_epochs),
             finetune_epochs=finetune_epochs(ft),
             lr_scale=float(ft.lr_scale),
+            patience=None if ft.patience is None else int(ft.patience),
             space=SearchSpace(
                 float(lr.min),
                 float(lr.max),
@@ -295,7 +311,8 @@ def validate(cfg: DictConfig) -> None:
     unknown = unknown_keys(cfg)
     if unknown:
         raise TlsweepError(unknown_key_message(unknown[0]))
-    for check in (_required, _dataset, _backbone, _augmentation, _search, _finetune, _tuner, _feature_cache, _run):
+    checks = (_required, _dataset, _backbone, _augmentation, _search, _finetune, _tuner, _pruning, _feature_cache, _run)
+    for check in checks:
         problem = check(cfg)
         if problem:
             raise TlsweepError(problem)
@@ -382,7 +399,49 @@ def _finetune(cfg: DictConfig) -> str | None:
         return f"finetune.dropout={ft.dropout} must be in [0, 1)"
     if ft.lr_scale <= 0:
         return f"finetune.lr_scale={ft.lr_scale} must be positive, e.g. 0.1"
+    if ft.patience is not None and ft.patience < 1:
+        return f"finetune.patience={ft.patience} must be at least 1 (epochs), or null to train every epoch"
     return None
+
+
+def _pruning(cfg: DictConfig) -> str | None:
+    pruning = cfg.pruning
+    if pruning.rule not in PRUNING_RULES:
+        return f"pruning.rule={pruning.rule} must be one of: {', '.join(PRUNING_RULES)} (e.g. pruning=median)"
+    if pruning.rule == "none":
+        return None
+    if cfg.tuner.name == "hyperband":
+        return f"pruning={pruning.rule} with tuner=hyperband: Hyperband stops trials early itself; use pruning=none"
+    if pruning.warmup_epochs < 1 or pruning.min_trials < 1:
+        return (
+            f"pruning.warmup_epochs={pruning.warmup_epochs} and pruning.min_trials={pruning.min_trials} "
+            "must be at least 1"
+        )
+    if pruning.rule == "asha" and pruning.reduction_factor < 2:
+        return f"pruning.reduction_factor={pruning.reduction_factor} must be at least 2, e.g. 3"
+    return None
+
+
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def budget_seconds(budget: Any) -> float | None:
+    """``budget``'s seconds: a number of seconds, or a duration such as ``90s``, ``30m``, ``2h`` or ``1h30m``;
+    None for no budget. Raises ValueError for anything else."""
+    if budget is None:
+        return None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        seconds = float(budget)
+    else:
+        text = str(budget).strip().lower().replace(" ", "")
+        match = DURATION.fullmatch(text)
+        if not text or not match or not any(match.groups()):
+            raise ValueError(budget)
+        hours, minutes, secs = (float(g or 0) for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ValueError(budget)
+    return seconds
 
 
 def _tuner(cfg: DictConfig) -> str | None:
@@ -420,6 +479,22 @@ def _feature_cache(cfg: DictConfig) -> str | None:
 def _run(cfg: DictConfig) -> str | None:
     if cfg.seed < 0:
         return f"seed={cfg.seed} must be a whole number ≥ 0"
+    try:
+        budget = budget_seconds(cfg.budget)
+    except ValueError:
+        return f"budget={cfg.budget} is not a duration; use e.g. budget=90s, budget=30m, budget=2h or budget=1h30m"
+    weights = cfg.class_weight
+    if isinstance(weights, DictConfig):
+        bad = next((k for k, v in weights.items() if not isinstance(v, (int, float)) or v <= 0), None)
+        if bad is not None:
+            return f"class_weight.{bad}={weights[bad]} must be a positive number, e.g. class_weight={{{bad}: 2.0}}"
+    elif weights is not None and weights != "balanced":
+        return f"class_weight={weights} must be balanced, a mapping such as {{cat: 2.0}}, or null"
+    if budget is not None and cfg.distributed.role:
+        return (
+            f"budget={cfg.budget} cannot be used with distributed.role={cfg.distributed.role}: the chief would wait "
+            "for trials its workers no longer start; bound a distributed search with tuner.max_trials instead"
+        )
     if cfg.precision not in PRECISIONS:
         return f"precision={cfg.precision} must be one of: {', '.join(PRECISIONS)}"
     if cfg.threads is not None and cfg.threads < 1:

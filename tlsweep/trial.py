@@ -24,6 +24,7 @@ from tlsweep.batches import Source
 from tlsweep.logs import TrialLog
 from tlsweep.model import SharedClassifier, unfreeze_top
 from tlsweep.settings import Objective, TrialSettings
+from tlsweep.stopping import EarlyStop, StopRules
 
 DIVERGED_LOSS = 1e6  # a cross-entropy this large means the weights blew up: stop the trial
 
@@ -155,6 +156,7 @@ class TwoStageTrial:
     settings: TrialSettings
     classifier: SharedClassifier
     source: Source  # where each stage's batches come from: images, or cached tensors
+    class_weight: dict[int, float] | None = None  # each class's weight in the training loss (class_weight=balanced)
 
     def declare(self, hp: Any) -> dict[str, Any]:
         """Declare the searched hyperparameters on KerasTuner's ``hp`` and return this trial's values."""
@@ -185,36 +187,55 @@ class TwoStageTrial:
         seed: int = 0,
         epochs: int | None = None,
         initial_epoch: int = 0,
+        rules: StopRules | None = None,
     ) -> dict[str, Any]:
         """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch.
 
         Batches are fixed by ``seed`` and the epoch, so a trial trains the same way whether it
-        runs first, tenth, again after a resume, or on cached tensors. Returns the trial's summary
-        (best epoch and stage, the objective's value, each stage's best, whether stage 2 rolled back).
+        runs first, tenth, again after a resume, or on cached tensors. A stage ends early after
+        ``finetune.patience`` epochs without progress; the trial ends early when ``rules`` say so
+        (pruning, the job's budget). Returns the trial's summary (best epoch and stage, the
+        objective's value, each stage's best, whether stage 2 rolled back, why it stopped early).
         """
         settings = self.settings
         plan = stage_plan(settings.head_epochs, settings.finetune_epochs, epochs, initial_epoch)
         best = BestWeights(settings.objective)
+        depth = None if settings.mode == "none" else int(hp.get("unfreeze_depth"))
+        stop = EarlyStop(settings.objective, settings.patience, rules or StopRules(), depth)
         for stage, first, end in plan:
             best.stage = stage
+            stop.begin_stage(stage, end, plan[-1][2])
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
-            self._fit_stage(hp, model, stage, (first, end), self.source, [best], trial_log, seed)
+            self._fit_stage(hp, model, stage, (first, end), self.source, [best, stop], trial_log, seed)
             if best.diverged_at is not None:
                 raise TrialFailed(
                     f"the loss became NaN, infinite or exploded (> {DIVERGED_LOSS:g}) at epoch {best.diverged_at} "
                     "(learning rate too high for this optimizer?)"
                 )
+            if stop.ends_trial:
+                break
         if best.best is None:
             raise TrialFailed("no epoch produced a finite validation metric")
+        last_depth = depth if plan[-1][0] == "finetune" and depth is not None else 0
         return {
+            "val_recall": self._recall(model, last_depth, seed),
             "best_epoch": best.best["epoch"],
             "best_stage": best.best["stage"],
             "val_loss": best.best["val_loss"],
             settings.objective.name: best.best["value"],
             "stages": best.stage_bests,
             "rolled_back": best.rolled_back,
+            "stopped": stop.events,
         }
+
+    def _recall(self, model: keras.Model, depth: int, seed: int) -> list[float | None]:
+        """Each class's recall on the validation images, with the weights the trial kept."""
+        key = self.source.cut(depth)
+        evaluator = self.classifier.evaluator(key, partial(self.source.part, model, depth))
+        _, val = self.source.batches(depth, seed)
+        evaluator.evaluate(val.dataset(), verbose=0)
+        return self.classifier.recall(key)
 
     def refit(self, hp: Any, model: keras.Model, source: Source, epochs: int, trial_log: TrialLog, seed: int) -> None:
         """Train the configuration for exactly ``epochs`` on ``source`` and keep the last epoch: the winner
@@ -241,7 +262,7 @@ class TwoStageTrial:
         seed: int,
     ) -> None:
         """One stage: compile (or reuse) what trains at this depth on ``source``, then fit it from
-        ``epochs[0]`` to ``epochs[1]``; ``keep`` (the best epoch's keeper) sees each validated epoch."""
+        ``epochs[0]`` to ``epochs[1]``; ``keep`` (the best epoch's keeper, the early stop) sees each validated epoch."""
         depth, learning_rate, name = 0, float(hp.get("learning_rate")), str(hp.get("optimizer"))
         if stage == "finetune":
             depth = int(hp.get("unfreeze_depth"))
@@ -261,4 +282,5 @@ class TwoStageTrial:
             verbose=0,
             shuffle=False,  # the batches already come in each epoch's order
             callbacks=[train.callback(), *validate, *keep, *recording],
+            class_weight=self.class_weight,
         )

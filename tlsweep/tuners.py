@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tlsweep import files
 from tlsweep.errors import TlsweepError, is_disk_full
 from tlsweep.logs import BestModel, TrialLog
 from tlsweep.settings import Objective
+from tlsweep.stopping import Pruner, StopRules
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class JobContext:
     verbose: bool = True
     seed: int = 0
     replicate: int = 0  # which seed of each configuration the search's trials run (finalists.replicate)
+    pruner: Pruner | None = None  # pruning=median | asha
+    deadline: float | None = None  # time.monotonic() after which no trial starts and a running one stops (budget)
 
     def recorded(self, objective: str, worker: str | None = None) -> dict[str, Any]:
         """What each trial's record holds beside its hyperparameters and history."""
@@ -63,6 +67,10 @@ class JobContext:
 
 class StopSearch(TlsweepError, kt.errors.FatalError):
     """A problem that ends the job's search (KerasTuner goes on after other errors, trial by trial)."""
+
+
+class BudgetSpent(Exception):
+    """The job's time budget is spent: no trial starts (raised before KerasTuner creates one)."""
 
 
 class TrialModel(kt.HyperModel):
@@ -89,6 +97,12 @@ class SweepTuner:
         super().__init__(*args, **kwargs)
         self.job = job
 
+    def pre_create_trial(self) -> None:
+        """KerasTuner's hook before it creates each trial: once the budget is spent, none is."""
+        super().pre_create_trial()
+        if self.job.deadline is not None and time.monotonic() >= self.job.deadline and self.oracle.trials:
+            raise BudgetSpent()  # (the first trial always runs, for at least an epoch: a job gives a result)
+
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
         """One trial, start to record. KerasTuner's own ``run_trial`` would also save the whole model at
         every better epoch (a trial keeps its best epoch in memory instead) and clear the Keras session
@@ -111,11 +125,16 @@ class SweepTuner:
             trial_log.start()
             summary, model = self._fit(trial, trial_log, seed)
             trial_log.finish(summary)
-            best = self.job.best.offer(trial_log.record, model)
+            pruned = next((e for e in summary["stopped"] if e["by"] == "pruned"), None)
+            if not pruned:  # a pruned trial never becomes the job's best
+                best = self.job.best.offer(trial_log.record, model)
             trial_log.complete()  # after the model is saved: a model that could not be saved fails its trial
         except Exception as e:
             raise self._failed(e, trial_log) from None
         objective = self.oracle.objective.name
+        if pruned:  # KerasTuner counts it as completed with its best value so far: the oracle learns from it too
+            log.info("%s pruned at epoch %d (%s): %s", trial_log.label, pruned["epoch"], pruned["rule"], pruned["why"])
+            return {objective: summary[objective]}
         log.info(
             "%s done in %.0fs: %s %.4f at epoch %d%s; best so far %.4f (trial_%s)",
             trial_log.label,
@@ -123,7 +142,7 @@ class SweepTuner:
             objective,
             summary[objective],
             summary["best_epoch"],
-            ", stage 2 rolled back" if summary["rolled_back"] else "",
+            _notes(summary),
             best["value"],
             best["trial_id"],
         )
@@ -144,6 +163,7 @@ class SweepTuner:
             seed=seed,
             epochs=hp.values.get("tuner/epochs"),
             initial_epoch=int(hp.values.get("tuner/initial_epoch", 0)),
+            rules=StopRules(self.job.pruner, self.job.deadline, self.job.job_dir, trial.trial_id),
         )
         if self.hypermodel.trial.settings.keep_checkpoints:  # only Hyperband reads them
             model.save_weights(Path(self.get_trial_dir(trial.trial_id)) / CHECKPOINT)
@@ -171,6 +191,16 @@ class SweepTuner:
         number = int(trial.trial_id) + 1 if trial.trial_id.isdigit() else len(self.oracle.trials)
         total = self.oracle.max_trials
         return f"trial {number}/{total}" if total else f"trial {number}"
+
+
+def _notes(summary: dict[str, Any]) -> str:
+    """What a trial's closing line adds: a rolled-back stage 2, and stages stopped early."""
+    notes = [", stage 2 rolled back"] if summary["rolled_back"] else []
+    for event in summary["stopped"]:
+        stage = "stage 1" if event["stage"] == "head" else "stage 2"
+        by = "the budget" if event["by"] == "budget" else "patience"
+        notes.append(f", {stage} stopped by {by} at epoch {event['epoch']}")
+    return "".join(notes)
 
 
 class RandomSearch(SweepTuner, kt.RandomSearch):

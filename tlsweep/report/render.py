@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from tlsweep import files
+from tlsweep.data import imbalance_warning
 from tlsweep.records import reproduce_command
 from tlsweep.report import plots
 from tlsweep.report.summary import Finalist, Summary, accuracy_interval
@@ -74,7 +75,9 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
     jobs = [
         {
             "name": job.name,
-            "status": job.status,
+            "state": job.status,  # the row's style
+            "status": job.status
+            + (f", stopped by the budget after {_trials(job.record.get('trials'))}" if _budget_stop(job) else ""),
             "trials": len(job.trials),
             "completed": sum(t.status == "completed" for t in job.trials),
             "best": _fmt(next((r[summary.metric] for r in summary.ranked if r["job"] == job.name), None)),
@@ -101,9 +104,39 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         "constants": {k: _fmt(v, k) for k, v in summary.constants.items()},
         "rows": summary.table.rows,
         "top": top,
+        "recall": _recall(summary, top),
+        "balance": [
+            f"{job.name}: {warning}"
+            for job in sweep.jobs
+            if (warning := imbalance_warning(job.record.get("class_counts") or [], summary.objective))
+        ],
         "logdir": shlex.quote(str(sweep.root.resolve())),
         "export": _export(sweep),
     }
+
+
+def _recall(summary: Summary, top: int) -> dict[str, Any] | None:
+    """Each class's recall on the validation images for the best trials, with the weights each kept."""
+    rows = []
+    for row in summary.ranked[:top]:
+        job = next(j for j in summary.sweep.jobs if j.name == row["job"])
+        trial = next(t for t in job.trials if t.trial_id == row["trial"])
+        recall = trial.record.get("val_recall")
+        if recall and len(recall) == len(job.classes):
+            shown = [_fmt(r) if r is not None else "n/a" for r in recall]
+            rows.append({"name": _name(summary, job.name, trial.trial_id), "classes": job.classes, "recall": shown})
+    if not rows:
+        return None
+    classes = rows[0]["classes"]
+    return {"classes": classes if all(r["classes"] == classes for r in rows) else None, "rows": rows}
+
+
+def _trials(n: Any) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def _budget_stop(job: Any) -> bool:
+    return bool(job.record and job.record.get("stopped_by_budget"))
 
 
 def _export(sweep: Any) -> dict[str, Any] | None:
@@ -135,7 +168,7 @@ def _export(sweep: Any) -> dict[str, Any] | None:
 
 def _interval(row: dict[str, Any], metric: str, n: int | None) -> str:
     value = row[metric]
-    if not metric.endswith("accuracy") or not n:
+    if metric not in ("val_accuracy", "train_accuracy") or not n:  # a binomial interval fits plain accuracy only
         return ""
     low, high = accuracy_interval(value, n)
     return f"95% interval {low:.3f}–{high:.3f} on {n} validation images"
@@ -251,6 +284,18 @@ def to_markdown(context: dict[str, Any]) -> str:
                 for e in context["effects"]
             ],
         )
+    recall = context["recall"]
+    if recall or context["balance"]:
+        lines += ["", "## Classes: recall of the best trials", ""]
+        lines += [f"- {_md(w)}" for w in context["balance"]] + ([""] if context["balance"] else [])
+    if recall and recall["classes"]:
+        lines += _md_table(["trial", *recall["classes"]], [[r["name"], *r["recall"]] for r in recall["rows"]])
+    elif recall:
+        rows = [
+            [r["name"], ", ".join(f"{c} {v}" for c, v in zip(r["classes"], r["recall"], strict=True))]
+            for r in recall["rows"]
+        ]
+        lines += _md_table(["trial", "recall per class"], rows)
     if context["warnings"]:
         lines += ["", "## Overfitting", "", *[f"- {_md(w)}" for w in context["warnings"]]]
     columns = [c for c in context["columns"] if c not in ("tensorboard", "overfitting")]

@@ -34,6 +34,8 @@ HYPERPARAMETER_ORDER = ("learning_rate", "optimizer", "unfreeze_depth")
 METRIC_COLUMNS = (
     "val_accuracy",
     "val_loss",
+    "val_balanced_accuracy",
+    "val_macro_f1",
     "train_accuracy",
     "train_loss",
     "stage1_val_accuracy",
@@ -42,6 +44,7 @@ METRIC_COLUMNS = (
     "best_stage",
     "stage2",
     "epochs",
+    "stopped",  # why a trial ended early: pruned (and by which rule), the budget, a stage's patience
     "seed",
     "finalist_of",  # a finalist run: the search trial whose configuration it repeats with another seed
     "mean_over_seeds",  # a finalist's runs: their mean, and the 95% interval of that mean
@@ -55,6 +58,8 @@ METRIC_COLUMNS = (
 METRIC_OF_OBJECTIVE = {  # the column that holds each tuner objective
     "val_accuracy": "val_accuracy",
     "val_loss": "val_loss",
+    "val_balanced_accuracy": "val_balanced_accuracy",
+    "val_macro_f1": "val_macro_f1",
     "accuracy": "train_accuracy",
     "loss": "train_loss",
 }
@@ -256,6 +261,8 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path)
         "_hyperparameters": record.get("hyperparameters", {}),
         "val_accuracy": best.get("val_accuracy"),
         "val_loss": best.get("val_loss"),
+        "val_balanced_accuracy": best.get("val_balanced_accuracy"),
+        "val_macro_f1": best.get("val_macro_f1"),
         "train_accuracy": best.get("accuracy"),
         "train_loss": best.get("loss"),
         "stage1_val_accuracy": stage1.get("val_accuracy"),
@@ -264,6 +271,7 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path)
         "best_stage": best.get("stage"),
         "stage2": _stage2(record, history, completed),
         "epochs": len(history),
+        "stopped": _stopped(record),
         "seed": record.get("seed"),
         "finalist_of": record.get("finalist_of"),
         "duration_s": record.get("duration_s"),
@@ -273,6 +281,16 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path)
         if record.get("tensorboard")
         else None,
     }
+
+
+def _stopped(record: dict[str, Any]) -> str | None:
+    """Where and why the trial stopped early, e.g. ``pruned at epoch 3 (median)``."""
+    shown = []
+    for event in record.get("stopped") or []:
+        by = "patience in stage 2" if event["by"] == "patience" and event.get("stage") == "finetune" else event["by"]
+        by = "patience in stage 1" if by == "patience" else by
+        shown.append(f"{by} at epoch {event['epoch']}" + (f" ({event['rule']})" if event.get("rule") else ""))
+    return "; ".join(shown) or None
 
 
 def _entry(history: list[dict[str, Any]], epoch: Any) -> dict[str, Any]:
