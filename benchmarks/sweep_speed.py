@@ -29,10 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FLOWERS = SHARED / "data" / "flowers-mini"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_no_top.weights.h5"
+from sweep_scale import FLOWERS, SHARED, WEIGHTS  # the shared photos and weights, beside the repository
+
 DATA = [
     "dataset=folder",
     f"dataset.path={FLOWERS}",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,18 @@ def make_hub_model(path: Path, size: int = 16, seed: int = 0) -> Path:
         module.__call__.get_concrete_function(spec, training=training)
     tf.saved_model.save(module, str(path))
     return path
+
+
+def stop_when(process: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout: float = 300) -> str:
+    """Send ``sig`` to ``process`` once ``ready()`` holds (checked every 0.2 s; TimeoutError after
+    ``timeout``), then wait for it to end; returns its output."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.2)
+    finally:
+        process.send_signal(sig)
+        out, _ = process.communicate(timeout=120)
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import pytest
 import tensorflow as tf
-from conftest import FAST, make_config, make_image_folder, run_cli, start_cli
+from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when
 
 from tlsweep import files
 from tlsweep.errors import TlsweepError
@@ -124,14 +124,6 @@ def test_new_folders_never_reuse_an_existing_one_and_resume_finds_the_newest_sta
         output_dir("sweeps", str(outputs / "nope"), "x", str(outputs))
 
 
-def wait_for(predicate, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_a_sweep_killed_mid_trial_resumes_to_the_same_results(tmp_path: Path) -> None:
     images = make_image_folder(tmp_path / "images")
@@ -152,11 +144,7 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_same_results(tmp_path: Path) ->
         running = [json.loads(p.read_text()) for p in records]
         return any(r["status"] == "running" and r["history"] for r in running) and len(records) >= 2
 
-    try:
-        wait_for(second_job_mid_trial)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+    stop_when(process, second_job_mid_trial)
     (sweep,) = (work / "outputs" / "sweeps").iterdir()
     first_job = sweep / "augmentation=none"
     finished_before = {p.name: p.stat().st_mtime_ns for p in (first_job / "trials").iterdir()}
@@ -178,11 +166,11 @@ def test_a_sweep_killed_mid_trial_resumes_to_the_same_results(tmp_path: Path) ->
 def test_ctrl_c_stops_cleanly_and_says_how_to_continue(tmp_path: Path) -> None:
     args = [*FAST, "tuner.max_trials=3", "finetune.head_epochs=4"]
     process = start_cli(args, tmp_path)
-    try:
-        wait_for(lambda: any(json.loads(p.read_text())["history"] for p in tmp_path.glob("outputs/runs/*/trials/*")))
-    finally:
-        process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=120)
+
+    def started() -> bool:
+        return any(json.loads(p.read_text())["history"] for p in tmp_path.glob("outputs/runs/*/trials/*"))
+
+    out = stop_when(process, started, signal.SIGINT)
     assert process.returncode == 130 and "Traceback" not in out, out
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     assert json.loads((run / "job.json").read_text())["status"] == "interrupted"

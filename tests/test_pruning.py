@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 from pathlib import Path
 
 import pytest
-from conftest import FAST, make_config, make_image_folder, run_cli, start_cli
+from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when
 
 from tlsweep.errors import TlsweepError
 from tlsweep.settings import Objective, budget_seconds, validate
@@ -176,13 +175,7 @@ def test_a_pruned_search_killed_mid_trial_resumes_without_losing_or_repeating_a_
         running = [r for r in records().values() if r["status"] == "running" and r["history"]]
         return "pruned" in statuses and bool(running)
 
-    from test_faults import wait_for
-
-    try:
-        wait_for(pruned_then_mid_trial)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+    stop_when(process, pruned_then_mid_trial)
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     done = [name for name, record in records().items() if record["status"] != "running"]
     finished = {name: (run / "trials" / name).stat().st_mtime_ns for name in done}
