@@ -202,8 +202,10 @@ class TwoStageTrial:
         best = BestWeights(settings.objective)
         depth = None if settings.mode == "none" else int(hp.get("unfreeze_depth"))
         stop = EarlyStop(settings.objective, settings.patience, rules or StopRules(), depth)
+        last_depth = 0  # where the last stage trained: its evaluator scores the kept weights at the end
         for stage, first, end in plan:
             best.stage = stage
+            last_depth = depth if stage == "finetune" and depth is not None else 0
             stop.begin_stage(stage, end, plan[-1][2])
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
@@ -217,7 +219,6 @@ class TwoStageTrial:
                 break
         if best.best is None:
             raise TrialFailed("no epoch produced a finite validation metric")
-        last_depth = depth if plan[-1][0] == "finetune" and depth is not None else 0
         return {
             "val_recall": self._recall(model, last_depth, seed),
             "best_epoch": best.best["epoch"],
