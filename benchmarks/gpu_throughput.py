@@ -46,7 +46,7 @@ def throughput(backbone_name: str, size: int, batch: int, steps: int, precision:
     with initialize_config_module("tlsweep.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"backbone={backbone_name}", "backbone.weights=null"])
     backbone = load_backbone(cfg.backbone, size)
-    model = build_classifier(backbone.build(), cfg.backbone.preprocessing, 5, 0.2, None)
+    model = build_classifier(backbone.build(), backbone.rescaling, 5, 0.2, None)
     unfreeze_top(model, depth)
     compile_model(model, keras.optimizers.Adam(1e-4), jit_compile=jit)
     rng = np.random.default_rng(0)

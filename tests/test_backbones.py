@@ -8,13 +8,14 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, make_config
 
-from tlsweep.backbones import backbone_layers, load_backbone, preprocessing_layer
+from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, preprocessing_layer
 from tlsweep.model import build_classifier, compile_model, unfreeze_top
 
 apps = keras.applications
 BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
 HUB = [name for name in BACKBONES if name == "hub" or name.startswith("hub_")]
-KERAS = [name for name in BACKBONES if name not in HUB and name != "tiny"]
+KERAS_HUB = [name for name in BACKBONES if "preset:" in (REPO / "conf" / "backbone" / f"{name}.yaml").read_text()]
+KERAS = [name for name in BACKBONES if name not in HUB + KERAS_HUB and name != "tiny"]
 
 
 def unit(pixels: np.ndarray) -> np.ndarray:
@@ -40,14 +41,23 @@ MIN_SIZE = {"xception": 71}
 
 
 def test_every_backbone_config_has_a_reference_preprocessing() -> None:
-    assert sorted(REFERENCE) == BACKBONES  # a new backbone config needs its entry here
+    assert sorted(REFERENCE) == sorted(set(BACKBONES) - set(KERAS_HUB))  # a new backbone config needs its entry here
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", KERAS_HUB)
+def test_keras_hub_configs_name_a_builtin_preset_and_take_its_preprocessing(name: str) -> None:
+    """Their preprocessing comes from the preset itself (tests/test_kerashub.py checks how)."""
+    keras_hub = pytest.importorskip("keras_hub", reason='KerasHub backbones need pip install "tlsweep[keras-hub]"')
+    cfg = make_config([f"backbone={name}"]).backbone
+    assert cfg.preprocessing == "preset" and cfg.weights == "preset"
+    assert cfg.preset is None if name == "keras_hub" else cfg.preset in keras_hub.models.Backbone.presets
+
+
+@pytest.mark.parametrize("name", sorted(set(BACKBONES) - set(KERAS_HUB)))
 def test_backbone_preprocessing_matches_its_reference(name: str) -> None:
     cfg = make_config([f"backbone={name}"]).backbone
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    ours = keras.ops.convert_to_numpy(preprocessing_layer(cfg.preprocessing)(pixels))
+    ours = keras.ops.convert_to_numpy(preprocessing_layer(PREPROCESSING[cfg.preprocessing])(pixels))
     np.testing.assert_allclose(ours, REFERENCE[name](pixels.copy()), rtol=1e-5, atol=1e-4)
 
 
@@ -62,7 +72,7 @@ def test_keras_backbone_builds_and_trains_one_step_at_its_deepest_default_depth(
         assert {"Rescaling", "Normalization"} & set(first), first
     depth = max(cfg.search.unfreeze_depths)
     assert 0 < depth <= backbone.num_layers
-    model = build_classifier(net, cfg.backbone.preprocessing, 2, 0.2, None)
+    model = build_classifier(net, PREPROCESSING[cfg.backbone.preprocessing], 2, 0.2, None)
     unfreeze_top(model, depth)
     compile_model(model, keras.optimizers.SGD(0.1))
     model.run_eagerly = True  # one step: tracing a graph of hundreds of layers would take longer than running it

@@ -30,7 +30,7 @@ def test_default_config_is_the_offline_demo() -> None:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes(group: str, option: str) -> None:
-    needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"]}
+    needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"], "keras_hub": ["backbone.preset=x"]}
     cfg = make_config([f"{group}={option}", *needs.get(option, [])])
     assert cfg[group] is not None
     validate(cfg)
@@ -120,7 +120,7 @@ def test_unknown_group_option_lists_the_choices_without_traceback(tmp_path) -> N
         (["tuner.max_trail=3"], "unknown config key tuner.max_trail; did you mean tuner.max_trials?"),
         (["backbon=tiny"], "unknown config key backbon; did you mean backbone?"),
         (["verbose=maybe"], "verbose=maybe: Value 'maybe' is not a valid bool"),
-        (["backbone=resnett"], "Could not find 'backbone/resnett'; options: convnext, densenet121"),
+        (["backbone=resnett"], "Could not find 'backbone/resnett'; options: clip, convnext, densenet121"),
         (["-m", "seed=0,-1"], "seed=-1 must be a whole number ≥ 0"),  # every value of a sweep is checked
         (["-m", "augmentation=none,light", "tuner.max_consecutive_failed_trials=0"], "must be at least 1"),
         (["search.learning_rate.min=0.1", "search.learning_rate.max=0.01"], "is larger than max"),

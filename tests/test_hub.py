@@ -30,7 +30,7 @@ def hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hub_classifier(handle: str | Path) -> keras.Model:
     cfg = make_config(["backbone=hub", f"backbone.handle={handle}"])
     backbone = load_backbone(cfg.backbone, 16)
-    return build_classifier(backbone.build(), "unit", 3, 0.0, None)
+    return build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None)
 
 
 def batch(n: int = 8) -> tuple[np.ndarray, np.ndarray]:

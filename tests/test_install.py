@@ -71,12 +71,17 @@ def test_every_module_imports_and_every_backbone_config_resolves() -> None:
     from hydra.utils import get_method
     from omegaconf import OmegaConf
 
-    from tlsweep import hub
+    from tlsweep import hub, kerashub
 
+    optional = " ".join(importlib.metadata.requires("tlsweep") or [])
     for path in sorted((REPO / "conf" / "backbone").glob("*.yaml")):
         cfg = OmegaConf.load(path)
         if cfg.get("factory"):
             assert callable(get_method(cfg.factory)), path.name
+        elif "preset" in cfg:  # a KerasHub preset: keras-hub is the keras-hub extra
+            extra = [r for r in importlib.metadata.requires("tlsweep") or [] if 'extra == "keras-hub"' in r]
+            assert extra and extra[0].startswith("keras-hub>=0.32"), optional
+            assert callable(kerashub.preset_network), path.name
         else:
             assert "handle" in cfg, path.name  # a URL, a folder, or (hub.yaml) set on the command line
             hub_module = importlib.import_module("tensorflow_hub")  # what a hub handle needs at run time

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import make_config
 
-from tlsweep.backbones import backbone_layers, load_backbone, tiny_cnn
+from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, tiny_cnn
 from tlsweep.errors import TlsweepError
 from tlsweep.model import augmentation, build_classifier, unfreeze_top
 from tlsweep.settings import Objective
@@ -75,7 +75,7 @@ def test_corrupt_imagenet_download_is_reported_not_loaded(tmp_path: Path, monkey
 
 def classifier(depth_layers: int = 0, augment=None) -> keras.Model:
     backbone = load_backbone(backbone_cfg("backbone.weights=null"), 32).build()
-    return build_classifier(backbone, "unit", 3, 0.2, augment)
+    return build_classifier(backbone, PREPROCESSING["unit"], 3, 0.2, augment)
 
 
 def test_classifier_has_named_frozen_and_trainable_parts() -> None:

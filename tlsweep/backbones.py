@@ -1,7 +1,8 @@
 """Backbones: build a pretrained feature extractor from its config, with its own preprocessing.
 
-A backbone config names either a ``factory`` with the signature of ``keras.applications``
-(``include_top``, ``weights``, ``input_shape``) or a TF Hub ``handle`` (see ``tlsweep.hub``).
+A backbone config names a ``factory`` with the signature of ``keras.applications``
+(``include_top``, ``weights``, ``input_shape``), a TF Hub ``handle`` (see ``tlsweep.hub``) or a
+KerasHub ``preset`` (see ``tlsweep.kerashub``).
 Its pretrained weights are loaded once per job and kept in memory: fine-tuning changes a
 network's weights, and every trial starts again from the pretrained ones.
 """
@@ -41,10 +42,12 @@ PREPROCESSING = {
 }
 
 
-def preprocessing_layer(mode: str) -> keras.layers.Layer:
-    """A Keras layer mapping pixels 0..255 to the backbone's expected input range (a mode of
-    ``tlsweep.settings.PREPROCESSING_MODES``: the config was checked)."""
-    scale, offset = PREPROCESSING[mode]
+Rescaling = tuple[Any, Any]  # (scale, offset), each a float or one per channel
+
+
+def preprocessing_layer(rescaling: Rescaling) -> keras.layers.Layer:
+    """A Keras layer mapping pixels 0..255 to the backbone's expected input range."""
+    scale, offset = rescaling
     return keras.layers.Rescaling(scale, offset, name="preprocessing")
 
 
@@ -85,54 +88,75 @@ class Backbone:
 
     name: str
     image_size: int
-    preprocessing: str
+    preprocessing: str  # a mode of PREPROCESSING, or "preset": the KerasHub preset's own image converter
+    rescaling: Rescaling  # what the preprocessing does to pixels 0..255
     factory: Callable[..., keras.Model]
     weights: list[np.ndarray]
-    num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's blocks
+    num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's or transformer's blocks
     cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
-    unit: str = "layers"  # what num_layers counts: "layers", or "blocks" for a hub model
+    unit: str = "layers"  # what num_layers counts: "layers", or "blocks"
+    block_tops: tuple[int, ...] = ()  # a transformer's: network layers from the top down to block n (n = 1, 2, …)
 
     def cut_depth(self, depth: int) -> int:
-        """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen."""
-        return min(depth, self.cuts)
+        """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen.
+
+        A transformer's top ``depth`` blocks come with the norm and pooling above them; all of its
+        blocks, with the stem below them too.
+        """
+        if depth <= 0 or not self.block_tops:
+            return min(max(depth, 0), self.cuts)
+        return self.cuts if depth >= self.num_layers else self.block_tops[depth - 1]
 
     def build(self) -> keras.Model:
         """A new backbone network named ``backbone`` holding the pretrained weights."""
         net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
         net.set_weights(self.weights)
+        if net.name == "backbone":
+            return net
         return keras.Model(net.input, net.output, name="backbone")
 
 
 def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     """Build the backbone ``cfg`` describes and load its weights, failing early and clearly."""
-    handle = cfg.get("handle")
+    handle, preset = cfg.get("handle"), cfg.get("preset")
+    rescaling: Rescaling | None = PREPROCESSING.get(cfg.preprocessing)
     if handle:
         from tlsweep.hub import hub_network, is_remote, resolve
 
         handle = handle if is_remote(handle) else to_absolute_path(str(handle))
         resolve(handle, cfg.name)  # download now, with this backbone's name in any error
         factory: Callable[..., keras.Model] = partial(hub_network, handle)
+    elif preset:
+        from tlsweep import kerashub
+
+        preset = to_absolute_path(str(preset)) if kerashub.is_local(str(preset)) else str(preset)
+        folder = kerashub.resolve_preset(preset, cfg.name)
+        factory = partial(kerashub.preset_network, str(folder), cfg.get("pooling") or "cls", name="backbone")
+        if cfg.preprocessing == "preset":
+            rescaling = kerashub.preset_rescaling(folder)
+            if rescaling is None:
+                raise TlsweepError(
+                    f"backbone {cfg.name}: preset {folder} has no image converter to take the preprocessing from; "
+                    "set backbone.preprocessing to tf, torch, unit or none"
+                )
     else:
         try:
             factory = get_method(cfg.factory)
         except Exception as e:
             raise TlsweepError(f"backbone {cfg.name}: cannot import factory '{cfg.factory}' ({e})") from e
+    if rescaling is None:
+        raise TlsweepError(f"backbone {cfg.name}: backbone.preprocessing=preset needs a backbone.preset")
     shape = (image_size, image_size, 3)
     net = _construct(factory, shape, cfg.name)  # a size the architecture refuses fails before any download
     weights = cfg.weights
-    if handle and weights in (None, "bundled", "imagenet"):
-        raise TlsweepError(
-            f"backbone {cfg.name}: a hub backbone's weights come with its SavedModel; "
-            "set backbone.weights=hub (or a weights file saved from the same backbone)"
-        )
-    if weights == "hub":
-        if not handle:
-            raise TlsweepError(f"backbone {cfg.name}: backbone.weights=hub needs a backbone.handle")
-    elif weights == "bundled":
+    _check_weights_source(cfg.name, weights, handle, preset)
+    if weights == "bundled":
         _load_weights_file(net, _bundled_weights(cfg.name), cfg.name)
     elif weights == "imagenet":
         net = _download_imagenet(factory, shape, cfg.name)
-    elif weights is not None:
+    elif weights == "preset":
+        net = _construct(factory, shape, cfg.name, weights="preset")
+    elif weights not in (None, "hub"):
         path = Path(to_absolute_path(str(weights))).expanduser()
         if not path.is_file():
             raise TlsweepError(
@@ -141,16 +165,33 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
             )
         _load_weights_file(net, path, cfg.name)
     cuts = len(backbone_layers(net))
-    num_layers = depth_units(net)
-    unit = "blocks" if handle else "layers"
+    blocks = transformer_blocks(net)
+    block_tops = tuple(cuts - position for position in reversed(blocks))
+    num_layers = len(blocks) if blocks else depth_units(net)
+    unit = "blocks" if handle or blocks else "layers"
     log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
-    return Backbone(cfg.name, image_size, cfg.preprocessing, factory, net.get_weights(), num_layers, cuts, unit)
+    pretrained = net.get_weights()
+    mode = cfg.preprocessing
+    return Backbone(cfg.name, image_size, mode, rescaling, factory, pretrained, num_layers, cuts, unit, block_tops)
 
 
-def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str) -> keras.Model:
-    """The architecture with random weights; a size it cannot take is a user error, not a traceback."""
+def _check_weights_source(name: str, weights: str | None, handle: str | None, preset: str | None) -> None:
+    """A hub model's weights come with its SavedModel, a preset's with the preset: say so for any other source."""
+    own = "hub" if handle else "preset" if preset else None
+    if weights in ("hub", "preset") and weights != own:
+        needs = "backbone.handle" if weights == "hub" else "backbone.preset"
+        raise TlsweepError(f"backbone {name}: backbone.weights={weights} needs a {needs}")
+    if own and weights in (None, "bundled", "imagenet"):
+        kind = "a hub backbone's weights come with its SavedModel" if handle else "a preset's weights come with it"
+        raise TlsweepError(
+            f"backbone {name}: {kind}; set backbone.weights={own} (or a weights file saved from the same backbone)"
+        )
+
+
+def _construct(factory: Callable[..., keras.Model], shape: tuple, name: str, weights: str | None = None) -> keras.Model:
+    """The architecture (random weights, or a preset's own); a size it cannot take is a user error, not a traceback."""
     try:
-        return factory(include_top=False, weights=None, input_shape=shape)
+        return factory(include_top=False, weights=weights, input_shape=shape)
     except ValueError as e:
         reason = first_line(e)
         raise TlsweepError(
@@ -222,6 +263,13 @@ def hub_layer(backbone: keras.Model) -> HubLayer | None:
     """The backbone's TF Hub SavedModel, when it is one (see ``tlsweep.hub``)."""
     layers = backbone_layers(backbone)
     return layers[0] if len(layers) == 1 and isinstance(layers[0], HubLayer) else None
+
+
+def transformer_blocks(backbone: keras.Model) -> list[int]:
+    """Where a KerasHub transformer's blocks are among the backbone's layers (empty for any other backbone)."""
+    from tlsweep.kerashub import PresetNetwork, blocks_of
+
+    return blocks_of(backbone) if isinstance(backbone, PresetNetwork) else []
 
 
 def depth_units(backbone: keras.Model) -> int:

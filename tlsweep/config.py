@@ -77,6 +77,7 @@ def check_command_line(args: list[str]) -> None:
     if any(a.startswith("-") and a not in _MULTIRUN_FLAGS for a in args):
         return
     overrides = [a for a in args if a not in _MULTIRUN_FLAGS and not a.lstrip("+~").startswith("hydra")]
+    searchpath = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]  # the user's own config groups
     try:
         options = _override_options(overrides)
     except (OverrideParseException, HydraException) as e:
@@ -91,7 +92,7 @@ def check_command_line(args: list[str]) -> None:
     with initialize_config_module("tlsweep.conf", version_base="1.3"):
         for combination in combinations:
             try:
-                cfg = compose("config", overrides=combination)
+                cfg = compose("config", overrides=[*searchpath, *combination])
             except (HydraException, OmegaConfBaseException) as e:
                 raise TlsweepError(composition_error(e)) from e
             validate(cfg)

@@ -16,7 +16,14 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
-from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, hub_layer, preprocessing_layer
+from tlsweep.backbones import (
+    Backbone,
+    Rescaling,
+    backbone_layers,
+    crossing_tensors,
+    hub_layer,
+    preprocessing_layer,
+)
 
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
 
@@ -51,7 +58,7 @@ def head(num_classes: int, dropout: float, pool: bool = True) -> keras.Sequentia
 
 def build_classifier(
     backbone: keras.Model,
-    preprocessing: str,
+    rescaling: Rescaling,
     num_classes: int,
     dropout: float,
     augment: keras.Sequential | None,
@@ -64,7 +71,7 @@ def build_classifier(
     backbone.trainable = False
     inputs = keras.Input(backbone.input_shape[1:], name="image")
     x = augment(inputs) if augment is not None else inputs
-    x = preprocessing_layer(preprocessing)(x)
+    x = preprocessing_layer(rescaling)(x)
     features = backbone(x, training=False)
     outputs = head(num_classes, dropout, pool=len(features.shape) == 4)(features)
     return keras.Model(inputs, outputs, name="classifier")
@@ -85,8 +92,10 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="classifier")
 
 
-def unfreeze_top(model: keras.Model, depth: int) -> int:
-    """Make the top ``depth`` backbone layers (hub blocks) trainable, BatchNorm excepted; returns how many are.
+def unfreeze_top(model: keras.Model, depth: int, layers_above: int | None = None) -> int:
+    """Make the top ``depth`` backbone units trainable, BatchNorm excepted; returns how many layers (hub
+    blocks) are. A unit is a layer, a hub model's block, or a transformer block: ``layers_above``
+    (``Backbone.cut_depth``) says how many network layers the top ``depth`` units are.
 
     Recompile the model afterwards: Keras reads ``trainable`` when it compiles.
     """
@@ -96,7 +105,7 @@ def unfreeze_top(model: keras.Model, depth: int) -> int:
     hub = hub_layer(backbone)
     if hub is not None:
         return hub.unfreeze_top(depth)
-    first = len(layers) - depth
+    first = len(layers) - (depth if layers_above is None else layers_above)
     for i, layer in enumerate(layers):
         layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(layer.trainable for layer in layers) if depth > 0 else 0
@@ -230,7 +239,7 @@ class SharedClassifier:
         self.new_head = lambda pool: head(num_classes, dropout, pool)
         self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
         self.jit_compile = jit_compile
-        self.model = build_classifier(backbone.build(), backbone.preprocessing, num_classes, dropout, augment())
+        self.model = build_classifier(backbone.build(), backbone.rescaling, num_classes, dropout, augment())
         self.network = self.model.get_layer("backbone")  # the classifier's backbone, pretrained until trained
         self._changed: set[int] = set()  # backbone variables (by position) a trainer may have changed since the reset
         self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray], list[int]]] = {}

@@ -31,6 +31,8 @@ class BackboneConfig:
     name: str = MISSING
     factory: Optional[str] = None
     handle: Optional[str] = None
+    preset: Optional[str] = None
+    pooling: str = "cls"
     weights: Optional[str] = None
     image_size: int = MISSING
     preprocessing: str = MISSING
@@ -185,7 +187,8 @@ OBJECTIVES = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZE = ("none", "float16", "int8")
 DATASETS = ("digits", "folder", "tf_flowers")
-PREPROCESSING_MODES = ("tf", "torch", "unit", "none")  # tlsweep.backbones.PREPROCESSING says what each does
+PREPROCESSING_MODES = ("tf", "torch", "unit", "none", "preset")  # tlsweep.backbones.PREPROCESSING says what each does
+POOLING_MODES = ("cls", "mean")  # a transformer's tokens to one vector: the class token, or the patch tokens' mean
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 DISTRIBUTED_ROLES = ("chief", "worker")
 PRUNING_RULES = ("none", "median", "asha")
@@ -322,11 +325,12 @@ def _required(cfg: DictConfig) -> str | None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if cfg.dataset.name == "folder" and not cfg.dataset.path:
         missing.insert(0, "dataset.path")
-    if not cfg.backbone.factory and not cfg.backbone.handle:
-        missing.insert(0, "backbone.handle")
+    if not cfg.backbone.factory and not cfg.backbone.handle and not cfg.backbone.preset:
+        missing.insert(0, "backbone.preset" if cfg.backbone.weights == "preset" else "backbone.handle")
     hints = {
         "dataset.path": " (e.g. dataset.path=path/to/images)",
         "backbone.handle": " (a tfhub.dev or Kaggle Models URL, or a SavedModel folder)",
+        "backbone.preset": " (a KerasHub preset name such as dinov2_small, a kaggle:// handle, or a preset folder)",
     }
     return f"{missing[0]} must be set{hints.get(missing[0], '')}" if missing else None
 
@@ -350,6 +354,16 @@ def _backbone(cfg: DictConfig) -> str | None:
     mode = cfg.backbone.preprocessing
     if mode not in PREPROCESSING_MODES:
         return f"unknown backbone.preprocessing '{mode}'; use one of: {', '.join(PREPROCESSING_MODES)}"
+    if cfg.backbone.pooling not in POOLING_MODES:
+        return f"unknown backbone.pooling '{cfg.backbone.pooling}'; use one of: {', '.join(POOLING_MODES)}"
+    sources = [key for key in ("factory", "handle", "preset") if cfg.backbone.get(key)]
+    if len(sources) > 1:
+        return (
+            f"backbone {cfg.backbone.name} sets both backbone.{sources[0]} and backbone.{sources[1]}; a backbone "
+            "is one of them: pick another backbone=… config instead of overriding"
+        )
+    if mode == "preset" and not cfg.backbone.preset:
+        return "backbone.preprocessing=preset takes the preset's image converter: it needs a backbone.preset"
     return None
 
 

@@ -7,8 +7,9 @@ Cluster nodes often have no internet. Fetch the weights where there is, with the
     python -m tlsweep.weights list
 
 Keras application weights go to ``$KERAS_HOME/models`` (``~/.keras/models``), TF Hub models to
-``$TFHUB_CACHE_DIR`` (``~/.cache/tfhub_modules``). Fetching builds each backbone exactly as a run
-does, so a backbone that fetched here loads offline there.
+``$TFHUB_CACHE_DIR`` (``~/.cache/tfhub_modules``), KerasHub presets to ``$KAGGLEHUB_CACHE``
+(``~/.cache/kagglehub``). Fetching builds each backbone exactly as a run does, so a backbone that
+fetched here loads offline there.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
             continue
         if backbone.get("handle"):
             where = hub.resolve(backbone.handle, backbone.name) if hub.is_remote(backbone.handle) else backbone.handle
+        elif backbone.get("preset"):
+            from tlsweep import kerashub
+
+            where = str(kerashub.resolve_preset(str(backbone.preset), backbone.name))
         elif backbone.weights == "imagenet":
             where = str(keras_weights_dir())
         else:
@@ -94,7 +99,21 @@ def cached() -> list[str]:
         shown += 1
     if not shown:
         lines.append("  (none)")
-    return lines
+    return lines + _presets()
+
+
+def _presets() -> list[str]:
+    """KerasHub presets kagglehub downloaded: ``models/<owner>/<model>/<framework>/<variant>/<version>``."""
+    from tlsweep import kerashub
+
+    root = kerashub.cache_dir()
+    lines = [f"KerasHub presets in {root} (set KAGGLEHUB_CACHE to move it):"]
+    folders = sorted(p.parent for p in (root / "models").glob("*/*/*/*/*/config.json")) if root.is_dir() else []
+    for folder in folders:
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        problem = "" if (folder / "model.weights.h5").is_file() else "  INCOMPLETE: no model.weights.h5; fetch again"
+        lines.append(f"  {_size(size):>9}  {folder.relative_to(root / 'models')}  [{folder}]{problem}")
+    return lines + ([] if folders else ["  (none)"])
 
 
 def _handle_in(descriptor: Path) -> str:
@@ -117,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tlsweep.weights",
         description="Download backbone weights on a machine with internet (fetch), or show the caches (list). "
-        "Copy $KERAS_HOME/models and $TFHUB_CACHE_DIR to a machine without internet to run there.",
+        "Copy $KERAS_HOME/models, $TFHUB_CACHE_DIR and $KAGGLEHUB_CACHE to a machine without internet to run there.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("fetch", help="download the weights the given backbones need")

@@ -231,14 +231,14 @@ class FeatureCache:
         passed = [next((j for j, g in enumerate(given) if g is t), None) for t in wanted]
         inputs = [keras.Input(g.shape[1:]) for g in given]
         if below is None and cut >= self.backbone.cuts:  # the cut below every layer: the preprocessed images
-            model = keras.Model(inputs, [preprocessing_layer(self.backbone.preprocessing)(inputs[0])])
+            model = keras.Model(inputs, [preprocessing_layer(self.backbone.rescaling)(inputs[0])])
             passed = [None]
         else:
             to_compute = [t for t, j in zip(wanted, passed, strict=True) if j is None]
             model = None
             if to_compute:
                 middle = keras.Model(given, to_compute)
-                x = preprocessing_layer(self.backbone.preprocessing)(inputs[0]) if below is None else inputs
+                x = preprocessing_layer(self.backbone.rescaling)(inputs[0]) if below is None else inputs
                 outputs = keras.tree.flatten(middle(x, training=False))
                 if cut == 0 and len(outputs[0].shape) == 4:  # the head's input: pooled, as its first layer does
                     outputs = [keras.ops.mean(outputs[0], axis=(1, 2))]
@@ -275,6 +275,7 @@ class FeatureCache:
                 "weights": weights.hexdigest(),
                 "image_size": self.backbone.image_size,
                 "preprocessing": self.backbone.preprocessing,
+                **({"rescaling": self.backbone.rescaling} if self.backbone.preprocessing == "preset" else {}),
                 "images": images.hexdigest(),
                 "augmentation": augmentation,
                 "seed": self.seed,
