@@ -7,7 +7,11 @@ DINOv2's blocks, these tests fail loudly.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -185,7 +189,7 @@ def test_multirun_sweeps_a_keras_hub_preset_and_a_keras_backbone_with_the_cache(
     args += ["dataset=folder", f"dataset.path={images}", *FAST, "search.unfreeze_depths=[1]", "tuner.max_trials=1"]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stdout
-    assert "backbone tinyvit: 3 blocks" in result.stdout
+    assert "backbone tinyvit: 3 blocks" in result.stdout and "cuts at depth 1, 0:" in result.stdout
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     vit_job = sweep / "backbone=tinyvit"
     record = json.loads(next((vit_job / "trials").glob("trial_*.json")).read_text())
@@ -195,28 +199,48 @@ def test_multirun_sweeps_a_keras_hub_preset_and_a_keras_backbone_with_the_cache(
         assert json.loads((sweep / job / "job.json").read_text())["status"] == "completed"
         log = (sweep / job / "tlsweep.log").read_text()
         assert "feature cache: train, cuts at depth" in log and "4 parts computed" in log  # both stages' cuts
-    loaded = keras.saving.load_model(vit_job / "best.keras", compile=False)  # the job's winner loads back
-    assert loaded.output_shape == (None, 3)
+    # The KerasHub job's winner exports and predicts in fresh processes, as a user runs them.
+    exported = python_m("tlsweep.export", str(vit_job), cwd=tmp_path)
+    assert exported.returncode == 0 and (vit_job / "best" / "model.keras").is_file(), exported.stdout
+    for fmt in ("keras", "saved_model"):
+        args = [str(vit_job / "best"), str(images / "val"), "--format", fmt]
+        predicted = python_m("tlsweep.predict", *args, cwd=tmp_path)
+        lines = [line for line in predicted.stdout.splitlines() if re.search(r"\.(jpg|png): \w+ [01]\.\d{3}", line)]
+        assert predicted.returncode == 0 and len(lines) == 6, predicted.stdout  # each image: its top class
+
+
+def python_m(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in a fresh process (stdout and stderr together)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_weights_fetch_and_list_know_presets(tmp_path: Path) -> None:
     preset = save_preset(tmp_path / "cache" / "models" / "keras" / "vit" / "keras" / "tiny" / "1")
     env = {"KAGGLEHUB_CACHE": str(tmp_path / "cache"), "KERAS_HOME": str(tmp_path / "keras")}
-    import subprocess
-    import sys
 
     def weights(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "tlsweep.weights", *args],
-            cwd=tmp_path,
-            env={**__import__("os").environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return python_m("tlsweep.weights", *args, cwd=tmp_path, env=env)
 
     fetched = weights("fetch", "backbone=keras_hub", f"backbone.preset={preset}", f"backbone.image_size={SIZE}")
     assert fetched.returncode == 0 and f"ready    keras_hub at {SIZE} px: {preset}" in fetched.stdout, fetched
     listed = weights("list")
     assert listed.returncode == 0, listed
     assert "KerasHub presets in" in listed.stdout and "keras/vit/keras/tiny/1" in listed.stdout, listed.stdout
+
+
+def test_a_run_without_network_stops_in_one_line_naming_the_preset(tmp_path: Path) -> None:
+    """The real download path, with every connection refused: no traceback, the way out, the job failed."""
+    offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    env = {**offline, "KAGGLEHUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    result = run_cli(["backbone=dinov2", *FAST], tmp_path, env=env)
+    lines = [line for line in result.stdout.splitlines() if "could not download KerasHub preset dinov2_small" in line]
+    assert result.returncode == 1 and lines and lines[0].startswith("error: "), result.stdout
+    assert "Traceback" not in result.stdout and "python -m tlsweep.weights fetch backbone=dinov2" in lines[0]

@@ -107,6 +107,12 @@ class Backbone:
             return min(max(depth, 0), self.cuts)
         return self.cuts if depth >= self.num_layers else self.block_tops[depth - 1]
 
+    def unit_depth(self, cut: int) -> int:
+        """The unfreeze depth whose cut is ``cut`` (the inverse of ``cut_depth``), for messages."""
+        if not self.block_tops:
+            return cut
+        return next((d for d in range(self.num_layers + 1) if self.cut_depth(d) == cut), cut)
+
     def build(self) -> keras.Model:
         """A new backbone network named ``backbone`` holding the pretrained weights."""
         net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
@@ -132,6 +138,9 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
         preset = to_absolute_path(str(preset)) if kerashub.is_local(str(preset)) else str(preset)
         folder = kerashub.resolve_preset(preset, cfg.name)
         factory = partial(kerashub.preset_network, str(folder), cfg.get("pooling") or "cls", name="backbone")
+        trained = kerashub.preset_image_size(folder)
+        if trained and trained != image_size:
+            log.info("backbone %s: the preset was trained at %d px, runs at %d px", cfg.name, trained, image_size)
         if cfg.preprocessing == "preset":
             rescaling = kerashub.preset_rescaling(folder)
             if rescaling is None:
@@ -181,7 +190,7 @@ def _check_weights_source(name: str, weights: str | None, handle: str | None, pr
     if weights in ("hub", "preset") and weights != own:
         needs = "backbone.handle" if weights == "hub" else "backbone.preset"
         raise TlsweepError(f"backbone {name}: backbone.weights={weights} needs a {needs}")
-    if own and weights in (None, "bundled", "imagenet"):
+    if own and weights in ("bundled", "imagenet", *([None] if handle else [])):  # a preset may start random
         kind = "a hub backbone's weights come with its SavedModel" if handle else "a preset's weights come with it"
         raise TlsweepError(
             f"backbone {name}: {kind}; set backbone.weights={own} (or a weights file saved from the same backbone)"

@@ -64,9 +64,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     if not model_file.is_file():
         raise TlsweepError(f"{model_file} is missing, so the best trial's model cannot be exported")
 
-    import keras
-
-    from tlsweep.model import inference_model
+    from tlsweep.model import inference_model, load_classifier
 
     classes = job.classes
     origin = files.model_origin(model_file)
@@ -78,7 +76,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
             "(the report's reproduce command), or resume the job"
         )
     try:
-        model = inference_model(keras.saving.load_model(model_file, compile=False))
+        model = inference_model(load_classifier(model_file))
     except Exception as e:  # a file cut short or damaged on disk: say which, not a traceback
         raise TlsweepError(
             f"{model_file} is damaged ({type(e).__name__}: {first_line(e)[:150]}); "

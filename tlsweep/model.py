@@ -77,6 +77,14 @@ def build_classifier(
     return keras.Model(inputs, outputs, name="classifier")
 
 
+def load_classifier(path: Any) -> keras.Model:
+    """A saved classifier. tlsweep's own layers (``tlsweep.hub``'s SavedModels, ``tlsweep.kerashub``'s
+    towers) register themselves for Keras when their module is imported: import them first."""
+    from tlsweep import hub, kerashub  # noqa: F401
+
+    return keras.saving.load_model(path, compile=False)
+
+
 def inference_model(model: keras.Model) -> keras.Model:
     """The classifier without its augmentation block, for export and serving.
 

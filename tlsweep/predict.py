@@ -96,9 +96,9 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
 
 
 def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import keras
+    from tlsweep.model import load_classifier
 
-    model = keras.saving.load_model(path, compile=False)
+    model = load_classifier(path)
     return lambda x: np.asarray(model.predict(x, verbose=0))
 
 

@@ -155,7 +155,7 @@ class FeatureCache:
                 "feature cache: %s, %s at depth %s: %d images in %.1fs",
                 where,
                 "cut" if len(missing) == 1 else "cuts",
-                ", ".join(str(c) for c in missing),
+                ", ".join(str(self.backbone.unit_depth(c)) for c in missing),
                 n,
                 time.monotonic() - started,
             )
