@@ -41,7 +41,22 @@ def tiny_tower(kind: str) -> keras.Model:
         return models.DINOV2Backbone(intermediate_dim=32, num_register_tokens=2, **common)
     if kind == "clip":
         return models.CLIPVisionEncoder(intermediate_dim=32, **common)
-    return models.SigLIPVisionEncoder(intermediate_dim=32, **common)
+    if kind == "siglip":  # as SigLIP presets are: an image tower and a text tower
+        vision = models.SigLIPVisionEncoder(intermediate_dim=32, **common)
+        text = models.SigLIPTextEncoder(50, 16, 16, num_layers=1, num_heads=2, intermediate_dim=32)
+        return models.SigLIPBackbone(vision, text)
+    return models.EfficientNetBackbone(  # a CNN: two stages of MBConv blocks
+        stackwise_kernel_sizes=[3, 3],
+        stackwise_num_repeats=[1, 2],
+        stackwise_input_filters=[8, 8],
+        stackwise_output_filters=[8, 16],
+        stackwise_expansion_ratios=[1, 4],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25],
+        stackwise_strides=[1, 2],
+        stackwise_block_types=["v1", "v1"],
+        stackwise_width_coefficients=[1.0, 1.0],
+        stackwise_depth_coefficients=[1.0, 1.0],
+    )
 
 
 def save_preset(folder: Path, kind: str = "vit") -> Path:
@@ -54,6 +69,7 @@ def save_preset(folder: Path, kind: str = "vit") -> Path:
 
 def pooled(tower: keras.Model, images: np.ndarray, pooling: str, prefix: int) -> np.ndarray:
     """What the preset's own model gives, pooled as tlsweep pools it."""
+    tower = getattr(tower, "vision_encoder", tower)
     out = keras.ops.convert_to_numpy(tower(images))
     if out.ndim == 2:  # SigLIP pools with its own head
         return out
@@ -92,6 +108,15 @@ def test_keras_hub_backbone_unfreezes_blocks_and_caches_between_them(tmp_path: P
     network = model.get_layer("backbone")  # layers: input, stem, 3 blocks, norm, pooling
     below = keras.Model(network.input, network.get_layer(index=4).input)  # up to the last block
     np.testing.assert_allclose(top(below(images / 127.5 - 1.0)), model(images), atol=1e-5)
+
+
+def test_a_keras_hub_cnn_unfreezes_by_layers_at_any_size(tmp_path: Path) -> None:
+    folder = save_preset(tmp_path / "efficientnet", "efficientnet")
+    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}"])
+    backbone = load_backbone(cfg.backbone, 48)
+    network = backbone.build()
+    assert backbone.unit == "layers" and backbone.num_layers == len(network.layers) - 1  # its input excluded
+    assert backbone.cut_depth(5) == 5 and network.output_shape == (None, 12, 12, 1280)  # the head averages it
 
 
 def test_classifier_with_a_keras_hub_backbone_saves_and_loads(tmp_path: Path) -> None:

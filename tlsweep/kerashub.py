@@ -160,7 +160,7 @@ def preset_network(
         model = keras_hub().models.Backbone.from_preset(str(folder), load_weights=weights == "preset", **overrides)
     except ValueError as e:
         trained = config.get(shape_key) if shape_key else None
-        if trained and tuple(trained[:2]) != tuple(input_shape[:2]):  # learned position embeddings of that size
+        if trained and trained[0] and tuple(trained[:2]) != tuple(input_shape[:2]):  # position embeddings of a size
             raise ValueError(f"its weights were trained for {trained[0]} px inputs") from e
         raise
     tower = getattr(model, "vision_encoder", None) or model  # SigLIP and CLIP hold an image and a text tower
