@@ -135,6 +135,22 @@ def test_a_spent_budget_stops_the_search_with_its_records_intact(image_folder: P
     assert json.loads((tmp_path / "job" / "best.json").read_text())["trial_id"] == trial["trial_id"]
 
 
+def test_a_resumed_job_counts_what_its_earlier_runs_spent_against_the_budget(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    from tlsweep.job import run_job
+
+    overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=20"]
+    job = tmp_path / "job"
+    run_job(make_config([*overrides, "budget=1s"]), job, {})  # one trial, then the budget is spent
+    (path,) = list((job / "trials").glob("trial_*.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "duration_s": 3600.0}))  # as if it took an hour
+    record = json.loads((job / "job.json").read_text())
+    (job / "job.json").write_text(json.dumps({**record, "status": "interrupted"}))  # as if killed after it
+    resumed = run_job(make_config([*overrides, "budget=30m", f"resume={job}"]), job, {})
+    assert resumed["stopped_by_budget"] and resumed["trials"] == 1  # no new trial: the hour is spent
+
+
 def test_patience_ends_stage_one_and_stage_two_keeps_its_place_on_the_epoch_axis(
     image_folder: Path, tmp_path: Path
 ) -> None:

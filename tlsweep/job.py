@@ -137,7 +137,10 @@ def _search(cfg: DictConfig, job_dir: Path, choices: dict[str, Any], root: Path)
     for warning in warnings:
         log.warning(warning)
     weights = class_weights(cfg.class_weight, data.y_train, data.class_names)
-    search_deadline, deadline = deadlines(cfg, started)
+    spent = spent_before(job_dir) if cfg.budget is not None else 0.0
+    if spent:
+        log.info("budget: this job's earlier runs spent %.0fs of it in trials (resume)", spent)
+    search_deadline, deadline = deadlines(cfg, started - spent)
     job = _context(cfg, job_dir, root, choices, data, image_size, search_deadline)
     if job.best.read():
         log.info("resuming: finished trials are kept (best so far trial_%s)", job.best.read()["trial_id"])
@@ -204,6 +207,17 @@ def deadlines(cfg: DictConfig, started: float) -> tuple[float | None, float | No
     trials = int(cfg.tuner.max_trials) if cfg.tuner.name != "hyperband" else 0
     share = finalists / (trials + finalists) if trials and finalists else 0.0
     return started + budget * (1 - share), started + budget
+
+
+def spent_before(job_dir: Path) -> float:
+    """Seconds this job's earlier runs spent in trials, as their records say: a resumed job's budget
+    counts them (the time they spent loading and caching is not recorded, and not counted)."""
+    total = 0.0
+    for path in (job_dir / files.TRIALS_DIR).glob("trial_*.json"):
+        record, problem = read_json(path)
+        if record and not problem:
+            total += float(record.get("duration_s") or 0.0)
+    return total
 
 
 def jobs_at_once() -> int:
