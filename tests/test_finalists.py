@@ -25,6 +25,18 @@ def write_trial(job: Path, trial_id: str, value: float, hyperparameters: dict, *
     (job / "trials" / f"trial_{trial_id}.json").write_text(json.dumps(record))
 
 
+def test_a_finalist_run_the_budget_cut_short_is_left_out_of_its_mean(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    hp = {"learning_rate": 0.01}
+    write_trial(job, "0", 0.90, hp)
+    write_trial(job, "0.s1", 0.88, hp, finalist_of="0", replicate=1)
+    cut = [{"by": "budget", "epoch": 1, "stage": "head", "why": "the job's time budget is spent"}]
+    write_trial(job, "0.s2", 0.40, hp, finalist_of="0", replicate=2, stopped=cut)  # one epoch of ten
+    (job / "job.json").write_text(json.dumps({"status": "completed"}))
+    (group,) = finalist_groups(load_job(job, job), "val_accuracy")
+    assert [r.trial_id for r in group.runs] == ["0", "0.s1"] and group.mean == pytest.approx(0.89)
+
+
 def test_the_best_mean_wins_not_the_luckiest_draw(tmp_path: Path) -> None:
     job = tmp_path / "job"
     lucky, steady = {"learning_rate": 0.01}, {"learning_rate": 0.001}

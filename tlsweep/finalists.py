@@ -95,7 +95,9 @@ class Finalists:
         trial_log.finish(summary)
         trial_log.complete()
         objective = self.trial.settings.objective.name
-        log.info("%s done: %s %.4f", label, objective, summary[objective])
+        cut = any(stop["by"] == "budget" for stop in trial_log.record.get("stopped", []))
+        note = " (cut short by the budget: not counted in its mean)" if cut else ""
+        log.info("%s done: %s %.4f%s", label, objective, summary[objective], note)
         return {run_id: model.get_weights()}
 
     def _train(

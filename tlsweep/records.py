@@ -256,14 +256,24 @@ class Group:
         return self.runs[nearest]
 
 
+def _cut_short(run: Trial) -> bool:
+    """Whether the job's time budget stopped a run before its last epoch: its score is not comparable."""
+    return any(stop.get("by") == "budget" for stop in run.record.get("stopped") or [])
+
+
 def finalist_groups(job: Job, objective: str) -> list[Group]:
-    """The job's finalists: each configuration that ran with more than one seed, best mean first."""
+    """The job's finalists: each configuration that ran with more than one seed, best mean first.
+
+    A finalist run the budget cut short trained fewer epochs than its search trial: it is left out."""
     scores = {t.trial_id: kept_epoch(t, objective).get(objective) for t in job.trials if t.status == "completed"}
     scored = [t for t in job.trials if isinstance(scores.get(t.trial_id), (int, float))]
     groups = []
     for trial in scored:
         if trial.record.get("finalist_of") is None:
-            runs = [trial, *(t for t in scored if str(t.record.get("finalist_of")) == trial.trial_id)]
+            runs = [
+                trial,
+                *(t for t in scored if str(t.record.get("finalist_of")) == trial.trial_id and not _cut_short(t)),
+            ]
             if len(runs) > 1:
                 groups.append(Group(job, runs, [float(scores[t.trial_id]) for t in runs]))
     return sorted(groups, key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]))
