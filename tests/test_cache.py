@@ -210,6 +210,24 @@ def test_the_store_reads_big_arrays_from_disk_keeps_float16_and_survives_a_race(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_key_is_checksummed_once_per_store_not_after_its_own_write(tmp_path: Path, monkeypatch) -> None:
+    """Reading a just-written cut back to check it would read every byte again (gigabytes at scale)."""
+    from tlsweep.cache import store as store_module
+
+    hashed: list[str] = []
+    real = store_module._sha256
+    monkeypatch.setattr(store_module, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4)]
+    writer = Store(tmp_path)
+    writer.get({"k": 1}, lambda: arrays)
+    writer.load({"k": 1}, in_memory=False)
+    assert hashed == []  # its checksum was computed as the rows were written
+    reader = Store(tmp_path)  # another job: checks the key once, then trusts it
+    reader.load({"k": 1}, in_memory=True)
+    reader.load({"k": 1}, in_memory=False)
+    assert hashed == ["0.npy"]
+
+
 def test_a_garbled_array_or_a_listing_without_arrays_is_rebuilt_not_used(tmp_path: Path) -> None:
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4)]
     Store(tmp_path).get({"k": 1}, lambda: arrays)
