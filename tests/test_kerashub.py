@@ -182,6 +182,23 @@ def test_no_network_for_a_preset_is_one_line_with_the_ways_out(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize(
+    "status,message", [(404, r"it does not exist there \(HTTP 404\)"), (403, r"the hub refused it \(HTTP 403\)")]
+)
+def test_a_missing_or_gated_preset_is_one_line_saying_which(monkeypatch, status: int, message: str) -> None:
+    import kagglehub
+    import requests
+
+    def refuse(handle: str) -> str:
+        response = requests.Response()
+        response.status_code = status
+        raise requests.HTTPError(f"{status} Client Error", response=response)
+
+    monkeypatch.setattr(kagglehub, "model_download", refuse)
+    with pytest.raises(TlsweepError, match=message):
+        kerashub.resolve_preset("kaggle://someone/vit/keras/private/1", "keras_hub")
+
+
+@pytest.mark.parametrize(
     "preset,message",
     [("no_such_preset", "unknown KerasHub preset 'no_such_preset'"), ("./missing", "is not a KerasHub preset folder")],
 )

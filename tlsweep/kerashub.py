@@ -69,13 +69,29 @@ def resolve_preset(preset: str, backbone: str) -> Path:
         handle = builtin[handle]["kaggle_handle"]
     try:
         return _download(handle)
-    except (OSError, ValueError) as e:
-        fetch = f"backbone={backbone}" + (f" backbone.preset={preset}" if backbone == "keras_hub" else "")
-        raise TlsweepError(
-            f"backbone {backbone}: could not download KerasHub preset {preset} (no network? {first_line(e)[:160]}); "
-            f"ways out: run `python -m tlsweep.weights fetch {fetch}` on a machine with internet and copy "
-            f"{cache_dir()} here (set KAGGLEHUB_CACHE to where you put it), or set backbone.preset=path/to/folder"
-        ) from e
+    except Exception as e:  # whatever the hub's client library raises: one line, by what it means
+        raise TlsweepError(_download_problem(e, str(preset), backbone)) from e
+
+
+def _download_problem(error: Exception, preset: str, backbone: str) -> str:
+    """One line for a failed download: not there, not allowed, or no network (with the ways out)."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    start = f"backbone {backbone}: could not download KerasHub preset {preset}"
+    if status == 404:
+        return f"{start}: it does not exist there (HTTP 404); check backbone.preset against the hub's model page"
+    if status in (401, 403):
+        return (
+            f"{start}: the hub refused it (HTTP {status}); the model may need you to accept its terms on its "
+            "model page, and credentials (kagglehub.login(), or KAGGLE_USERNAME and KAGGLE_KEY)"
+        )
+    if not isinstance(error, OSError):
+        return f"{start} ({type(error).__name__}: {first_line(error)[:160]})"
+    fetch = f"backbone={backbone}" + (f" backbone.preset={preset}" if backbone == "keras_hub" else "")
+    return (
+        f"{start} (no network? {first_line(error)[:160]}); ways out: run `python -m tlsweep.weights fetch {fetch}` "
+        f"on a machine with internet and copy {cache_dir()} here (set KAGGLEHUB_CACHE to where you put it), "
+        "or set backbone.preset=path/to/folder"
+    )
 
 
 def _download(handle: str) -> Path:
