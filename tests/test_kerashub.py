@@ -110,6 +110,19 @@ def test_keras_hub_backbone_unfreezes_blocks_and_caches_between_them(tmp_path: P
     np.testing.assert_allclose(top(below(images / 127.5 - 1.0)), model(images), atol=1e-5)
 
 
+def test_the_cache_cuts_between_dinov2_blocks_inside_this_network_only(tmp_path: Path) -> None:
+    """DINOv2's final norm is called in KerasHub's own graph too: the cut must not reach back into it."""
+    folder = save_preset(tmp_path / "dinov2", "dinov2")
+    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}"])
+    backbone = load_backbone(cfg.backbone, SIZE)
+    model = build_classifier(backbone.build(), backbone.rescaling, 2, 0.0, None)
+    top = trainable_part(model, backbone.cut_depth(2))  # the tokens entering the second-to-last block
+    network = model.get_layer("backbone")  # layers: input, stem, 3 blocks, norm, pooling
+    below = keras.Model(network.input, network.get_layer(index=3).input)
+    images = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(top(below(images / 127.5 - 1.0)), model(images), atol=1e-5)
+
+
 def test_a_keras_hub_cnn_unfreezes_by_layers_at_any_size(tmp_path: Path) -> None:
     folder = save_preset(tmp_path / "efficientnet", "efficientnet")
     cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}"])

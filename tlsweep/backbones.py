@@ -138,11 +138,11 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
         preset = to_absolute_path(str(preset)) if kerashub.is_local(str(preset)) else str(preset)
         folder = kerashub.resolve_preset(preset, cfg.name)
         factory = partial(kerashub.preset_network, str(folder), cfg.get("pooling") or "cls", name="backbone")
-        trained = kerashub.preset_image_size(folder)
-        if trained and trained != image_size:
-            log.info("backbone %s: the preset was trained at %d px, runs at %d px", cfg.name, trained, image_size)
+        converter = kerashub.preset_converter(folder)
+        if converter and converter[1] and converter[1] != image_size:
+            log.info("backbone %s: the preset was trained at %d px, runs at %d px", cfg.name, converter[1], image_size)
         if cfg.preprocessing == "preset":
-            rescaling = kerashub.preset_rescaling(folder)
+            rescaling = converter[0] if converter else None
             if rescaling is None:
                 raise TlsweepError(
                     f"backbone {cfg.name}: preset {folder} has no image converter to take the preprocessing from; "
@@ -156,16 +156,15 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     if rescaling is None:
         raise TlsweepError(f"backbone {cfg.name}: backbone.preprocessing=preset needs a backbone.preset")
     shape = (image_size, image_size, 3)
-    net = _construct(factory, shape, cfg.name)  # a size the architecture refuses fails before any download
     weights = cfg.weights
     _check_weights_source(cfg.name, weights, handle, preset)
+    # A size the architecture refuses fails before any download; a preset (downloaded already) is built once.
+    net = _construct(factory, shape, cfg.name, weights="preset" if weights == "preset" else None)
     if weights == "bundled":
         _load_weights_file(net, _bundled_weights(cfg.name), cfg.name)
     elif weights == "imagenet":
         net = _download_imagenet(factory, shape, cfg.name)
-    elif weights == "preset":
-        net = _construct(factory, shape, cfg.name, weights="preset")
-    elif weights not in (None, "hub"):
+    elif weights not in (None, "hub", "preset"):
         path = Path(to_absolute_path(str(weights))).expanduser()
         if not path.is_file():
             raise TlsweepError(

@@ -21,7 +21,7 @@ from typing import Any
 from tlsweep import files
 from tlsweep.batches import Source
 from tlsweep.logs import BestModel, TrialLog
-from tlsweep.records import Sweep, Trial, finalist_groups, load_job, ranking, read_json
+from tlsweep.records import Sweep, Trial, budget_stop, finalist_groups, load_job, ranking, read_json
 from tlsweep.stopping import StopRules
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
@@ -95,7 +95,7 @@ class Finalists:
         trial_log.finish(summary)
         trial_log.complete()
         objective = self.trial.settings.objective.name
-        cut = any(stop["by"] == "budget" for stop in trial_log.record.get("stopped", []))
+        cut = budget_stop(trial_log.record) is not None
         note = " (cut short by the budget: not counted in its mean)" if cut else ""
         log.info("%s done: %s %.4f%s", label, objective, summary[objective], note)
         return {run_id: model.get_weights()}
@@ -139,8 +139,7 @@ class Finalists:
         else:  # the search's own run, or one of an earlier (resumed) process: trained again, the same by its seed
             hp = Chosen(run.record["hyperparameters"])
             seed = trial_seed(self.seed, dict(hp), int(run.record.get("replicate", 0)))
-            stopped = [e["epoch"] for e in run.record.get("stopped", []) if e["by"] == "budget"]
-            model, _ = self._train(hp, seed, rules=StopRules(last_epoch=stopped[0] if stopped else None))
+            model, _ = self._train(hp, seed, rules=StopRules(last_epoch=budget_stop(run.record)))
         best.keep(run.record, model, summary)
 
     def _refit(self, run: Trial) -> tuple[dict[str, Any], Any]:

@@ -106,15 +106,16 @@ def _download(handle: str) -> Path:
     return Path(kagglehub.model_download(handle.removeprefix("kaggle://")))
 
 
-def preset_rescaling(folder: Path) -> tuple[Any, Any] | None:
-    """The (scale, offset) of the preset's own image converter, mapping pixels 0..255 as it was trained;
-    None when the preset has no image converter."""
+def preset_converter(folder: Path) -> tuple[tuple[Any, Any], int | None] | None:
+    """The preset's own image converter: the (scale, offset) mapping pixels 0..255 as it was trained,
+    and the image side it was trained at; None when the preset has no image converter."""
     if not (folder / "image_converter.json").is_file():
         return None
     converter = keras_hub().layers.ImageConverter.from_preset(str(folder))
     scale = 1.0 if converter.scale is None else converter.scale
     offset = 0.0 if converter.offset is None else converter.offset
-    return _plain(scale), _plain(offset)
+    size = converter.image_size[0] if converter.image_size else None
+    return (_plain(scale), _plain(offset)), None if size is None else int(size)
 
 
 def _plain(value: Any) -> Any:
@@ -123,15 +124,6 @@ def _plain(value: Any) -> Any:
         return float(value)
     except TypeError:
         return [float(v) for v in value]
-
-
-def preset_image_size(folder: Path) -> int | None:
-    """The image side the preset was trained at, as its image converter says."""
-    path = folder / "image_converter.json"
-    if not path.is_file():
-        return None
-    size = json.loads(path.read_text()).get("config", {}).get("image_size")
-    return int(size[0]) if size else None
 
 
 @keras.saving.register_keras_serializable(package="tlsweep")
@@ -247,8 +239,20 @@ def _relaid(tower: keras.Model) -> list[Any] | None:
         embedding = next(layer for layer in tower.layers if type(layer).__name__ == "ViTPatchingAndEmbedding")
         return [embedding, *encoder.encoder_layers, encoder.layer_norm]
     if kind == "DINOV2Backbone":
-        return [tower.embeddings, *tower.encoder.layers, tower.layernorm]
+        return [tower.embeddings, *tower.encoder.layers, _own_copy(tower.layernorm)]
     return None
+
+
+def _own_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A copy of a Keras layer, with its weights, that the tower's own graph never called.
+
+    A layer called in two graphs reports the first one's tensors as its ``input`` and ``output``:
+    the cuts above a final norm the tower called itself (DINOv2's) would reach back into the tower.
+    """
+    copy = type(layer).from_config(layer.get_config())
+    copy.build(layer.input.shape)
+    copy.set_weights(layer.get_weights())
+    return copy
 
 
 def blocks_of(network: keras.Model) -> list[int]:

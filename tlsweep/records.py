@@ -256,9 +256,9 @@ class Group:
         return self.runs[nearest]
 
 
-def _cut_short(run: Trial) -> bool:
-    """Whether the job's time budget stopped a run before its last epoch: its score is not comparable."""
-    return any(stop.get("by") == "budget" for stop in run.record.get("stopped") or [])
+def budget_stop(record: dict[str, Any]) -> int | None:
+    """The epoch at which the job's time budget stopped a run, as its record says; None if it did not."""
+    return next((int(stop["epoch"]) for stop in record.get("stopped") or [] if stop.get("by") == "budget"), None)
 
 
 def finalist_groups(job: Job, objective: str) -> list[Group]:
@@ -270,10 +270,8 @@ def finalist_groups(job: Job, objective: str) -> list[Group]:
     groups = []
     for trial in scored:
         if trial.record.get("finalist_of") is None:
-            runs = [
-                trial,
-                *(t for t in scored if str(t.record.get("finalist_of")) == trial.trial_id and not _cut_short(t)),
-            ]
+            seeds = [t for t in scored if str(t.record.get("finalist_of")) == trial.trial_id]
+            runs = [trial, *(t for t in seeds if budget_stop(t.record) is None)]
             if len(runs) > 1:
                 groups.append(Group(job, runs, [float(scores[t.trial_id]) for t in runs]))
     return sorted(groups, key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]))
