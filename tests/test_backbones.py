@@ -73,7 +73,7 @@ def test_keras_backbone_builds_and_trains_one_step_at_its_deepest_default_depth(
     depth = max(cfg.search.unfreeze_depths)
     assert 0 < depth <= backbone.num_layers
     model = build_classifier(net, PREPROCESSING[cfg.backbone.preprocessing], 2, 0.2, None)
-    unfreeze_top(model, depth)
+    unfreeze_top(model, backbone, depth)
     compile_model(model, keras.optimizers.SGD(0.1))
     model.run_eagerly = True  # one step: tracing a graph of hundreds of layers would take longer than running it
     unfrozen = model.get_layer("backbone").trainable_weights

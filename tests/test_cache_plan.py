@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST, make_config, run_cli
 
 from tlsweep.backbones import load_backbone
-from tlsweep.cache.features import plan_cache, plan_cuts
+from tlsweep.cache.features import plan_cache, plan_cuts, views_for
 from tlsweep.cache.plan import GB, Cut, available_memory, make_plan, memory_budget, resident_memory
 from tlsweep.cache.store import Store, entries, evict
 from tlsweep.data import load_dataset
@@ -54,6 +54,16 @@ def test_a_cut_that_trains_fewer_epochs_than_its_views_cost_trains_from_images()
     assert "fewer than the 5 views" in plan.line()
 
 
+@pytest.mark.parametrize(
+    ("augmentation", "head", "finetune", "views"),
+    [("light", 5, 5, 3), ("light", 2, 2, 2), ("light", 1, 1, 1), ("light", 3, 10, 5), ("none", 5, 5, 1)],
+)
+def test_by_default_each_view_serves_two_epochs_of_a_stage(augmentation, head, finetune, views) -> None:
+    epochs = [f"finetune.head_epochs={head}", f"finetune.finetune_epochs={finetune}"]
+    assert views_for(make_config([f"augmentation={augmentation}", *epochs])) == views
+    assert views_for(make_config(["augmentation=light", *epochs, "feature_cache.views=7"])) == 7
+
+
 def test_each_cut_keeps_only_the_views_its_epochs_read(tmp_path: Path) -> None:
     epochs = ["finetune.head_epochs=2", "finetune.finetune_epochs=3"]
     cfg = make_config(["augmentation=light", *FAST, *epochs, "feature_cache.views=5"])
@@ -61,15 +71,15 @@ def test_each_cut_keeps_only_the_views_its_epochs_read(tmp_path: Path) -> None:
     cuts = {c.cut: c for c in plan_cuts(cfg, backbone, backbone.build())}
     assert cuts[0].views == (0, 1, 2, 3, 4)  # stage 1 (epochs 0-1), and stage 2 of depth-0 trials
     assert cuts[3].views == (2, 3, 4)  # stage 2 only
-    # By default, one view per epoch of the longer stage: stage 2 (epochs 2-4) reads views 2, 0, 1, all
-    # of them made for stage 1 anyway, so each view's cuts come from one pass of the backbone.
+    # By default, one view per two epochs of the longer stage: stage 2 (epochs 2-4) reads views 0, 1, 0,
+    # made for stage 1 anyway, so each view's cuts come from one pass of the backbone.
     default = {
         c.cut: c for c in plan_cuts(make_config(["augmentation=light", *FAST, *epochs]), backbone, backbone.build())
     }
-    assert default[0].views == default[3].views == (0, 1, 2)
+    assert default[0].views == default[3].views == (0, 1)
     assert cuts[3].row_bytes > cuts[0].row_bytes and 0 < cuts[3].below < cuts[0].below == 1.0
     hyperband = make_config(["augmentation=light", *FAST, *epochs, "tuner=hyperband"])  # it splits epochs itself
-    assert {c.views for c in plan_cuts(hyperband, backbone, backbone.build())} == {(0, 1, 2)}
+    assert {c.views for c in plan_cuts(hyperband, backbone, backbone.build())} == {(0, 1)}
 
 
 def test_no_room_on_disk_for_the_head_is_one_line_before_any_work(

@@ -14,7 +14,7 @@ import pytest
 from conftest import FAST, make_config, make_hub_model, run_cli
 
 from tlsweep import weights
-from tlsweep.backbones import load_backbone
+from tlsweep.backbones import Backbone, load_backbone
 from tlsweep.errors import TlsweepError
 from tlsweep.model import build_classifier, compile_model, unfreeze_top
 from tlsweep.predict import load_predictor
@@ -27,10 +27,10 @@ def hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hub_model(tmp_path_factory.mktemp("hub") / "feature_vector")
 
 
-def hub_classifier(handle: str | Path) -> keras.Model:
+def hub_classifier(handle: str | Path) -> tuple[keras.Model, Backbone]:
     cfg = make_config(["backbone=hub", f"backbone.handle={handle}"])
     backbone = load_backbone(cfg.backbone, 16)
-    return build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None)
+    return build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None), backbone
 
 
 def batch(n: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +38,10 @@ def batch(n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     return rng.uniform(0, 255, (n, 16, 16, 3)).astype("float32"), rng.integers(0, 3, n)
 
 
-def changed(model: keras.Model, depth: int | None) -> set[str]:
+def changed(model: keras.Model, backbone: Backbone, depth: int | None) -> set[str]:
     """Names of the hub variables one training step changes (stage 1 when ``depth`` is None)."""
     if depth is not None:
-        unfreeze_top(model, depth)
+        unfreeze_top(model, backbone, depth)
     compile_model(model, keras.optimizers.SGD(0.5))
     hub = model.get_layer("backbone").get_layer("hub")
     before = {v.name: v.numpy().copy() for v in hub.weights}
@@ -57,9 +57,9 @@ def test_hub_backbone_counts_blocks_by_variable_name(hub_model: Path) -> None:
 
 
 def test_stage_1_keeps_the_hub_backbone_frozen(hub_model: Path) -> None:
-    model = hub_classifier(hub_model)
+    model, backbone = hub_classifier(hub_model)
     head_before = model.get_layer("head").get_weights()[0].copy()
-    assert changed(model, None) == set()
+    assert changed(model, backbone, None) == set()
     assert not np.array_equal(head_before, model.get_layer("head").get_weights()[0])
 
 
@@ -73,15 +73,15 @@ def test_stage_1_keeps_the_hub_backbone_frozen(hub_model: Path) -> None:
 def test_stage_2_trains_exactly_the_top_blocks_with_batchnorm_in_inference_mode(
     hub_model: Path, depth: int, trained: set[str]
 ) -> None:
-    model = hub_classifier(hub_model)
-    assert changed(model, depth) == trained  # moving statistics, gamma and beta untouched
+    model, backbone = hub_classifier(hub_model)
+    assert changed(model, backbone, depth) == trained  # moving statistics, gamma and beta untouched
     images, _ = batch(4)
     np.testing.assert_allclose(model(images, training=True), model(images, training=False), rtol=1e-6)
 
 
 def test_best_model_with_a_hub_backbone_saves_and_reloads(hub_model: Path, tmp_path: Path) -> None:
-    model = hub_classifier(hub_model)
-    changed(model, 4)
+    model, backbone = hub_classifier(hub_model)
+    changed(model, backbone, 4)
     model.save(tmp_path / "best.keras")
     reloaded = keras.saving.load_model(tmp_path / "best.keras", compile=False)
     images, _ = batch(4)

@@ -99,7 +99,7 @@ def test_keras_hub_backbone_unfreezes_blocks_and_caches_between_them(tmp_path: P
     # all blocks, the stem too.
     assert [backbone.cut_depth(d) for d in range(4)] == [0, 3, 4, 6]
     model = build_classifier(backbone.build(), backbone.rescaling, 2, 0.0, None)
-    unfreeze_top(model, 1, backbone.cut_depth(1))
+    unfreeze_top(model, backbone, 1)
     trained = {w.path for w in model.get_layer("backbone").trainable_weights}
     assert trained and all("transformer_block_3/" in p or p.startswith("vit_encoder/ln/") for p in trained), trained
     top = trainable_part(model, backbone.cut_depth(1))  # the cache's cut: the tokens entering the last block

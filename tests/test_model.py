@@ -73,9 +73,11 @@ def test_corrupt_imagenet_download_is_reported_not_loaded(tmp_path: Path, monkey
         load_backbone(backbone_cfg("backbone=mobilenet_v2"), 96)
 
 
+TINY = load_backbone(backbone_cfg("backbone.weights=null"), 32)
+
+
 def classifier(depth_layers: int = 0, augment=None) -> keras.Model:
-    backbone = load_backbone(backbone_cfg("backbone.weights=null"), 32).build()
-    return build_classifier(backbone, PREPROCESSING["unit"], 3, 0.2, augment)
+    return build_classifier(TINY.build(), PREPROCESSING["unit"], 3, 0.2, augment)
 
 
 def test_classifier_has_named_frozen_and_trainable_parts() -> None:
@@ -88,18 +90,18 @@ def test_classifier_has_named_frozen_and_trainable_parts() -> None:
 
 def test_unfreeze_top_keeps_batchnorm_frozen() -> None:
     model = classifier()
-    unfreeze_top(model, 5)
+    unfreeze_top(model, TINY, 5)
     layers = backbone_layers(model.get_layer("backbone"))
     top = layers[-5:]
     assert [layer.trainable for layer in layers[:-5]] == [False] * (len(layers) - 5)
     for layer in top:
         assert layer.trainable == (not isinstance(layer, keras.layers.BatchNormalization))
-    assert unfreeze_top(model, 0) == 0 and not model.get_layer("backbone").trainable
+    assert unfreeze_top(model, TINY, 0) == 0 and not model.get_layer("backbone").trainable
 
 
 def test_unfrozen_backbone_keeps_batchnorm_statistics_in_training() -> None:
     model = classifier()
-    unfreeze_top(model, 23)
+    unfreeze_top(model, TINY, 23)
     model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
     bn = model.get_layer("backbone").get_layer("block2_b_bn")
     before = [w.copy() for w in bn.get_weights()]

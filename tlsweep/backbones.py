@@ -96,6 +96,7 @@ class Backbone:
     cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
     unit: str = "layers"  # what num_layers counts: "layers", or "blocks"
     block_tops: tuple[int, ...] = ()  # a transformer's: network layers from the top down to block n (n = 1, 2, …)
+    source: str = ""  # where the weights were read from: a file, a hub or preset folder, Keras' cache; "" for none
 
     def cut_depth(self, depth: int) -> int:
         """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen.
@@ -125,18 +126,20 @@ class Backbone:
 def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     """Build the backbone ``cfg`` describes and load its weights, failing early and clearly."""
     handle, preset = cfg.get("handle"), cfg.get("preset")
+    source = ""
     rescaling: Rescaling | None = PREPROCESSING.get(cfg.preprocessing)
     if handle:
         from tlsweep.hub import hub_network, is_remote, resolve
 
         handle = handle if is_remote(handle) else to_absolute_path(str(handle))
-        resolve(handle, cfg.name)  # download now, with this backbone's name in any error
+        source = resolve(handle, cfg.name)  # download now, with this backbone's name in any error
         factory: Callable[..., keras.Model] = partial(hub_network, handle)
     elif preset:
         from tlsweep import kerashub
 
         preset = to_absolute_path(str(preset)) if kerashub.is_local(str(preset)) else str(preset)
         folder = kerashub.resolve_preset(preset, cfg.name)
+        source = str(folder)
         factory = partial(kerashub.preset_network, str(folder), cfg.get("pooling") or "cls", name="backbone")
         converter = kerashub.preset_converter(folder)
         if converter and converter[1] and converter[1] != image_size:
@@ -161,9 +164,11 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     # A size the architecture refuses fails before any download; a preset (downloaded already) is built once.
     net = _construct(factory, shape, cfg.name, weights="preset" if weights == "preset" else None)
     if weights == "bundled":
-        _load_weights_file(net, _bundled_weights(cfg.name), cfg.name)
+        source = str(_bundled_weights(cfg.name))
+        _load_weights_file(net, Path(source), cfg.name)
     elif weights == "imagenet":
         net = _download_imagenet(factory, shape, cfg.name)
+        source = str(keras_weights_dir())
     elif weights not in (None, "hub", "preset"):
         path = Path(to_absolute_path(str(weights))).expanduser()
         if not path.is_file():
@@ -172,6 +177,7 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
                 "fix backbone.weights, or use backbone.weights=imagenet or null"
             )
         _load_weights_file(net, path, cfg.name)
+        source = str(path)
     cuts = len(backbone_layers(net))
     blocks = transformer_blocks(net)
     block_tops = tuple(cuts - position for position in reversed(blocks))
@@ -180,7 +186,9 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
     pretrained = net.get_weights()
     mode = cfg.preprocessing
-    return Backbone(cfg.name, image_size, mode, rescaling, factory, pretrained, num_layers, cuts, unit, block_tops)
+    return Backbone(
+        cfg.name, image_size, mode, rescaling, factory, pretrained, num_layers, cuts, unit, block_tops, source
+    )
 
 
 def _check_weights_source(name: str, weights: str | None, handle: str | None, preset: str | None) -> None:
@@ -286,16 +294,16 @@ def depth_units(backbone: keras.Model) -> int:
     return len(hub.blocks) if hub is not None else len(backbone_layers(backbone))
 
 
-def crossing_tensors(backbone: keras.Model, depth: int) -> list[Any]:
-    """The tensors that flow from the frozen bottom into the top ``depth`` layers of ``backbone``.
+def crossing_tensors(backbone: keras.Model, cut: int) -> list[Any]:
+    """The tensors that flow from the frozen bottom into the top ``cut`` layers of ``backbone``.
 
     A cut inside a residual block has more than one (the block's input reaches its ``add`` by the
-    skip connection); a cut at depth 0 has one, the backbone's output.
+    skip connection); a cut at 0 has one, the backbone's output.
     """
     layers = backbone_layers(backbone)
-    if depth <= 0:
+    if cut <= 0:
         return [backbone.output]
-    top = layers[len(layers) - depth :]
+    top = layers[len(layers) - cut :]
     produced_above = {id(t) for layer in top for t in keras.tree.flatten(layer.output)}
     crossing: list[Any] = []
     for layer in top:

@@ -100,39 +100,39 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="classifier")
 
 
-def unfreeze_top(model: keras.Model, depth: int, layers_above: int | None = None) -> int:
-    """Make the top ``depth`` backbone units trainable, BatchNorm excepted; returns how many layers (hub
-    blocks) are. A unit is a layer, a hub model's block, or a transformer block: ``layers_above``
-    (``Backbone.cut_depth``) says how many network layers the top ``depth`` units are.
+def unfreeze_top(model: keras.Model, backbone: Backbone, depth: int) -> int:
+    """Make the top ``depth`` units of ``model``'s backbone (built from ``backbone``) trainable, BatchNorm
+    excepted; returns how many layers (hub blocks) are. A unit is a layer, a hub model's block, or a
+    transformer block with what sits above it (``Backbone.cut_depth``).
 
     Recompile the model afterwards: Keras reads ``trainable`` when it compiles.
     """
-    backbone = model.get_layer("backbone")
-    layers = backbone_layers(backbone)
-    backbone.trainable = depth > 0
-    hub = hub_layer(backbone)
+    network = model.get_layer("backbone")
+    layers = backbone_layers(network)
+    network.trainable = depth > 0
+    hub = hub_layer(network)
     if hub is not None:
         return hub.unfreeze_top(depth)
-    first = len(layers) - (depth if layers_above is None else layers_above)
+    first = len(layers) - backbone.cut_depth(depth)
     for i, layer in enumerate(layers):
         layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(layer.trainable for layer in layers) if depth > 0 else 0
 
 
-def trainable_part(model: keras.Model, depth: int) -> keras.Model:
-    """The classifier above the cut at ``depth``: cached tensors in (at 0, the pooled features), class
-    probabilities out.
+def trainable_part(model: keras.Model, cut: int) -> keras.Model:
+    """The classifier above its backbone's top ``cut`` network layers (``Backbone.cut_depth``): cached
+    tensors in (at 0, the pooled features), class probabilities out.
 
     It shares its layers (and so its weights) with ``model``: training it trains ``model``.
     """
     backbone, head_block = model.get_layer("backbone"), model.get_layer("head")
-    if depth <= 0:  # the backbone's output comes pooled: the head's layers after its pooling
+    if cut <= 0:  # the backbone's output comes pooled: the head's layers after its pooling
         features = keras.Input(backbone.output.shape[-1:], name="features")
         x = features
         for layer in head_block.layers:
             x = x if layer.name == "pool" else layer(x)
         return keras.Model(features, x, name="cached_head")
-    crossing = crossing_tensors(backbone, depth)
+    crossing = crossing_tensors(backbone, cut)
     top = keras.Model(crossing, backbone.output, name="backbone_top")
     inputs = [keras.Input(t.shape[1:], name=f"cut_{i}") for i, t in enumerate(crossing)]
     features = top(inputs, training=False)  # BatchNorm in inference mode, as in the classifier

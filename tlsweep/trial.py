@@ -267,7 +267,7 @@ class TwoStageTrial:
         depth, learning_rate, name = 0, float(hp.get("learning_rate")), str(hp.get("optimizer"))
         if stage == "finetune":
             depth = int(hp.get("unfreeze_depth"))
-            unfreeze_top(model, depth, self.classifier.backbone.cut_depth(depth))
+            unfreeze_top(model, self.classifier.backbone, depth)
             learning_rate *= self.settings.lr_scale
         make_model = partial(source.part, model, depth)
         make_optimizer = partial(instantiate, self.settings.optimizers[name], learning_rate=learning_rate)

@@ -52,22 +52,14 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
             raise TlsweepError(first_line(e)) from e
         backbone, size = cfg.backbone, int(cfg.dataset.image_size or cfg.backbone.image_size)
         try:
-            load_backbone(backbone, size)
+            loaded = load_backbone(backbone, size)
         except TlsweepError as e:
             errors.append(e)
             continue
-        if backbone.get("handle"):
-            where = hub.resolve(backbone.handle, backbone.name) if hub.is_remote(backbone.handle) else backbone.handle
-        elif backbone.get("preset"):
-            from tlsweep import kerashub
-
-            where = str(kerashub.resolve_preset(str(backbone.preset), backbone.name))
-        elif backbone.weights == "imagenet":
-            where = str(keras_weights_dir())
-        else:
+        if not (backbone.get("handle") or backbone.get("preset") or backbone.weights == "imagenet"):
             lines.append(f"ready    {backbone.name}: nothing to download (weights: {backbone.weights})")
             continue
-        lines.append(f"ready    {backbone.name} at {size} px: {where}")
+        lines.append(f"ready    {backbone.name} at {size} px: {loaded.source}")
     return lines, errors
 
 

@@ -5,9 +5,8 @@ The frozen part of a trial's model computes the same thing in every trial and ep
 - stage 1 trains the head on the backbone's pooled output, computed once;
 - stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
   tensors that cross that cut (several inside a residual block), computed once per depth;
-- random augmentation becomes V fixed views of the training set (V: by default one per epoch of the
-  longer stage);
-  epoch e trains on view e mod V, in every trial. Each cut keeps only the views its epochs read
+- random augmentation becomes V fixed views of the training set (V: by default one per two epochs
+  of the longer stage); epoch e trains on view e mod V, in every trial. Each cut keeps only the views its epochs read
   (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
 
 A plan (``tlsweep.cache.plan``) decides first which cuts pay and where they go under the job's
@@ -306,18 +305,21 @@ def compute_below(network: Any, cut: int) -> float:
 
 
 def views_for(cfg: DictConfig) -> int:
-    """How many augmented views: ``feature_cache.views``, else one per epoch of the longer stage; one
-    without augmentation.
+    """How many augmented views: ``feature_cache.views``, else one per two epochs of the longer stage
+    (at least two); one without augmentation.
 
     Each view costs a pass of the augmentation and the backbone over the training images, the
-    cache's biggest cost. One per epoch of the longer stage means no stage trains on a view twice,
-    and stage 2 cycles through the views stage 1 made: every cut of a view comes from one pass.
+    cache's biggest cost. Reading each view in two epochs of a stage halves that cost; reusing augmented
+    images for a second epoch costs little accuracy ("data echoing", Choi et al., 2019), as the
+    benchmark's trials confirm (README). Two views at least, so consecutive epochs never read the same
+    images. Stage 2 cycles on through the views stage 1 made: every cut of a view comes from one pass.
     """
     if not _augments(cfg.augmentation):
         return 1
     if cfg.feature_cache.views:
         return int(cfg.feature_cache.views)
-    return max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
+    longer = max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
+    return min(longer, max(2, math.ceil(longer / 2)))
 
 
 def _augments(cfg: DictConfig) -> bool:
