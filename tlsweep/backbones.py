@@ -142,10 +142,11 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
         source = str(folder)
         factory = partial(kerashub.preset_network, str(folder), cfg.get("pooling") or "cls", name="backbone")
         converter = kerashub.preset_converter(folder)
-        if converter and converter[1] and converter[1] != image_size:
-            log.info("backbone %s: the preset was trained at %d px, runs at %d px", cfg.name, converter[1], image_size)
+        trained = converter.image_size if converter else None
+        if trained and trained != image_size:
+            log.info("backbone %s: the preset was trained at %d px, runs at %d px", cfg.name, trained, image_size)
         if cfg.preprocessing == "preset":
-            rescaling = converter[0] if converter else None
+            rescaling = converter.rescaling if converter else None
             if rescaling is None:
                 raise TlsweepError(
                     f"backbone {cfg.name}: preset {folder} has no image converter to take the preprocessing from; "
@@ -163,14 +164,11 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
     _check_weights_source(cfg.name, weights, handle, preset)
     # A size the architecture refuses fails before any download; a preset (downloaded already) is built once.
     net = _construct(factory, shape, cfg.name, weights="preset" if weights == "preset" else None)
-    if weights == "bundled":
-        source = str(_bundled_weights(cfg.name))
-        _load_weights_file(net, Path(source), cfg.name)
-    elif weights == "imagenet":
+    if weights == "imagenet":
         net = _download_imagenet(factory, shape, cfg.name)
         source = str(keras_weights_dir())
-    elif weights not in (None, "hub", "preset"):
-        path = Path(to_absolute_path(str(weights))).expanduser()
+    elif weights not in (None, "hub", "preset"):  # a weights file: bundled with tlsweep, or the user's
+        path = _bundled_weights(cfg.name) if weights == "bundled" else Path(to_absolute_path(str(weights))).expanduser()
         if not path.is_file():
             raise TlsweepError(
                 f"backbone {cfg.name}: weights file {path} does not exist; "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 
@@ -106,16 +106,23 @@ def _download(handle: str) -> Path:
     return Path(kagglehub.model_download(handle.removeprefix("kaggle://")))
 
 
-def preset_converter(folder: Path) -> tuple[tuple[Any, Any], int | None] | None:
-    """The preset's own image converter: the (scale, offset) mapping pixels 0..255 as it was trained,
-    and the image side it was trained at; None when the preset has no image converter."""
+class Converter(NamedTuple):
+    """What a preset's own image converter does: the (scale, offset) mapping pixels 0..255 as the
+    preset was trained, and the image side it was trained at (None if it does not say)."""
+
+    rescaling: tuple[Any, Any]
+    image_size: int | None
+
+
+def preset_converter(folder: Path) -> Converter | None:
+    """The preset's image converter; None when the preset has none."""
     if not (folder / "image_converter.json").is_file():
         return None
     converter = keras_hub().layers.ImageConverter.from_preset(str(folder))
     scale = 1.0 if converter.scale is None else converter.scale
     offset = 0.0 if converter.offset is None else converter.offset
-    size = converter.image_size[0] if converter.image_size else None
-    return (_plain(scale), _plain(offset)), None if size is None else int(size)
+    size = int(converter.image_size[0]) if converter.image_size else None
+    return Converter((_plain(scale), _plain(offset)), size)
 
 
 def _plain(value: Any) -> Any:

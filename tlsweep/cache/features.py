@@ -6,8 +6,8 @@ The frozen part of a trial's model computes the same thing in every trial and ep
 - stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
   tensors that cross that cut (several inside a residual block), computed once per depth;
 - random augmentation becomes V fixed views of the training set (V: by default one per two epochs
-  of the longer stage); epoch e trains on view e mod V, in every trial. Each cut keeps only the views its epochs read
-  (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
+  of the longer stage); epoch e trains on view e mod V, in every trial. Each cut keeps only the
+  views its epochs read (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
 
 A plan (``tlsweep.cache.plan``) decides first which cuts pay and where they go under the job's
 memory budget: in memory, read from disk batch by batch, or not cached (trained from the images).
