@@ -11,7 +11,7 @@ from conftest import REPO
 # helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
     "errors", "settings", "files", "cache.store", "console", "config", "paths",
-    "data", "hub", "kerashub", "backbones", "model", "cache.plan", "cache.features", "cache", "batches",
+    "data", "hub", "kerashub", "backbones", "augment", "model", "cache.plan", "cache.features", "cache", "batches",
     "logs", "stopping", "trial", "tuners", "records", "finalists", "identity", "device", "job",
     "evaluate", "export", "predict", "weights", "cache.__main__",
     "report.plots", "report.summary", "report.render", "report", "report.__main__",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import make_config
 
+from tlsweep.augment import warp
 from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, tiny_cnn
 from tlsweep.errors import TlsweepError
 from tlsweep.model import augmentation, build_classifier, unfreeze_top
@@ -119,6 +120,43 @@ def test_standard_augmentation_keeps_the_input_size() -> None:
     assert tuple(aug(x, training=True).shape) == (2, 32, 32, 3)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(x, training=False)), x)
     assert augmentation(make_config(["augmentation=none"]).augmentation, seed=0) is None
+
+
+def test_one_warp_rotates_scales_and_mirrors_about_the_centre() -> None:
+    images = np.random.default_rng(0).random((1, 7, 7, 3), "float32")
+    one = np.ones(1, "float32")
+
+    def warped(angle: float = 0.0, scale: float = 1.0, flip: float = 1.0) -> np.ndarray:
+        out = warp(images, np.full(1, angle, "float32"), (one * scale, one * scale), (one * flip, one))
+        return keras.ops.convert_to_numpy(out)[0]
+
+    np.testing.assert_allclose(warped(), images[0], atol=1e-5)
+    np.testing.assert_allclose(warped(angle=np.pi / 2), np.rot90(images[0]), atol=1e-5)  # a quarter turn
+    np.testing.assert_allclose(warped(flip=-1.0), images[0, :, ::-1], atol=1e-5)
+    zoomed_in = warped(scale=0.5)
+    np.testing.assert_allclose(zoomed_in[3, 3], images[0, 3, 3], atol=1e-5)  # the centre stays put
+    np.testing.assert_allclose(zoomed_in[3, 5], images[0, 3, 4], atol=1e-5)  # two pixels out read one
+
+
+def test_flips_alone_move_whole_pixels_and_differ_per_image() -> None:
+    aug = augmentation(make_config(["augmentation=light"]).augmentation, seed=0)
+    images = np.random.default_rng(0).random((32, 8, 8, 3), "float32")
+    out = keras.ops.convert_to_numpy(aug(images, training=True))
+    flipped = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images, strict=True)]
+    kept = [np.array_equal(o, x) for o, x in zip(out, images, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True))
+    assert 4 < sum(flipped) < 28  # about one in two
+
+
+def test_augmentation_draws_differ_per_image_and_repeat_with_the_seed() -> None:
+    cfg = make_config(["augmentation=standard"]).augmentation
+    images = np.random.default_rng(0).random((8, 16, 16, 3), "float32")
+    first = keras.ops.convert_to_numpy(augmentation(cfg, seed=3)(images, training=True))
+    again = keras.ops.convert_to_numpy(augmentation(cfg, seed=3)(images, training=True))
+    other = keras.ops.convert_to_numpy(augmentation(cfg, seed=4)(images, training=True))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert len({round(float(np.abs(o - x).mean()), 6) for o, x in zip(first, images, strict=True)}) == 8
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from omegaconf import DictConfig
 
+from tlsweep.augment import RandomAffine
 from tlsweep.backbones import (
     Backbone,
     Rescaling,
@@ -28,20 +29,12 @@ from tlsweep.backbones import (
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
 
 
-def augmentation(cfg: DictConfig, seed: int) -> keras.Sequential | None:
-    """Random augmentation layers from the ``augmentation`` config; active in training only."""
-    layers: list[keras.layers.Layer] = []
-    if cfg.flip:
-        layers.append(keras.layers.RandomFlip(cfg.flip, seed=seed))
-    if cfg.rotation:
-        layers.append(keras.layers.RandomRotation(cfg.rotation, seed=seed + 1))
-    if cfg.zoom:
-        layers.append(keras.layers.RandomZoom(cfg.zoom, seed=seed + 2))
-    if cfg.height or cfg.width:  # stretch each axis on its own; the image keeps its size
-        layers.append(
-            keras.layers.RandomZoom((-cfg.height, cfg.height), (-cfg.width, cfg.width), seed=seed + 3, name="stretch")
-        )
-    return keras.Sequential(layers, name="augmentation") if layers else None
+def augmentation(cfg: DictConfig, seed: int) -> RandomAffine | None:
+    """The ``augmentation`` config's random flip, rotation, zoom and stretch, as one warp per image
+    (``tlsweep.augment``); active in training only. None when it changes nothing."""
+    if not (cfg.flip or cfg.rotation or cfg.zoom or cfg.height or cfg.width):
+        return None
+    return RandomAffine(cfg.flip, cfg.rotation, cfg.zoom, cfg.height, cfg.width, seed=seed, name="augmentation")
 
 
 def head(num_classes: int, dropout: float, pool: bool = True) -> keras.Sequential:
@@ -61,7 +54,7 @@ def build_classifier(
     rescaling: Rescaling,
     num_classes: int,
     dropout: float,
-    augment: keras.Sequential | None,
+    augment: keras.Layer | None,
 ) -> keras.Model:
     """The trial's model; the backbone starts frozen and always runs in inference mode.
 
@@ -239,7 +232,7 @@ class SharedClassifier:
         backbone: Backbone,
         num_classes: int,
         dropout: float,
-        augment: Callable[[], keras.Sequential | None],
+        augment: Callable[[], keras.Layer | None],
         jit_compile: bool | str = False,
     ) -> None:
         self.backbone = backbone

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from tlsweep.augment import VERSION as AUGMENTATION_VERSION
 from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, preprocessing_layer
 from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_fits, make_plan, resident_memory
 from tlsweep.cache.store import Store, entries, evict, gigabytes
@@ -268,7 +269,9 @@ class FeatureCache:
             for array in (self.data.x_train, self.data.y_train, self.data.x_val, self.data.y_val):
                 for i in range(0, len(array), 1024):  # in blocks: the images may be read from disk
                     images.update(np.ascontiguousarray(array[i : i + 1024]).tobytes())
-            augmentation = OmegaConf.to_container(self.augmentation) if self.augmentation else None
+            augmentation = None
+            if self.augmentation:  # the settings, and how they are applied (views made another way differ)
+                augmentation = {**OmegaConf.to_container(self.augmentation), "warp": AUGMENTATION_VERSION}
             self._fingerprint = {
                 "backbone": self.backbone.name,
                 "weights": weights.hexdigest(),
