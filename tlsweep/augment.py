@@ -3,8 +3,8 @@
 Keras' RandomFlip, RandomRotation and RandomZoom each resample the whole image, so the classic
 recipe (flip, rotate, zoom, stretch) interpolates every pixel three times. ``RandomAffine`` draws
 the same four transforms per image, composes them into one matrix and resamples once: about three
-times faster on a CPU (``benchmarks/sweep_scale.py`` measures it on the plain way's epochs and on
-the feature cache's views), and sharper, as the image is interpolated once, not three times.
+times faster on a CPU (``benchmarks/augmentation.py``), and sharper, as each pixel is interpolated
+once, not three times. The plain way augments in every epoch, the feature cache once per view.
 """
 
 from __future__ import annotations
