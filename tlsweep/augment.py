@@ -58,8 +58,10 @@ class RandomAffine(keras.layers.Layer):
 
         fx, fy = sign("horizontal"), sign("vertical")
         if not (self.rotation or self.zoom or self.height or self.width):  # flips alone move whole pixels
-            images = ops.where(ops.reshape(fx, (-1, 1, 1, 1)) < 0, ops.flip(images, axis=2), images)
-            return ops.where(ops.reshape(fy, (-1, 1, 1, 1)) < 0, ops.flip(images, axis=1), images)
+            for axis, mode, flipped in ((2, "horizontal", fx), (1, "vertical", fy)):
+                if self.flip in (mode, "horizontal_and_vertical"):  # an axis never flipped costs nothing
+                    images = ops.where(ops.reshape(flipped, (-1, 1, 1, 1)) < 0, ops.flip(images, axis=axis), images)
+            return images
         zoom = 1.0 + uniform(self.zoom)
         return warp(
             images,

@@ -29,10 +29,15 @@ from tlsweep.backbones import (
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
 
 
+def augments(cfg: DictConfig) -> bool:
+    """Whether the ``augmentation`` config changes the images at all."""
+    return bool(cfg.flip or cfg.rotation or cfg.zoom or cfg.height or cfg.width)
+
+
 def augmentation(cfg: DictConfig, seed: int) -> RandomAffine | None:
     """The ``augmentation`` config's random flip, rotation, zoom and stretch, as one warp per image
     (``tlsweep.augment``); active in training only. None when it changes nothing."""
-    if not (cfg.flip or cfg.rotation or cfg.zoom or cfg.height or cfg.width):
+    if not augments(cfg):
         return None
     return RandomAffine(cfg.flip, cfg.rotation, cfg.zoom, cfg.height, cfg.width, seed=seed, name="augmentation")
 

@@ -38,7 +38,7 @@ from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, prepr
 from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_fits, make_plan, resident_memory
 from tlsweep.cache.store import Store, entries, evict, gigabytes
 from tlsweep.data import ImageData
-from tlsweep.model import augmentation
+from tlsweep.model import augmentation, augments
 from tlsweep.settings import finetune_epochs
 
 log = logging.getLogger(__name__)
@@ -317,16 +317,12 @@ def views_for(cfg: DictConfig) -> int:
     benchmark's trials confirm (README). Two views at least, so consecutive epochs never read the same
     images. Stage 2 cycles on through the views stage 1 made: every cut of a view comes from one pass.
     """
-    if not _augments(cfg.augmentation):
+    if not augments(cfg.augmentation):
         return 1
     if cfg.feature_cache.views:
         return int(cfg.feature_cache.views)
     longer = max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
     return min(longer, max(2, math.ceil(longer / 2)))
-
-
-def _augments(cfg: DictConfig) -> bool:
-    return augmentation(cfg, 0) is not None
 
 
 def search_depths(cfg: DictConfig, backbone: Backbone) -> list[int]:
@@ -365,7 +361,7 @@ def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, plan: Cache
     """The job's feature cache, as ``cfg.feature_cache`` and ``plan`` set it up."""
     settings = cfg.feature_cache
     store = Store(Path(settings.dir), str(settings.dtype))
-    augment = cfg.augmentation if _augments(cfg.augmentation) else None
+    augment = cfg.augmentation if augments(cfg.augmentation) else None
     cuts = sorted({backbone.cut_depth(d) for d in search_depths(cfg, backbone)})
     return FeatureCache(backbone, data, augment, views_for(cfg), int(cfg.seed), store, cuts, plan)
 
