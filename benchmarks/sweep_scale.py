@@ -8,7 +8,7 @@ re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20
   ``augmentation=standard``, 10 trials of 5 + 5 epochs, depths 0/12/30/54, Adam and SGD) with the
   cache, and again with one augmented view per epoch (``feature_cache.views=5``, not the default); the
   plain way (``cache=false``) on 2 trials, its time scaled to 10; the search head-only
-  (``search.unfreeze_depths=[0]``), with augmentation (default views, and 2 views) and without;
+  (``search.unfreeze_depths=[0]``), with augmentation (default views) and without;
   and the floor: one cold forward pass over every image.
 - 20,000 images: 3 trials of 2 + 2 epochs, with the default memory budget and with
   ``feature_cache.memory_gb=4`` (the second reuses the decoded images and the cache).
@@ -194,8 +194,6 @@ def main() -> None:
             head_only = run("head_only", [*args, "search.unfreeze_depths=[0]"], runs)
             print(line("cache=true, head only, 10 trials", head_only), flush=True)
             print(f"    {head_only['plan']}", flush=True)
-            two_views = run("head_only_views_2", [*args, "search.unfreeze_depths=[0]", "feature_cache.views=2"], runs)
-            print(line("  the same, 2 views", two_views), flush=True)
             one_view = run("head_only_none", [*args, "search.unfreeze_depths=[0]", "augmentation=none"], runs)
             print(line("  the same, augmentation=none", one_view), flush=True)
             passes = subprocess.run(
@@ -208,13 +206,11 @@ def main() -> None:
             print(f"  the same trials both ways, best val_accuracy cached / plain: {same_trials(runs)}")
             echo = same_trials(runs, "cached", "views_5")
             print(f"  the same trials with 5 views, best val_accuracy default views / 5 views: {echo}")
-            echo = same_trials(runs, "head_only", "head_only_views_2")
-            print(f"  head-only, the same trials with 2 views, best val_accuracy default views / 2 views: {echo}")
             print(f"  floor, one cold forward pass over all {size} images: {cold:.1f} s")
             views = int(head_only["plan"].split(" view(s)")[0].rsplit(" ", 1)[-1])
             print(
                 f"  head-only cached search: {head_only['search'] / cold:.1f}x the floor with {views} augmented "
-                f"views, {two_views['search'] / cold:.1f}x with 2 views, {one_view['search'] / cold:.1f}x with "
+                f"views, {one_view['search'] / cold:.1f}x with "
                 "augmentation=none (one view)",
                 flush=True,
             )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when
 
@@ -34,6 +36,19 @@ def test_median_prunes_a_trial_worse_than_the_median_of_completed_trials_at_its_
     assert rule.verdict(ACCURACY, 2, "head", 0, 0.1, running) is None  # two completed: fewer than min_trials
     short = [*peers[:2], peer([0.9])]  # a trial that never reached epoch 2 is no yardstick there
     assert rule.verdict(ACCURACY, 2, "head", 0, 0.1, short) is None
+
+
+def test_a_trial_tied_with_the_median_goes_on_although_float32_rounding_puts_it_a_hair_below() -> None:
+    # 558, 560 and 562 right of 584 validation images, as float32 metrics are recorded: the median of the two
+    # completed trials is exactly 560/584, yet their float mean reads a hair above the float32 value 560/584.
+    at_558, at_560, at_562 = (float(np.float32(k / 584)) for k in (558, 560, 562))
+    peers = [peer([0.5, at_558], name="a"), peer([0.5, at_562], name="b")]
+    assert statistics.median([at_558, at_562]) > at_560  # what a strict comparison would prune on
+    assert Median(warmup_epochs=1, min_trials=2).verdict(ACCURACY, 2, "head", 0, at_560, peers) is None
+    assert Median(warmup_epochs=1, min_trials=2).verdict(ACCURACY, 2, "head", 0, float(np.float32(559 / 584)), peers)
+    asha = Asha(warmup_epochs=1, reduction_factor=3, min_trials=2)  # the top 1 of 3 at the rung of epoch 3
+    tied = [peer([0.5, 0.6, at_560 + 1e-8], name="c"), peer([0.5, 0.6, 0.5], name="d")]
+    assert asha.verdict(ACCURACY, 3, "head", 0, at_560, tied) is None
 
 
 def test_median_judges_a_loss_downwards_and_stage_two_against_the_same_depth_when_there_are_enough() -> None:

@@ -482,7 +482,7 @@ def _feature_cache(cfg: DictConfig) -> str | None:
     if fc.dtype not in CACHE_DTYPES:
         return f"feature_cache.dtype={fc.dtype} must be one of: {', '.join(CACHE_DTYPES)}"
     if fc.views is not None and fc.views < 1:
-        return f"feature_cache.views={fc.views} must be at least 1, or null for one per two epochs of the longer stage"
+        return f"feature_cache.views={fc.views} must be at least 1, or null for one per 3 epochs of the longer stage"
     if fc.memory_gb is not None and fc.memory_gb <= 0:
         return f"feature_cache.memory_gb={fc.memory_gb} must be positive, e.g. 4, or null for half the free memory"
     if fc.max_disk_gb <= 0:

@@ -86,6 +86,12 @@ def _yardstick(
     return [v for _, v in reached], ""
 
 
+def clearly_better(objective: Objective, value: float, than: float) -> bool:
+    """``value`` beats ``than`` by more than float32 rounding. Records hold float32 metrics and a median of
+    an even count is a mean of two, so a trial tied with its yardstick can read a hair worse: it goes on."""
+    return objective.better(value, than) and not math.isclose(value, than, rel_tol=1e-6, abs_tol=1e-9)
+
+
 @dataclass(frozen=True)
 class Median:
     """Prune a trial worse than the median of the completed trials at the same epoch."""
@@ -105,7 +111,7 @@ class Median:
         if len(values) < self.min_trials:
             return None
         median = statistics.median(values)
-        if not objective.better(median, value):
+        if not clearly_better(objective, median, value):
             return None
         return (
             f"{objective.name} {value:.4f} is worse than the median {median:.4f} of {len(values)} completed "
@@ -140,7 +146,7 @@ class Asha:
         ranked = sorted([*values, value], reverse=not objective.minimise)
         kept = max(len(ranked) // self.reduction_factor, 1)
         threshold = ranked[kept - 1]
-        if not objective.better(threshold, value):
+        if not clearly_better(objective, threshold, value):
             return None
         return (
             f"{objective.name} {value:.4f} is not in the top {kept} of the {len(ranked)} trials{where} at the "

@@ -5,7 +5,7 @@ The frozen part of a trial's model computes the same thing in every trial and ep
 - stage 1 trains the head on the backbone's pooled output, computed once;
 - stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
   tensors that cross that cut (several inside a residual block), computed once per depth;
-- random augmentation becomes V fixed views of the training set (V: by default one per two epochs
+- random augmentation becomes V fixed views of the training set (V: by default one per three epochs
   of the longer stage); epoch e trains on view e mod V, in every trial. Each cut keeps only the
   views its epochs read (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
 
@@ -308,13 +308,13 @@ def compute_below(network: Any, cut: int) -> float:
 
 
 def views_for(cfg: DictConfig) -> int:
-    """How many augmented views: ``feature_cache.views``, else one per two epochs of the longer stage
+    """How many augmented views: ``feature_cache.views``, else one per three epochs of the longer stage
     (at least two); one without augmentation.
 
     Each view costs a pass of the augmentation and the backbone over the training images, the
-    cache's biggest cost. Reading each view in two epochs of a stage halves that cost; reusing augmented
-    images for a second epoch costs little accuracy ("data echoing", Choi et al., 2019), as the
-    benchmark's trials confirm (README). Two views at least, so consecutive epochs never read the same
+    cache's biggest cost. Reading each view in up to three epochs of a stage cuts that cost to a third;
+    reusing augmented images for later epochs costs little accuracy ("data echoing", Choi et al., 2019),
+    as the benchmark's trials confirm (README). Two views at least, so consecutive epochs never read the same
     images. Stage 2 cycles on through the views stage 1 made: every cut of a view comes from one pass.
     """
     if not augments(cfg.augmentation):
@@ -322,7 +322,7 @@ def views_for(cfg: DictConfig) -> int:
     if cfg.feature_cache.views:
         return int(cfg.feature_cache.views)
     longer = max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
-    return min(longer, max(2, math.ceil(longer / 2)))
+    return min(longer, max(2, math.ceil(longer / 3)))
 
 
 def search_depths(cfg: DictConfig, backbone: Backbone) -> list[int]:
