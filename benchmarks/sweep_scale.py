@@ -210,8 +210,7 @@ def main() -> None:
             views = int(head_only["plan"].split(" view(s)")[0].rsplit(" ", 1)[-1])
             print(
                 f"  head-only cached search: {head_only['search'] / cold:.1f}x the floor with {views} augmented "
-                f"views, {one_view['search'] / cold:.1f}x with "
-                "augmentation=none (one view)",
+                f"views, {one_view['search'] / cold:.1f}x with augmentation=none (one view)",
                 flush=True,
             )
         else:

@@ -482,7 +482,10 @@ def _feature_cache(cfg: DictConfig) -> str | None:
     if fc.dtype not in CACHE_DTYPES:
         return f"feature_cache.dtype={fc.dtype} must be one of: {', '.join(CACHE_DTYPES)}"
     if fc.views is not None and fc.views < 1:
-        return f"feature_cache.views={fc.views} must be at least 1, or null for one per 3 epochs of the longer stage"
+        return (
+            f"feature_cache.views={fc.views} must be at least 1, or null for one per {EPOCHS_PER_VIEW} epochs of the "
+            "longer stage"
+        )
     if fc.memory_gb is not None and fc.memory_gb <= 0:
         return f"feature_cache.memory_gb={fc.memory_gb} must be positive, e.g. 4, or null for half the free memory"
     if fc.max_disk_gb <= 0:
@@ -525,6 +528,7 @@ def _run(cfg: DictConfig) -> str | None:
 
 
 CACHE_DTYPES = ("float32", "float16")
+EPOCHS_PER_VIEW = 3  # by default an augmented view serves up to this many epochs of a stage (README: measured)
 
 
 def check_depths(cfg: DictConfig, num_layers: int, backbone: str, unit: str = "layers") -> None:

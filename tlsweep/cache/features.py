@@ -39,7 +39,7 @@ from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_
 from tlsweep.cache.store import Store, entries, evict, gigabytes
 from tlsweep.data import ImageData
 from tlsweep.model import augmentation, augments
-from tlsweep.settings import finetune_epochs
+from tlsweep.settings import EPOCHS_PER_VIEW, finetune_epochs
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +308,8 @@ def compute_below(network: Any, cut: int) -> float:
 
 
 def views_for(cfg: DictConfig) -> int:
-    """How many augmented views: ``feature_cache.views``, else one per three epochs of the longer stage
-    (at least two); one without augmentation.
+    """How many augmented views: ``feature_cache.views``, else one per ``EPOCHS_PER_VIEW`` (3) epochs of
+    the longer stage (at least two); one without augmentation.
 
     Each view costs a pass of the augmentation and the backbone over the training images, the
     cache's biggest cost. Reading each view in up to three epochs of a stage cuts that cost to a third;
@@ -322,7 +322,7 @@ def views_for(cfg: DictConfig) -> int:
     if cfg.feature_cache.views:
         return int(cfg.feature_cache.views)
     longer = max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
-    return min(longer, max(2, math.ceil(longer / 3)))
+    return min(longer, max(2, math.ceil(longer / EPOCHS_PER_VIEW)))
 
 
 def search_depths(cfg: DictConfig, backbone: Backbone) -> list[int]:
