@@ -15,10 +15,12 @@ import pytest
 import tensorflow as tf
 from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when
 
-from tlsweep import files
+from tlsweep import files, interrupt
 from tlsweep.errors import TlsweepError
 from tlsweep.job import run_job
 from tlsweep.paths import output_dir
+from tlsweep.settings import Objective
+from tlsweep.stopping import EarlyStop, StopRules
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -180,6 +182,25 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_continue(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stdout
     assert [r["status"] for r in trials(run).values()] == ["completed"] * 3
     assert list((tmp_path / "outputs" / "runs").iterdir()) == [run]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
+def test_a_ctrl_c_that_library_code_swallows_still_stops_training_at_the_end_of_the_epoch() -> None:
+    class LetGo:  # as TensorFlow's objects are let go between epochs
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt raised here is only "ignored" by Python
+
+    epochs: list[int] = []
+    count = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs.append(epoch))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = tf.zeros((8, 2))
+    stop = EarlyStop(Objective("val_loss"), None, StopRules(), depth=None)
+    with interrupt.handled():
+        LetGo()  # Ctrl-C arrives inside a __del__ and is swallowed
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, x[:, :1], validation_data=(x, x[:, :1]), epochs=3, verbose=0, callbacks=[count, stop])
+    assert epochs == [0]
 
 
 def test_a_damaged_tuner_state_is_one_clear_error(image_folder: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from tlsweep import interrupt  # noqa: E402
 from tlsweep.callbacks import FAILED_JOBS  # noqa: E402
 from tlsweep.config import check_command_line, check_writable  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
@@ -74,7 +75,8 @@ def cli() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     try:
-        main()
+        with interrupt.handled():
+            main()
     except KeyboardInterrupt:
         root = _output_root[0] if _output_root else Path("outputs")
         print(interrupted_message(sys.argv[1:], root), file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Any
 
 import keras
 
-from tlsweep import files
+from tlsweep import files, interrupt
 from tlsweep.settings import Objective
 
 
@@ -209,6 +209,7 @@ class EarlyStop(keras.callbacks.Callback):
         return any(e["by"] in ("pruned", "budget") for e in self.events)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        interrupt.check()  # a Ctrl-C that library code swallowed stops the trial here
         value = (logs or {}).get(self.objective.name)
         if value is None or not math.isfinite(value):
             return
