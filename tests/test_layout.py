@@ -10,7 +10,7 @@ from conftest import REPO
 # config → data → backbone → model → trial → tuner → records → finalists → job → export → report, with the
 # helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
-    "errors", "settings", "files", "cache.store", "console", "config", "paths",
+    "errors", "settings", "files", "cache.store", "console", "interrupt", "config", "paths",
     "data", "hub", "kerashub", "backbones", "augment", "model", "cache.plan", "cache.features", "cache", "batches",
     "logs", "stopping", "trial", "tuners", "records", "finalists", "identity", "device", "job",
     "evaluate", "export", "predict", "weights", "cache.__main__",
