@@ -28,6 +28,7 @@ def faint_folder(root: Path, counts: dict[str, int], val_per_class: int = 10, se
     return root
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # class 3, on purpose
 def test_balanced_accuracy_and_macro_f1_match_scikit_learn() -> None:
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
