@@ -158,6 +158,18 @@ def make_hub_model(path: Path, size: int = 16, seed: int = 0) -> Path:
     return path
 
 
+def swallow_ctrl_c() -> None:
+    """Ctrl-C delivered inside a ``__del__``, as TensorFlow's objects are let go: Python raises the
+    KeyboardInterrupt there, reports it as "ignored" and goes on."""
+
+    class LetGo:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here, whichever thread the signal was delivered to
+
+    LetGo()
+
+
 def stop_when(process: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout: float = 300) -> str:
     """Send ``sig`` to ``process`` once ``ready()`` holds (checked every 0.2 s; TimeoutError after
     ``timeout``), then wait for it to end; returns its output."""

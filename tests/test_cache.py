@@ -13,8 +13,9 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
-from conftest import FAST, make_config
+from conftest import FAST, make_config, swallow_ctrl_c
 
+from tlsweep import interrupt
 from tlsweep.backbones import crossing_tensors, load_backbone
 from tlsweep.batches import CachedData, PlainData
 from tlsweep.cache.features import make_cache
@@ -150,6 +151,19 @@ def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Pa
     changed = make_cache(cfg, backbone, data)
     changed.train_views(0)
     assert (changed.store.built, changed.store.reused) == (1, 0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed Ctrl-C, on purpose
+def test_a_ctrl_c_that_library_code_swallows_stops_the_cache_build_and_leaves_no_partial_key(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    cfg, data, backbone = job_inputs(image_folder, tmp_path)
+    cache = make_cache(cfg, backbone, data)
+    with interrupt.handled():
+        swallow_ctrl_c()
+        with pytest.raises(KeyboardInterrupt):
+            cache.prepare()
+    assert cache.store.built == 0 and not list((tmp_path / "cache").iterdir())
 
 
 def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import pytest
 import tensorflow as tf
-from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when
+from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when, swallow_ctrl_c
 
 from tlsweep import files, interrupt
 from tlsweep.errors import TlsweepError
@@ -186,10 +186,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_continue(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
 def test_a_ctrl_c_that_library_code_swallows_still_stops_training_at_the_end_of_the_epoch() -> None:
-    class LetGo:  # as TensorFlow's objects are let go between epochs
-        def __del__(self) -> None:
-            os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt raised here is only "ignored" by Python
-
     epochs: list[int] = []
     count = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs.append(epoch))
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -197,7 +193,7 @@ def test_a_ctrl_c_that_library_code_swallows_still_stops_training_at_the_end_of_
     x = tf.zeros((8, 2))
     stop = EarlyStop(Objective("val_loss"), None, StopRules(), depth=None)
     with interrupt.handled():
-        LetGo()  # Ctrl-C arrives inside a __del__ and is swallowed
+        swallow_ctrl_c()
         with pytest.raises(KeyboardInterrupt):
             model.fit(x, x[:, :1], validation_data=(x, x[:, :1]), epochs=3, verbose=0, callbacks=[count, stop])
     assert epochs == [0]

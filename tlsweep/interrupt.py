@@ -4,7 +4,8 @@ Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when 
 that is inside a ``__del__`` or a weakref callback (TensorFlow runs many as an epoch's iterators and
 functions are let go), Python prints "Exception ignored" and goes on: the job would run to its end
 as if Ctrl-C had never been pressed. So the handler also remembers the request, and every epoch's
-end asks again (``check``): a job stops at the latest one epoch after Ctrl-C.
+end and every batch of the feature cache's build ask again (``check``): a job stops at the latest
+one epoch (or one batch) after Ctrl-C.
 """
 
 from __future__ import annotations

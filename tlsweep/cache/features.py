@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from tlsweep import interrupt
 from tlsweep.augment import VERSION as AUGMENTATION_VERSION
 from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, preprocessing_layer
 from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_fits, make_plan, resident_memory
@@ -205,6 +206,7 @@ class FeatureCache:
             count = len(source[0])
             batches = ([np.asarray(a[i : i + BATCH], np.float32) for a in source] for i in range(0, count, BATCH))
         for batch in batches:
+            interrupt.check()  # a Ctrl-C that library code swallowed stops the build here
             below, outputs = (None if source is None else start), []
             for cut in cuts:
                 batch = self._step(below, cut)(batch)
