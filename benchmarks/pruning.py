@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sweep_scale import FLOWERS, WEIGHTS, build_dataset, floor_pass, preset
+from sweep_scale import FLOWERS, WEIGHTS, build_dataset, floor_pass, floor_units, preset
 
 RULES = ("none", "median", "asha")
 
@@ -74,25 +74,25 @@ def main() -> None:
     run("warm-up", [*args, "tuner.max_trials=1"], runs)  # builds the feature cache the three searches share
     print(f"  feature cache built in {time.perf_counter() - started:.0f} s (not counted below)", flush=True)
     results, floors = {}, [floor_pass(dataset)]
-    for rule in RULES:
+    for i, rule in enumerate(RULES):
         r = results[rule] = run(rule, [*args, f"pruning={rule}"], runs)
         floors.append(floor_pass(dataset))
-        r["floor"] = sum(floors[-2:]) / 2
+        r["units"] = floor_units(r["search"], floors, i)
         low, high = accuracy_interval(r["best"], r["val_images"])
         print(
             f"  pruning={rule:6s}  search {r['search']:7.1f} s  {r['completed']:2d} completed, {r['pruned']:2d} pruned"
             f"  best val_accuracy {r['best']:.3f} (95% interval {low:.3f}-{high:.3f})",
             flush=True,
         )
-    print("  floor, one cold forward pass over every image, before, between and after the searches: ", end="")
-    print(", ".join(f"{f:.1f} s" for f in floors))
+    measured = ", ".join(f"{f:.1f} s" for f in floors)
+    print(f"  floor, one cold forward pass over every image, before, between and after the searches: {measured}")
     base = results["none"]
     low, high = accuracy_interval(base["best"], base["val_images"])
     for rule in RULES[1:]:
         r = results[rule]
         inside = "inside" if low <= r["best"] <= high else "outside"
         share = r["search"] / base["search"]
-        scaled = (r["search"] / r["floor"]) / (base["search"] / base["floor"])
+        scaled = r["units"] / base["units"]
         print(
             f"  pruning={rule}: {share:.0%} of the unpruned search's time ({scaled:.0%} in units of the floor "
             f"around each); best {inside} the unpruned interval"

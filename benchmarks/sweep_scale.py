@@ -145,6 +145,11 @@ def floor_pass(dataset: Path) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["floor"]
 
 
+def floor_units(seconds: float, floors: list[float], run: int) -> float:
+    """``seconds`` in units of the floor: the mean of the floors measured just before and after run ``run``."""
+    return seconds / ((floors[run] + floors[run + 1]) / 2)
+
+
 def same_trials(runs: Path, first: str = "cached", second: str = "plain") -> str:
     """The ``second`` run's trials beside the same trials (same values, same seed) of the ``first``."""
 
@@ -210,22 +215,22 @@ def main() -> None:
             every_epoch = run("views_5", [*args, "feature_cache.views=5"], runs)
             print(line("cache=true, one view per epoch", every_epoch), flush=True)
             plain10 = plain["search"] * 10 / plain["trials"]
-            around_cached, around_plain, around_head = (sum(floors[i : i + 2]) / 2 for i in range(3))
             print(f"  the plain way scaled to 10 trials: search {plain10:.0f} s")
             print(f"  speed-up of the cache (search): {plain10 / cached['search']:.1f}x")
             print(
                 f"  floor, one cold forward pass over all {size} images, before the cached search, after it, after "
                 "the plain way and after the head-only searches: " + ", ".join(f"{f:.1f} s" for f in floors)
             )
-            scaled = (plain10 / around_plain) / (cached["search"] / around_cached)
+            scaled = floor_units(plain10, floors, 1) / floor_units(cached["search"], floors, 0)
             print(f"  speed-up with each side in units of the floor measured around it: {scaled:.1f}x")
             print(f"  the same trials both ways, best val_accuracy cached / plain: {same_trials(runs)}")
             echo = same_trials(runs, "cached", "views_5")
             print(f"  the same trials with 5 views, best val_accuracy default views / 5 views: {echo}")
             views = int(head_only["plan"].split(" view(s)")[0].rsplit(" ", 1)[-1])
             print(
-                f"  head-only cached search: {head_only['search'] / around_head:.1f}x the floor around it with "
-                f"{views} augmented views, {one_view['search'] / around_head:.1f}x with augmentation=none (one view)",
+                f"  head-only cached search: {floor_units(head_only['search'], floors, 2):.1f}x the floor around it "
+                f"with {views} augmented views, {floor_units(one_view['search'], floors, 2):.1f}x with "
+                "augmentation=none (one view)",
                 flush=True,
             )
         else:

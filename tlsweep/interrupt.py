@@ -27,7 +27,6 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def handled() -> Iterator[None]:
     """Ctrl-C handled this way inside the block (entered from the main thread, as Python requires)."""
-    _requested.clear()
     previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield

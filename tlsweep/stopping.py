@@ -12,6 +12,7 @@ after every epoch): this also works when several processes share a job folder, a
   it (asynchronous successive halving). In stage 2, the trials of the same unfreeze depth are the
   yardstick when there are enough of them.
 - ``budget`` ends a trial at the first epoch boundary after the job's deadline.
+- a Ctrl-C that library code swallowed ends the job at the epoch's end (``tlsweep.interrupt``).
 
 A trial ended by pruning or the budget keeps its best epoch, as any trial does.
 """
@@ -183,6 +184,7 @@ class StopRules:
 
 class EarlyStop(keras.callbacks.Callback):
     """Stops a stage (patience) or the trial (pruning, budget) at an epoch's end; ``events`` says why.
+    In every trial and finalist run, so it is also where a swallowed Ctrl-C is noticed.
 
     Put it after the callbacks that add the validation scores and keep the best epoch.
     """
