@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
 
+from tlsweep.config import compose_spec  # noqa: E402
 from tlsweep.model import augmentation  # noqa: E402
 from tlsweep.paths import register_resolvers  # noqa: E402
 
@@ -58,8 +58,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
     register_resolvers()
-    with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["augmentation=standard"]).augmentation
+    cfg = compose_spec(["augmentation=standard"]).augmentation
     images = np.random.default_rng(0).integers(0, 256, (options.images, options.size, options.size, 3), np.uint8)
     ours, theirs = [], []
     for _ in range(options.repeats):

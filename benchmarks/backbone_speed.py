@@ -19,19 +19,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
 
 from tlsweep.backbones import load_backbone  # noqa: E402
+from tlsweep.config import compose_spec  # noqa: E402
 from tlsweep.paths import register_resolvers  # noqa: E402
 
 
 def architecture(name: str) -> tuple[keras.Model, int]:
     """The backbone's network with random weights, and its image size."""
     register_resolvers()
-    with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"backbone={name}"]).backbone
-    if not cfg.get("preset"):
-        cfg.weights = None
+    cfg = compose_spec([f"backbone={name}"]).backbone
+    if not cfg.preset:
+        cfg = compose_spec([f"backbone={name}", "backbone.weights=null"]).backbone
         return load_backbone(cfg, cfg.image_size).build(), cfg.image_size
     import keras_hub  # KerasHub's own architecture of the preset, as its model card gives it
 

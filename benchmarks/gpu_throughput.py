@@ -25,9 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
 
 from tlsweep.backbones import load_backbone  # noqa: E402
+from tlsweep.config import compose_spec  # noqa: E402
 from tlsweep.model import build_classifier, compile_model, unfreeze_top  # noqa: E402
 from tlsweep.paths import register_resolvers  # noqa: E402
 
@@ -43,11 +43,10 @@ def throughput(backbone_name: str, size: int, batch: int, steps: int, precision:
     """Images per second over ``steps`` training steps after a warm-up, at unfreeze ``depth``."""
     keras.mixed_precision.set_global_policy(precision)
     register_resolvers()
-    with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"backbone={backbone_name}", "backbone.weights=null"])
+    cfg = compose_spec([f"backbone={backbone_name}", "backbone.weights=null"])
     backbone = load_backbone(cfg.backbone, size)
     model = build_classifier(backbone.build(), backbone.rescaling, 5, 0.2, None)
-    unfreeze_top(model, depth)
+    unfreeze_top(model, backbone, depth)
     compile_model(model, keras.optimizers.Adam(1e-4), jit_compile=jit)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")

@@ -117,17 +117,15 @@ def run(name: str, args: list[str], work: Path, cache: Path | None = None) -> di
 
 def floor(dataset: Path) -> None:
     """Print the seconds of one forward pass over every image (decoding not included), in this process."""
-    from hydra import compose, initialize_config_module
-
     from tlsweep.backbones import load_backbone
     from tlsweep.cache.features import FeatureCache
     from tlsweep.cache.store import Store
+    from tlsweep.config import compose_spec
     from tlsweep.data import load_dataset
     from tlsweep.paths import register_resolvers
 
     register_resolvers()
-    with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        cfg = compose("config", overrides=preset(dataset, 1, 1, 1))
+    cfg = compose_spec(preset(dataset, 1, 1, 1))
     data = load_dataset(cfg.dataset, 160)
     backbone = load_backbone(cfg.backbone, 160)
     with tempfile.TemporaryDirectory() as tmp:

@@ -68,17 +68,15 @@ def sweep(name: str, args: list[str], work: Path) -> dict:
 
 def floor() -> None:
     """Print the seconds of one forward pass over every training and validation image, cold then warm."""
-    from hydra import compose, initialize_config_module
-
     from tlsweep.backbones import load_backbone
     from tlsweep.cache.features import FeatureCache
     from tlsweep.cache.store import Store
+    from tlsweep.config import compose_spec
     from tlsweep.data import load_dataset
     from tlsweep.paths import register_resolvers
 
     register_resolvers()
-    with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        cfg = compose("config", overrides=DATA)
+    cfg = compose_spec(DATA)
     data = load_dataset(cfg.dataset, 160)
     backbone = load_backbone(cfg.backbone, 160)
     times = []

@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from tlsweep.paths import register_resolvers
+from tlsweep.schema import job_spec
+from tlsweep.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -59,6 +61,11 @@ def make_config(overrides: list[str] | None = None) -> DictConfig:
     register_resolvers()
     with initialize_config_module("tlsweep.conf", version_base="1.3"):
         return compose("config", overrides=overrides or [])
+
+
+def make_spec(overrides: list[str] | None = None) -> JobSpec:
+    """The checked, typed spec of ``python -m tlsweep <overrides>``'s config, as a job reads it."""
+    return job_spec(make_config(overrides))
 
 
 def write_image(path: Path, array: np.ndarray, mode: str | None = None) -> None:

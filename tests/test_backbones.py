@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, make_config
+from conftest import REPO, make_config, make_spec
 
 from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, preprocessing_layer
 from tlsweep.model import build_classifier, compile_model, unfreeze_top
@@ -48,14 +48,14 @@ def test_every_backbone_config_has_a_reference_preprocessing() -> None:
 def test_keras_hub_configs_name_a_builtin_preset_and_take_its_preprocessing(name: str) -> None:
     """Their preprocessing comes from the preset itself (tests/test_kerashub.py checks how)."""
     keras_hub = pytest.importorskip("keras_hub", reason='KerasHub backbones need pip install "tlsweep[keras-hub]"')
-    cfg = make_config([f"backbone={name}"]).backbone
+    cfg = make_config([f"backbone={name}"]).backbone  # the config file as it stands: keras_hub needs a preset
     assert cfg.preprocessing == "preset" and cfg.weights == "preset"
     assert cfg.preset is None if name == "keras_hub" else cfg.preset in keras_hub.models.Backbone.presets
 
 
 @pytest.mark.parametrize("name", sorted(set(BACKBONES) - set(KERAS_HUB)))
 def test_backbone_preprocessing_matches_its_reference(name: str) -> None:
-    cfg = make_config([f"backbone={name}"]).backbone
+    cfg = make_config([f"backbone={name}"]).backbone  # the config file as it stands: hub needs a handle
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     ours = keras.ops.convert_to_numpy(preprocessing_layer(PREPROCESSING[cfg.preprocessing])(pixels))
     np.testing.assert_allclose(ours, REFERENCE[name](pixels.copy()), rtol=1e-5, atol=1e-4)
@@ -64,13 +64,13 @@ def test_backbone_preprocessing_matches_its_reference(name: str) -> None:
 @pytest.mark.parametrize("name", KERAS)
 def test_keras_backbone_builds_and_trains_one_step_at_its_deepest_default_depth(name: str) -> None:
     keras.utils.set_random_seed(0)  # random initial weights: the same in every run
-    cfg = make_config([f"backbone={name}", "backbone.weights=null"])
+    cfg = make_spec([f"backbone={name}", "backbone.weights=null"])
     backbone = load_backbone(cfg.backbone, MIN_SIZE.get(name, 32))
     net = backbone.build()
     if cfg.backbone.preprocessing == "none":  # the network must then rescale inside, as Keras' versions do
         first = [type(layer).__name__ for layer in backbone_layers(net)[:4]]
         assert {"Rescaling", "Normalization"} & set(first), first
-    depth = max(cfg.search.unfreeze_depths)
+    depth = max(cfg.search.depths)
     assert 0 < depth <= backbone.num_layers
     model = build_classifier(net, PREPROCESSING[cfg.backbone.preprocessing], 2, 0.2, None)
     unfreeze_top(model, backbone, depth)

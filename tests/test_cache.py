@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
-from conftest import FAST, make_config, swallow_ctrl_c
+from conftest import FAST, make_spec, swallow_ctrl_c
 
 from tlsweep import interrupt
 from tlsweep.backbones import crossing_tensors, load_backbone
@@ -24,14 +25,14 @@ from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.logs import TrialLog
 from tlsweep.model import SharedClassifier, augmentation
-from tlsweep.settings import TrialSettings
+from tlsweep.records import RunRecord
 from tlsweep.trial import TwoStageTrial, seed_keras
 
 DEPTH = 4  # block2_b_conv, block2_b_bn, block2_add, block2_out: a cut inside the last residual block
 
 
-def config(image_folder: Path, tmp_path: Path, augmentation: str):
-    return make_config(
+def config(image_folder: Path, tmp_path: Path, augmentation: str, *more: str):
+    return make_spec(
         [
             "dataset=folder",
             f"dataset.path={image_folder}",
@@ -40,21 +41,22 @@ def config(image_folder: Path, tmp_path: Path, augmentation: str):
             "finetune.head_epochs=2",
             "finetune.finetune_epochs=2",
             f"feature_cache.dir={tmp_path / 'cache'}",
+            *more,
         ]
     )
 
 
-def job_inputs(image_folder: Path, tmp_path: Path, augmentation: str = "none"):
-    """A job's config, decoded images and backbone, at 32 px."""
-    cfg = config(image_folder, tmp_path, augmentation)
-    return cfg, load_dataset(cfg.dataset, 32), load_backbone(cfg.backbone, 32)
+def job_inputs(image_folder: Path, tmp_path: Path, augmentation: str = "none", *more: str):
+    """A job's spec, decoded images and backbone, at 32 px."""
+    spec = config(image_folder, tmp_path, augmentation, *more)
+    return spec, load_dataset(spec.dataset, 32), load_backbone(spec.backbone, 32)
 
 
-def two_stage(cfg, backbone, source) -> TwoStageTrial:
+def two_stage(spec, backbone, source) -> TwoStageTrial:
     """A job's trial on its classifier and batch source, as the job sets it up."""
-    augment = lambda: augmentation(cfg.augmentation, int(cfg.seed))  # noqa: E731
-    classifier = SharedClassifier(backbone, 3, float(cfg.finetune.dropout), augment)
-    return TwoStageTrial(TrialSettings.from_config(cfg), classifier, source)
+    augment = lambda: augmentation(spec.augmentation, spec.seed)  # noqa: E731
+    classifier = SharedClassifier(backbone, 3, spec.training.dropout, augment)
+    return TwoStageTrial(spec, classifier, source)
 
 
 def train(cfg, backbone, source, job_dir: Path) -> tuple[keras.Model, list[dict]]:
@@ -68,9 +70,9 @@ def trial(job_trial: TwoStageTrial, job_dir: Path, learning_rate: float = 0.01, 
     hp.values.update(learning_rate=learning_rate, optimizer="adam", unfreeze_depth=DEPTH)
     seed_keras(seed)  # as SweepTuner.run_trial seeds a trial
     model = job_trial.build(hp)
-    log = TrialLog(job_dir, str(seed), "trial", dict(hp.values), {}, verbose=False)
+    log = TrialLog(job_dir, RunRecord(str(seed), hyperparameters=dict(hp.values)), "trial", verbose=False)
     job_trial.fit(hp, model, trial_log=log, seed=seed)
-    return model, log.record["history"]
+    return model, [dataclasses.asdict(e) for e in log.record.history]
 
 
 def test_the_cut_inside_a_residual_block_has_two_crossing_tensors(image_folder: Path, tmp_path: Path) -> None:
@@ -108,8 +110,7 @@ def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, t
 def test_a_float16_cache_trains_as_the_float32_cache_does(image_folder: Path, tmp_path: Path) -> None:
     histories = {}
     for dtype in ("float32", "float16"):
-        cfg, data, backbone = job_inputs(image_folder, tmp_path / dtype)
-        cfg.feature_cache.dtype = dtype
+        cfg, data, backbone = job_inputs(image_folder, tmp_path / dtype, "none", f"feature_cache.dtype={dtype}")
         cache = make_cache(cfg, backbone, data)
         assert cache.val(0)[0].dtype == np.dtype(dtype)
         histories[dtype] = train(cfg, backbone, CachedData(cache, 8), tmp_path / dtype)[1]
@@ -178,7 +179,7 @@ def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
         variable.assign(variable + 0.5)
 
     later = cache.train_views(DEPTH)[0]  # a cut the search did not name, asked for mid-search
-    cfg.feature_cache.dir = str(tmp_path / "elsewhere")
+    cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dir=str(tmp_path / "elsewhere")))
     pristine = make_cache(cfg, backbone, data)
     for a, b in zip(later, pristine.train_views(DEPTH)[0], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)

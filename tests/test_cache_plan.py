@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, make_config, run_cli
+from conftest import FAST, make_spec, run_cli
 
 from tlsweep.backbones import load_backbone
-from tlsweep.cache.features import plan_cache, plan_cuts, views_for
+from tlsweep.cache.features import plan_cache, plan_cuts
 from tlsweep.cache.plan import GB, Cut, available_memory, make_plan, memory_budget, resident_memory
 from tlsweep.cache.store import Store, entries, evict
 from tlsweep.data import load_dataset
@@ -61,13 +61,13 @@ def test_a_cut_that_trains_fewer_epochs_than_its_views_cost_trains_from_images()
 )
 def test_by_default_each_view_serves_up_to_three_epochs_of_a_stage(augmentation, head, finetune, views) -> None:
     epochs = [f"finetune.head_epochs={head}", f"finetune.finetune_epochs={finetune}"]
-    assert views_for(make_config([f"augmentation={augmentation}", *epochs])) == views
-    assert views_for(make_config(["augmentation=light", *epochs, "feature_cache.views=7"])) == 7
+    assert make_spec([f"augmentation={augmentation}", *epochs]).views == views
+    assert make_spec(["augmentation=light", *epochs, "feature_cache.views=7"]).views == 7
 
 
 def test_each_cut_keeps_only_the_views_its_epochs_read(tmp_path: Path) -> None:
     epochs = ["finetune.head_epochs=2", "finetune.finetune_epochs=3"]
-    cfg = make_config(["augmentation=light", *FAST, *epochs, "feature_cache.views=5"])
+    cfg = make_spec(["augmentation=light", *FAST, *epochs, "feature_cache.views=5"])
     backbone = load_backbone(cfg.backbone, 32)
     cuts = {c.cut: c for c in plan_cuts(cfg, backbone, backbone.build())}
     assert cuts[0].views == (0, 1, 2, 3, 4)  # stage 1 (epochs 0-1), and stage 2 of depth-0 trials
@@ -75,18 +75,18 @@ def test_each_cut_keeps_only_the_views_its_epochs_read(tmp_path: Path) -> None:
     # By default, one view per three epochs of the longer stage, at least two: stage 2 (epochs 2-4) reads views 0, 1, 0,
     # made for stage 1 anyway, so each view's cuts come from one pass of the backbone.
     default = {
-        c.cut: c for c in plan_cuts(make_config(["augmentation=light", *FAST, *epochs]), backbone, backbone.build())
+        c.cut: c for c in plan_cuts(make_spec(["augmentation=light", *FAST, *epochs]), backbone, backbone.build())
     }
     assert default[0].views == default[3].views == (0, 1)
     assert cuts[3].row_bytes > cuts[0].row_bytes and 0 < cuts[3].below < cuts[0].below == 1.0
-    hyperband = make_config(["augmentation=light", *FAST, *epochs, "tuner=hyperband"])  # it splits epochs itself
+    hyperband = make_spec(["augmentation=light", *FAST, *epochs, "tuner=hyperband"])  # it splits epochs itself
     assert {c.views for c in plan_cuts(hyperband, backbone, backbone.build())} == {(0, 1)}
 
 
 def test_no_room_on_disk_for_the_head_is_one_line_before_any_work(
     image_folder: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    cfg = make_config(["dataset=folder", f"dataset.path={image_folder}", *FAST, f"feature_cache.dir={tmp_path / 'c'}"])
+    cfg = make_spec(["dataset=folder", f"dataset.path={image_folder}", *FAST, f"feature_cache.dir={tmp_path / 'c'}"])
     data, backbone = load_dataset(cfg.dataset, 32), load_backbone(cfg.backbone, 32)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(TlsweepError, match=r"needs .* on disk for the head's features alone.*cache=false"):

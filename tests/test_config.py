@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, make_config, run_cli
+from conftest import REPO, make_config, make_spec, run_cli
 
 from tlsweep.config import check_command_line
 from tlsweep.errors import TlsweepError
 from tlsweep.paths import job_dir_name
-from tlsweep.settings import check_depths, validate
+from tlsweep.schema import job_spec
 
 GROUP_OPTIONS = {
     "backbone": [path.stem for path in (REPO / "conf" / "backbone").glob("*.yaml")],
@@ -21,11 +21,10 @@ GROUP_OPTIONS = {
 
 
 def test_default_config_is_the_offline_demo() -> None:
-    cfg = make_config()
-    assert cfg.backbone.name == "tiny" and cfg.backbone.weights == "bundled"
-    assert cfg.dataset.name == "digits"
-    assert list(cfg.search.optimizers) == ["adam", "sgd"]
-    validate(cfg)
+    spec = make_spec()
+    assert spec.backbone.name == "tiny" and spec.backbone.weights == "bundled"
+    assert spec.dataset.name == "digits"
+    assert spec.search.optimizers == ("adam", "sgd")
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
@@ -33,7 +32,7 @@ def test_every_group_option_composes(group: str, option: str) -> None:
     needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"], "keras_hub": ["backbone.preset=x"]}
     cfg = make_config([f"{group}={option}", *needs.get(option, [])])
     assert cfg[group] is not None
-    validate(cfg)
+    job_spec(cfg)
 
 
 def test_backbones_know_size_and_preprocessing() -> None:
@@ -70,12 +69,12 @@ def test_experiment_preset_sets_several_groups() -> None:
 )
 def test_invalid_settings_name_the_key_and_the_fix(overrides: list[str], message: str) -> None:
     with pytest.raises(TlsweepError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        validate(make_config(overrides))
+        make_spec(overrides)
 
 
 def test_unfreeze_depth_larger_than_backbone() -> None:
     with pytest.raises(TlsweepError, match="has only 23 layers"):
-        check_depths(make_config(["search.unfreeze_depths=[5,40]"]), 23, "tiny")
+        make_spec(["search.unfreeze_depths=[5,40]"]).check_depths(23, "tiny")
 
 
 def test_job_folder_names_show_what_the_job_sweeps() -> None:
@@ -121,7 +120,8 @@ def test_unknown_group_option_lists_the_choices_without_traceback(tmp_path) -> N
         (["backbon=tiny"], "unknown config key backbon; did you mean backbone?"),
         (["verbose=maybe"], "verbose=maybe: Value 'maybe' is not a valid bool"),
         (["backbone=resnett"], "Could not find 'backbone/resnett'; options: clip, convnext, densenet121"),
-        (["-m", "seed=0,-1"], "seed=-1 must be a whole number ≥ 0"),  # every value of a sweep is checked
+        (["-m", "seed=0,-1"], "seed=-1 must be a whole number from 0 to 4294967295"),  # every value is checked
+        (["seed=4294967296"], "seed=4294967296 must be a whole number from 0 to 4294967295"),  # NumPy's limit
         (["-m", "augmentation=none,light", "tuner.max_consecutive_failed_trials=0"], "must be at least 1"),
         (["search.learning_rate.min=0.1", "search.learning_rate.max=0.01"], "is larger than max"),
     ],

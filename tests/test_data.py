@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import class_image, make_config, make_image_folder, write_image
+from conftest import class_image, make_image_folder, make_spec, write_image
 from PIL import Image
 
-from tlsweep import data as data_module
+from tlsweep import images as data_module
 from tlsweep.batches import EpochBatches
 from tlsweep.cache.store import DiskArray, Store
 from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, load_dataset
@@ -18,7 +18,7 @@ from tlsweep.errors import TlsweepError
 
 
 def folder_cfg(path: Path, *overrides: str):
-    return make_config(["dataset=folder", f"dataset.path={path}", *overrides]).dataset
+    return make_spec(["dataset=folder", f"dataset.path={path}", *overrides]).dataset
 
 
 def test_decoded_images_are_kept_for_later_jobs_and_decoded_again_when_a_file_changes(
@@ -160,7 +160,7 @@ def _all_corrupt(root: Path) -> Path:
 
 def test_digits_demo_targets_classes_the_tiny_backbone_never_saw() -> None:
     assert not set(DIGITS_SOURCE_CLASSES) & set(DIGITS_TARGET_CLASSES)
-    data = load_dataset(make_config().dataset, 32)
+    data = load_dataset(make_spec().dataset, 32)
     assert data.class_names == ["5", "6", "7", "8", "9"]
     assert data.x_train.shape[1:] == (32, 32, 3) and len(data.y_train) + len(data.y_val) + len(data.y_test) > 850
     assert len(data.y_test) > 100 and set(data.y_test.tolist()) == set(range(5))  # held out for the final test
@@ -194,7 +194,7 @@ def test_tf_flowers_through_tfds_mock_data() -> None:
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=20):
-        data = load_dataset(make_config(["dataset=tf_flowers"]).dataset, 24)
+        data = load_dataset(make_spec(["dataset=tf_flowers"]).dataset, 24)
     assert sorted(data.class_names) == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert data.x_train.shape[1:] == (24, 24, 3) and len(data.y_val) > 0
 
@@ -207,7 +207,7 @@ def test_tf_flowers_offline_says_how_to_get_it(tmp_path: Path, monkeypatch) -> N
 
     monkeypatch.setattr(requests.Session, "request", no_network)
     monkeypatch.setattr(requests.Session, "get", no_network)
-    cfg = make_config(["dataset=tf_flowers", f"dataset.data_dir={tmp_path}"]).dataset
+    cfg = make_spec(["dataset=tf_flowers", f"dataset.data_dir={tmp_path}"]).dataset
     with pytest.raises(TlsweepError, match="run once on a machine with internet.*dataset=folder"):
         load_dataset(cfg, 24)
 

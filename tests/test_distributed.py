@@ -32,12 +32,12 @@ def test_a_chief_and_two_workers_run_every_trial_once_and_report_them_all(tmp_pa
     records = [json.loads(p.read_text()) for p in (folder / "trials").glob("trial_*.json")]
     assert sorted(r["trial_id"] for r in records) == ["0", "1", "2", "3"]
     assert all(r["status"] in ("completed", "pruned") and r["worker"].startswith("worker-") for r in records)
-    ended = re.compile(r"/4 (done in|pruned at)")
+    ended = re.compile(r" of 4\) (done in|pruned at)")
     done_lines = [line for out in outputs[:2] for line in out.splitlines() if ended.search(line)]
     assert len(done_lines) == 4  # each trial ran once, in one of the workers
 
     job = json.loads((folder / "job.json").read_text())
-    best = max((r for r in records if r["status"] == "completed"), key=lambda r: r["val_accuracy"])
+    best = max((r for r in records if r["status"] == "completed"), key=lambda r: r["value"])
     pruned = sum(r["status"] == "pruned" for r in records)
     assert job["status"] == "completed" and (job["completed_trials"], job["pruned_trials"]) == (4 - pruned, pruned)
     assert job["best"]["trial_id"] == best["trial_id"]  # best.keras is the best of all workers' trials

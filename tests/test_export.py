@@ -9,12 +9,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import FAST, FLOWERS_MINI, FLOWERS_TRIAL, make_config, make_image_folder, needs_shared
-from omegaconf import OmegaConf
+from conftest import FAST, FLOWERS_MINI, FLOWERS_TRIAL, make_image_folder, make_spec, needs_shared
 
 from tlsweep.data import load_dataset
 from tlsweep.evaluate import evaluate
 from tlsweep.export import export_best
+from tlsweep.groups import ExportSpec
 from tlsweep.job import run_job
 from tlsweep.predict import image_paths, load_predictor, predict_files
 from tlsweep.predict import main as predict_main
@@ -22,8 +22,8 @@ from tlsweep.predict import main as predict_main
 CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light"}
 
 
-def export_cfg(**overrides) -> OmegaConf:
-    return OmegaConf.create({"enabled": True, "saved_model": True, "tflite": True, "quantize": "none", **overrides})
+def export_cfg(**overrides) -> ExportSpec:
+    return ExportSpec(**{"enabled": True, "saved_model": True, "tflite": True, "quantize": "none", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def trained(tmp_path_factory) -> dict:
     run = root / "run"
     overrides = ["dataset=folder", f"dataset.path={images}", "augmentation=light", "dataset.test_split=0.25", *FAST]
     learn_fast = ["finetune.head_epochs=6", "search.optimizers=[adam]", "search.learning_rate.min=5e-3"]
-    cfg = make_config([*overrides, *learn_fast])
+    cfg = make_spec([*overrides, *learn_fast])
     run_job(cfg, run, CHOICES)
     data = load_dataset(cfg.dataset, 32)
     return {"run": run, "images": images, "data": data, "model": keras.saving.load_model(run / "best.keras")}
@@ -147,7 +147,7 @@ def test_predict_bad_input_is_one_error_line(exported, tmp_path: Path, capsys, d
 
 @needs_shared
 def test_predict_on_flower_photos_beats_chance(tmp_path: Path) -> None:
-    cfg = make_config([*FLOWERS_TRIAL, "finetune=none", "finetune.head_epochs=3"])
+    cfg = make_spec([*FLOWERS_TRIAL, "finetune=none", "finetune.head_epochs=3"])
     run_job(cfg, tmp_path / "run", {"backbone": "mobilenet_v2", "dataset": "folder"})
     best = export_best(tmp_path / "run", export_cfg(tflite=False))
     predictor = load_predictor(best, "saved_model")

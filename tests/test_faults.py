@@ -13,13 +13,13 @@ from pathlib import Path
 import keras
 import pytest
 import tensorflow as tf
-from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when, swallow_ctrl_c
+from conftest import FAST, make_image_folder, make_spec, run_cli, start_cli, stop_when, swallow_ctrl_c
 
 from tlsweep import files, interrupt
 from tlsweep.errors import TlsweepError
 from tlsweep.job import run_job
 from tlsweep.paths import output_dir
-from tlsweep.settings import Objective
+from tlsweep.records import Objective
 from tlsweep.stopping import EarlyStop, StopRules
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}
@@ -27,7 +27,7 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def folder_job(images: Path, job_dir: Path, *overrides: str) -> dict:
-    cfg = make_config(["dataset=folder", f"dataset.path={images}", *FAST, *overrides])
+    cfg = make_spec(["dataset=folder", f"dataset.path={images}", *FAST, *overrides])
     return run_job(cfg, job_dir, CHOICES)
 
 
@@ -72,7 +72,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(image_fo
     failed = by_rate[1e30]
     assert failed["status"] == "failed" and "NaN, infinite or exploded" in failed["error"]
     assert len(failed["history"]) == 1  # stopped at once, not after every planned epoch
-    assert by_rate[1e-3]["status"] == "completed" and record["status"] == "completed"
+    assert by_rate[1e-3]["status"] == "completed" and record.status == "completed"
 
 
 def test_an_out_of_memory_trial_fails_and_the_search_goes_on(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
@@ -89,7 +89,7 @@ def test_an_out_of_memory_trial_fails_and_the_search_goes_on(image_folder: Path,
     statuses = sorted((r["status"], r.get("error", "")) for r in trials(tmp_path / "job").values())
     assert statuses[0][0] == "completed" and statuses[1][0] == "failed"
     assert "out of memory; lower dataset.batch_size" in statuses[1][1]
-    assert record["status"] == "completed" and record["completed_trials"] == 1
+    assert record.status == "completed" and record.get("completed_trials") == 1
 
 
 def test_a_full_disk_stops_the_job_with_one_line_and_keeps_earlier_records(

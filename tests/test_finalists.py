@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import FAST, make_image_folder, run_cli
 
-from tlsweep.records import Sweep, finalist_groups, load_job, winner
+from tlsweep.records import Objective
 from tlsweep.report.summary import summarize
+from tlsweep.results import Sweep, finalist_groups, load_job, winner
+
+ACCURACY = Objective("val_accuracy")
 
 
 def write_trial(job: Path, trial_id: str, value: float, hyperparameters: dict, **extra) -> None:
@@ -33,7 +36,7 @@ def test_a_finalist_run_the_budget_cut_short_is_left_out_of_its_mean(tmp_path: P
     cut = [{"by": "budget", "epoch": 1, "stage": "head", "why": "the job's time budget is spent"}]
     write_trial(job, "0.s2", 0.40, hp, finalist_of="0", replicate=2, stopped=cut)  # one epoch of ten
     (job / "job.json").write_text(json.dumps({"status": "completed"}))
-    (group,) = finalist_groups(load_job(job, job), "val_accuracy")
+    (group,) = finalist_groups(load_job(job, job), ACCURACY)
     assert [r.trial_id for r in group.runs] == ["0", "0.s1"] and group.mean == pytest.approx(0.89)
 
 
@@ -51,12 +54,12 @@ def test_the_best_mean_wins_not_the_luckiest_draw(tmp_path: Path) -> None:
         extra = {"finalist_of": "2", "replicate": int(run_id[-1])} if "." in run_id else {}
         write_trial(job, run_id, value, weak, **extra)
     (job / "job.json").write_text(json.dumps({"status": "completed"}))
-    groups = finalist_groups(load_job(job, job), "val_accuracy")
+    groups = finalist_groups(load_job(job, job), ACCURACY)
     assert [g.trial_id for g in groups] == ["1", "0", "2"] and groups[0].mean == pytest.approx(0.85)
     low, high = groups[0].interval
     assert low < 0.85 < high and high - low < 0.1
-    found_job, run, group = winner(Sweep(job, [load_job(job, job)]), "val_accuracy")
-    assert run.trial_id == "1" and group.trial_id == "1"  # 0.85 is the seed closest to the mean
+    found = winner(Sweep(job, [load_job(job, job)]), ACCURACY)
+    assert found.run.trial_id == "1" and found.group.trial_id == "1"  # 0.85 is the seed closest to the mean
     summary = summarize(Sweep(job, [load_job(job, job)]))
     verdicts = [f.verdict for f in summary.finalists]  # three seeds of the lucky one cannot rule it out; the weak one
     assert summary.best["trial"] == "1" and verdicts == ["best", "within noise of the best", "behind the best"]
@@ -72,7 +75,7 @@ def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     records = {p.stem.removeprefix("trial_"): json.loads(p.read_text()) for p in (run / "trials").glob("*.json")}
     assert len(records) == 3 + 2 * 2  # three search trials; two finalists, each with two more seeds
-    groups = finalist_groups(load_job(run, run), "val_accuracy")
+    groups = finalist_groups(load_job(run, run), ACCURACY)
     assert [len(g.values) for g in groups] == [3, 3]
     exported = json.loads((run / "best" / "export.json").read_text())
     assert exported["finalist"]["mean"] == pytest.approx(max(g.mean for g in groups))  # the best mean wins
@@ -86,33 +89,33 @@ def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(
     rerun = next(p for p in (tmp_path / "outputs" / "runs").iterdir() if p != run)
     (record,) = [json.loads(p.read_text()) for p in (rerun / "trials").glob("*.json")]
     original = records[exported["trial"]]
-    assert record["val_accuracy"] == original["val_accuracy"]  # exactly: the same seed, data and steps
+    assert record["value"] == original["value"]  # exactly: the same seed, data and steps
     metrics = ("loss", "accuracy", "val_loss", "val_accuracy")
     per_epoch = [[[e[k] for k in metrics] for e in r["history"]] for r in (record, original)]
     assert per_epoch[0] == per_epoch[1]
 
 
 def test_refit_exports_the_winner_retrained_on_training_and_validation_images(tmp_path: Path) -> None:
-    from conftest import make_config
-    from omegaconf import OmegaConf
+    from conftest import make_spec
 
     from tlsweep.export import export_best
+    from tlsweep.groups import ExportSpec
     from tlsweep.job import run_job
     from tlsweep.predict import load_predictor
 
     images = make_image_folder(tmp_path / "images")
     settings = [a for a in FAST if not a.startswith("finalists")]
     finalists = ["finalists.top=1", "finalists.seeds=2", "finalists.refit=true"]
-    cfg = make_config(["dataset=folder", f"dataset.path={images}", *settings, *finalists])
+    spec = make_spec(["dataset=folder", f"dataset.path={images}", *settings, *finalists])
     job = tmp_path / "job"
-    run_job(cfg, job, {"backbone": "tiny", "dataset": "folder"})
-    (group,) = finalist_groups(load_job(job, job), "val_accuracy")
+    run_job(spec, job, {"backbone": "tiny", "dataset": "folder"})
+    (group,) = finalist_groups(load_job(job, job), ACCURACY)
     refit = json.loads((job / "trials" / f"trial_{group.trial_id}.refit.json").read_text())
-    chosen = group.closest_to_mean().record
+    chosen = json.loads(group.closest_to_mean().path.read_text())
     assert refit["status"] == "completed" and refit["refit_of"] == group.trial_id
     assert len(refit["history"]) == chosen["best_epoch"]  # its best epoch count, nothing to choose from
     assert refit["train_images"] == chosen["data"]["train_images"] + chosen["data"]["val_images"]
-    export = export_best(job, OmegaConf.create({"saved_model": False, "tflite": False, "quantize": "none"}))
+    export = export_best(job, ExportSpec(saved_model=False, tflite=False))
     record = json.loads((export / "export.json").read_text())
     assert record["trial"] == f"{group.trial_id}.refit"
     assert "retrained on training + validation" in record["finalist"]["chosen"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import FAST, make_config, make_hub_model, run_cli
+from conftest import FAST, make_hub_model, make_spec, run_cli
 
 from tlsweep import weights
 from tlsweep.backbones import Backbone, load_backbone
@@ -28,7 +28,7 @@ def hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def hub_classifier(handle: str | Path) -> tuple[keras.Model, Backbone]:
-    cfg = make_config(["backbone=hub", f"backbone.handle={handle}"])
+    cfg = make_spec(["backbone=hub", f"backbone.handle={handle}"])
     backbone = load_backbone(cfg.backbone, 16)
     return build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None), backbone
 
@@ -50,7 +50,7 @@ def changed(model: keras.Model, backbone: Backbone, depth: int | None) -> set[st
 
 
 def test_hub_backbone_counts_blocks_by_variable_name(hub_model: Path) -> None:
-    backbone = load_backbone(make_config(["backbone=hub", f"backbone.handle={hub_model}"]).backbone, 16)
+    backbone = load_backbone(make_spec(["backbone=hub", f"backbone.handle={hub_model}"]).backbone, 16)
     hub = backbone.build().get_layer("hub")
     assert hub.blocks == ["stem_conv", "stem_bn", "mid_conv", "mid_bn", "top_conv", "top_bn"]
     assert backbone.num_layers == 6
@@ -119,7 +119,7 @@ def test_a_hub_url_downloads_once_then_works_offline(hub_model: Path, tmp_path: 
 
     serve(monkeypatch, None)  # now offline: the cached copy is used
     expected = keras.Model(*_reference(hub_model)).predict(batch(2)[0] / 255.0, verbose=0)
-    backbone = load_backbone(make_config(["backbone=hub", f"backbone.handle={URL}"]).backbone, 16)
+    backbone = load_backbone(make_spec(["backbone=hub", f"backbone.handle={URL}"]).backbone, 16)
     np.testing.assert_allclose(backbone.build().predict(batch(2)[0] / 255.0, verbose=0), expected, rtol=1e-5)
 
     listing = "\n".join(weights.cached())
@@ -136,7 +136,7 @@ def test_no_network_names_the_backbone_the_url_and_the_ways_out(tmp_path: Path, 
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "empty_cache"))
     serve(monkeypatch, None)
     with pytest.raises(TlsweepError) as info:
-        load_backbone(make_config(["backbone=hub_resnet"]).backbone, 224)
+        load_backbone(make_spec(["backbone=hub_resnet"]).backbone, 224)
     message = str(info.value)
     assert "hub_resnet" in message and "https://tfhub.dev/google/imagenet/resnet_v2_50/feature_vector/4" in message
     assert "python -m tlsweep.weights fetch backbone=hub_resnet" in message
@@ -147,7 +147,7 @@ def test_no_network_names_the_backbone_the_url_and_the_ways_out(tmp_path: Path, 
 def test_a_damaged_cached_download_is_reported_not_loaded(hub_model: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
     serve(monkeypatch, hub_model)
-    cfg = make_config(["backbone=hub", f"backbone.handle={URL}"]).backbone
+    cfg = make_spec(["backbone=hub", f"backbone.handle={URL}"]).backbone
     load_backbone(cfg, 16)
     for index in (tmp_path / "hub_cache").rglob("variables.index"):
         index.write_bytes(b"cut off")
@@ -158,7 +158,7 @@ def test_a_damaged_cached_download_is_reported_not_loaded(hub_model: Path, tmp_p
 
 def test_a_local_folder_that_is_not_a_saved_model(tmp_path: Path) -> None:
     with pytest.raises(TlsweepError, match="is not a SavedModel folder"):
-        load_backbone(make_config(["backbone=hub", f"backbone.handle={tmp_path}"]).backbone, 16)
+        load_backbone(make_spec(["backbone=hub", f"backbone.handle={tmp_path}"]).backbone, 16)
 
 
 def test_a_saved_model_that_is_not_a_reusable_feature_vector_is_one_line(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_a_saved_model_that_is_not_a_reusable_feature_vector_is_one_line(tmp_pat
 
     tf.saved_model.save(Holder(), str(tmp_path / "holder"))
     with pytest.raises(TlsweepError) as info:
-        load_backbone(make_config(["backbone=hub", f"backbone.handle={tmp_path / 'holder'}"]).backbone, 16)
+        load_backbone(make_spec(["backbone=hub", f"backbone.handle={tmp_path / 'holder'}"]).backbone, 16)
     message = str(info.value)
     assert "not a TF2 reusable SavedModel" in message and "tf.saved_model.save" in message
     assert "variables and trainable_variables" in message and "\n" not in message

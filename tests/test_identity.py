@@ -12,28 +12,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, class_image, make_config, make_image_folder, write_image
-from omegaconf import OmegaConf
+from conftest import FAST, class_image, make_image_folder, make_spec, write_image
 from PIL import Image
 
 from tlsweep import files
 from tlsweep.__main__ import interrupted_message
 from tlsweep.config import check_writable
-from tlsweep.data import decode_image, load_dataset
+from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.export import export_best
+from tlsweep.groups import ExportSpec
+from tlsweep.images import decode_image
 from tlsweep.job import run_job
 from tlsweep.paths import newest_unfinished
 from tlsweep.predict import load_predictor
 from tlsweep.report import build_report
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}
-EXPORT = OmegaConf.create({"saved_model": False, "tflite": False, "quantize": "none"})
+EXPORT = ExportSpec(saved_model=False, tflite=False)
 ONE_TRIAL = [*FAST, "tuner.max_trials=1", "search.unfreeze_depths=[0]", "finetune=none", "finetune.head_epochs=1"]
 
 
 def job(images: Path, job_dir: Path, *overrides: str) -> dict:
-    return run_job(make_config(["dataset=folder", f"dataset.path={images}", *ONE_TRIAL, *overrides]), job_dir, CHOICES)
+    return run_job(make_spec(["dataset=folder", f"dataset.path={images}", *ONE_TRIAL, *overrides]), job_dir, CHOICES)
 
 
 def record(job_dir: Path) -> dict:
@@ -61,7 +62,7 @@ def test_resume_refuses_other_settings(finished) -> None:
     images, job_dir = finished
     with pytest.raises(TlsweepError, match=r"other settings \(dataset.batch_size: 8 → 4\)"):
         job(images, job_dir, "resume=true", "dataset.batch_size=4")
-    assert job(images, job_dir, "resume=true", "tuner.max_trials=2")["status"] == "completed"  # not an identity
+    assert job(images, job_dir, "resume=true", "tuner.max_trials=2").status == "completed"  # not an identity
 
 
 def test_resume_refuses_changed_data_and_says_what_changed(finished) -> None:
@@ -187,14 +188,14 @@ def test_images_are_read_upright_as_viewers_show_them(tmp_path: Path) -> None:
 
 
 def test_a_test_folder_that_is_the_training_folder_is_refused(image_folder: Path) -> None:
-    cfg = make_config(["dataset=folder", f"dataset.path={image_folder}", f"dataset.test={image_folder / 'train'}"])
+    cfg = make_spec(["dataset=folder", f"dataset.path={image_folder}", f"dataset.test={image_folder / 'train'}"])
     with pytest.raises(TlsweepError, match="is \\(or holds\\) the training images"):
         load_dataset(cfg.dataset, 32)
 
 
 def test_pipes_and_huge_images_are_skipped_not_waited_on(image_folder: Path, tmp_path: Path) -> None:
     os.mkfifo(image_folder / "train" / "cat" / "pipe.jpg")  # opening it to read would wait forever
-    data = load_dataset(make_config(["dataset=folder", f"dataset.path={image_folder}"]).dataset, 32)
+    data = load_dataset(make_spec(["dataset=folder", f"dataset.path={image_folder}"]).dataset, 32)
     assert any("pipe.jpg" in s for s in data.skipped) and len(data.y_train) == 24
     write_image(tmp_path / "big.png", np.zeros((30, 30, 3), np.uint8))
     assert decode_image(tmp_path / "big.png", 32, max_pixels=800) is None  # over the budget, by its header
@@ -204,7 +205,7 @@ def test_pipes_and_huge_images_are_skipped_not_waited_on(image_folder: Path, tmp
 def test_a_class_name_labels_txt_cannot_hold_is_refused(tmp_path: Path) -> None:
     images = make_image_folder(tmp_path / "images", classes=("cat", "dog\nfox"))
     with pytest.raises(TlsweepError, match="line break"):
-        load_dataset(make_config(["dataset=folder", f"dataset.path={images}"]).dataset, 32)
+        load_dataset(make_spec(["dataset=folder", f"dataset.path={images}"]).dataset, 32)
 
 
 def test_a_report_reads_a_record_whose_history_is_null(finished) -> None:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, make_config, write_image
+from conftest import FAST, make_spec, write_image
 
 from tlsweep.data import class_weights
 from tlsweep.errors import TlsweepError
-from tlsweep.settings import validate
 
 COUNTS = {"common": 60, "middling": 15, "rare": 5}
 
@@ -59,7 +58,7 @@ def test_class_weights_balance_the_classes_or_follow_a_mapping() -> None:
         class_weights({"rose": 2}, labels, list(COUNTS))
     for bad in ("class_weight=heavy", "class_weight={rare:-1}"):
         with pytest.raises(TlsweepError, match="class_weight"):
-            validate(make_config([bad]))
+            make_spec([bad])
 
 
 def test_balanced_class_weights_raise_the_rare_class_recall(tmp_path: Path, caplog) -> None:
@@ -72,7 +71,7 @@ def test_balanced_class_weights_raise_the_rare_class_recall(tmp_path: Path, capl
     recall = {}
     for weighting in ("null", "balanced"):
         with caplog.at_level("INFO"):
-            run_job(make_config([*base, f"class_weight={weighting}"]), tmp_path / weighting, {})
+            run_job(make_spec([*base, f"class_weight={weighting}"]), tmp_path / weighting, {})
         (trial,) = [json.loads(p.read_text()) for p in (tmp_path / weighting / "trials").glob("*.json")]
         recall[weighting] = trial["val_recall"]
         entry = trial["history"][trial["best_epoch"] - 1]

@@ -86,3 +86,31 @@ def test_every_module_imports_and_every_backbone_config_resolves() -> None:
             assert "handle" in cfg, path.name  # a URL, a folder, or (hub.yaml) set on the command line
             hub_module = importlib.import_module("tensorflow_hub")  # what a hub handle needs at run time
             assert callable(hub_module.resolve) and callable(hub.hub_network), path.name
+
+
+def test_every_package_tlsweep_imports_is_a_declared_dependency() -> None:
+    """A package that arrives only through another one (scipy through scikit-learn) can vanish with it."""
+    import ast
+    import importlib.metadata
+    import re
+    import sys
+
+    declared = {
+        re.split(r"[ ;<>=!~\[]", r, maxsplit=1)[0].lower().replace("_", "-")
+        for r in importlib.metadata.requires("tlsweep") or []
+    }
+    distributions = importlib.metadata.packages_distributions()
+    imported = set()
+    for path in (REPO / "tlsweep").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "tlsweep"}
+    undeclared = {
+        module: distributions.get(module)
+        for module in third_party
+        if not any(d.lower().replace("_", "-") in declared for d in distributions.get(module, [module]))
+    }
+    assert not undeclared, f"imported by tlsweep but not declared in pyproject.toml: {undeclared}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import FAST, make_config, make_image_folder, run_cli
+from conftest import FAST, make_image_folder, make_spec, run_cli
 
 from tlsweep.errors import TlsweepError
 
@@ -91,7 +91,7 @@ def test_relaid_network_computes_what_the_preset_computes_one_layer_per_block(
 
 def test_keras_hub_backbone_unfreezes_blocks_and_caches_between_them(tmp_path: Path) -> None:
     folder = save_preset(tmp_path / "vit")
-    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}", f"backbone.image_size={SIZE}"])
+    cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}", f"backbone.image_size={SIZE}"])
     backbone = load_backbone(cfg.backbone, SIZE)
     assert (backbone.num_layers, backbone.unit) == (3, "blocks")
     assert backbone.rescaling == pytest.approx((1 / 127.5, -1.0))  # the preset's own image converter
@@ -113,7 +113,7 @@ def test_keras_hub_backbone_unfreezes_blocks_and_caches_between_them(tmp_path: P
 def test_the_cache_cuts_between_dinov2_blocks_inside_this_network_only(tmp_path: Path) -> None:
     """DINOv2's final norm is called in KerasHub's own graph too: the cut must not reach back into it."""
     folder = save_preset(tmp_path / "dinov2", "dinov2")
-    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}"])
+    cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}"])
     backbone = load_backbone(cfg.backbone, SIZE)
     model = build_classifier(backbone.build(), backbone.rescaling, 2, 0.0, None)
     top = trainable_part(model, backbone.cut_depth(2))  # the tokens entering the second-to-last block
@@ -125,7 +125,7 @@ def test_the_cache_cuts_between_dinov2_blocks_inside_this_network_only(tmp_path:
 
 def test_a_keras_hub_cnn_unfreezes_by_layers_at_any_size(tmp_path: Path) -> None:
     folder = save_preset(tmp_path / "efficientnet", "efficientnet")
-    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}"])
+    cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}"])
     backbone = load_backbone(cfg.backbone, 48)
     network = backbone.build()
     assert backbone.unit == "layers" and backbone.num_layers == len(network.layers) - 1  # its input excluded
@@ -134,7 +134,7 @@ def test_a_keras_hub_cnn_unfreezes_by_layers_at_any_size(tmp_path: Path) -> None
 
 def test_classifier_with_a_keras_hub_backbone_saves_and_loads(tmp_path: Path) -> None:
     folder = save_preset(tmp_path / "dinov2", "dinov2")
-    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}", "backbone.pooling=mean"])
+    cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}", "backbone.pooling=mean"])
     backbone = load_backbone(cfg.backbone, 48)  # DINOv2 interpolates its position embeddings to any size
     model = build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None)
     model.save(tmp_path / "model.keras")
@@ -145,7 +145,7 @@ def test_classifier_with_a_keras_hub_backbone_saves_and_loads(tmp_path: Path) ->
 
 def test_a_size_the_preset_cannot_take_is_one_line(tmp_path: Path) -> None:
     folder = save_preset(tmp_path / "vit")
-    cfg = make_config(["backbone=keras_hub", f"backbone.preset={folder}"])
+    cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}"])
     with pytest.raises(TlsweepError, match=r"cannot take 64 px images \(its weights were trained for 32 px"):
         load_backbone(cfg.backbone, 64)
 

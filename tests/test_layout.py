@@ -7,16 +7,22 @@ from pathlib import Path
 
 from conftest import REPO
 
-# config → data → backbone → model → trial → tuner → records → finalists → job → export → report, with the
-# helpers each step needs before it. A module may import any module listed before it, none after.
+# records at the bottom, then config → data → backbone → model → cache → trial → tuner → job → export → report,
+# with the helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
-    "errors", "settings", "files", "cache.store", "console", "interrupt", "config", "paths",
-    "data", "hub", "kerashub", "backbones", "augment", "model", "cache.plan", "cache.features", "cache", "batches",
-    "logs", "stopping", "trial", "tuners", "records", "finalists", "identity", "device", "job",
+    "errors", "files", "interrupt", "console", "records", "results",
+    "groups", "spec", "schema", "config", "paths",
+    "cache.store", "images", "folders", "data",
+    "hub", "kerashub", "backbones", "augment", "model",
+    "cache.plan", "cache.features", "cache", "batches",
+    "logs", "stopping", "trial", "runs", "tuners", "finalists",
+    "identity", "device", "job",
     "evaluate", "export", "predict", "weights", "cache.__main__",
     "report.plots", "report.summary", "report.render", "report", "report.__main__",
     "callbacks", "__main__",
 ]  # fmt: skip
+# The config stays Hydra's up to the job: below it, code reads the typed spec (tlsweep.spec).
+READS_THE_CONFIG = {"schema", "config", "paths", "job", "__main__"}
 
 
 def imports(path: Path) -> set[str]:
@@ -42,3 +48,20 @@ def test_every_module_imports_only_modules_before_it_in_the_pipeline() -> None:
     for name, path in modules.items():
         later = [m for m in imports(path) if m in PIPELINE and PIPELINE.index(m) > PIPELINE.index(name)]
         assert not later, f"tlsweep.{name} imports {later}, which come after it in the pipeline"
+
+
+def test_only_the_config_layer_and_the_job_import_omegaconf() -> None:
+    package = REPO / "tlsweep"
+    found = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if any(n.split(".")[0] == "omegaconf" for n in names):
+                found.add(".".join(path.relative_to(package).with_suffix("").parts))
+    assert found <= READS_THE_CONFIG and len(READS_THE_CONFIG) <= 5, found
+
+
+def test_no_module_is_longer_than_450_lines() -> None:
+    long = {p.name: n for p in (REPO / "tlsweep").rglob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, long

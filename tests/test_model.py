@@ -8,18 +8,19 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import make_config
+from conftest import make_spec
 
 from tlsweep.augment import warp
 from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, tiny_cnn
 from tlsweep.errors import TlsweepError
 from tlsweep.model import augmentation, build_classifier, unfreeze_top
-from tlsweep.settings import Objective
-from tlsweep.trial import BestWeights, stage_plan
+from tlsweep.records import Objective
+from tlsweep.groups import TrainingSpec
+from tlsweep.trial import BestWeights
 
 
 def backbone_cfg(*overrides: str):
-    return make_config(list(overrides)).backbone
+    return make_spec(list(overrides)).backbone
 
 
 def test_bundled_tiny_backbone_is_pretrained() -> None:
@@ -115,11 +116,11 @@ def test_unfrozen_backbone_keeps_batchnorm_statistics_in_training() -> None:
 
 
 def test_standard_augmentation_keeps_the_input_size() -> None:
-    aug = augmentation(make_config(["augmentation=standard"]).augmentation, seed=0)
+    aug = augmentation(make_spec(["augmentation=standard"]).augmentation, seed=0)
     x = np.full((2, 32, 32, 3), 128.0, "float32")
     assert tuple(aug(x, training=True).shape) == (2, 32, 32, 3)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(x, training=False)), x)
-    assert augmentation(make_config(["augmentation=none"]).augmentation, seed=0) is None
+    assert augmentation(make_spec(["augmentation=none"]).augmentation, seed=0) is None
 
 
 def test_one_warp_rotates_scales_and_mirrors_about_the_centre() -> None:
@@ -139,7 +140,7 @@ def test_one_warp_rotates_scales_and_mirrors_about_the_centre() -> None:
 
 
 def test_flips_alone_move_whole_pixels_and_differ_per_image() -> None:
-    aug = augmentation(make_config(["augmentation=light"]).augmentation, seed=0)
+    aug = augmentation(make_spec(["augmentation=light"]).augmentation, seed=0)
     images = np.random.default_rng(0).random((32, 8, 8, 3), "float32")
     out = keras.ops.convert_to_numpy(aug(images, training=True))
     flipped = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images, strict=True)]
@@ -149,7 +150,7 @@ def test_flips_alone_move_whole_pixels_and_differ_per_image() -> None:
 
 
 def test_augmentation_draws_differ_per_image_and_repeat_with_the_seed() -> None:
-    cfg = make_config(["augmentation=standard"]).augmentation
+    cfg = make_spec(["augmentation=standard"]).augmentation
     images = np.random.default_rng(0).random((8, 16, 16, 3), "float32")
     first = keras.ops.convert_to_numpy(augmentation(cfg, seed=3)(images, training=True))
     again = keras.ops.convert_to_numpy(augmentation(cfg, seed=3)(images, training=True))
@@ -170,7 +171,8 @@ def test_augmentation_draws_differ_per_image_and_repeat_with_the_seed() -> None:
     ],
 )
 def test_stage_plan_puts_both_stages_on_one_epoch_axis(args, plan) -> None:
-    assert stage_plan(*args) == plan
+    head, finetune, *budget = args
+    assert TrainingSpec("top", head, finetune).plan(*budget) == plan
 
 
 class _Scripted(keras.callbacks.Callback):

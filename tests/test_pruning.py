@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, make_config, make_image_folder, run_cli, start_cli, stop_when
+from conftest import FAST, make_image_folder, make_spec, run_cli, start_cli, stop_when
 
 from tlsweep.errors import TlsweepError
-from tlsweep.settings import Objective, budget_seconds, validate
+from tlsweep.groups import budget_seconds
+from tlsweep.records import Objective, Stop
 from tlsweep.stopping import Asha, EarlyStop, Median, Peer, StopRules, read_peers
 
 ACCURACY, LOSS = Objective("val_accuracy"), Objective("val_loss")
@@ -91,15 +92,13 @@ def test_patience_ends_a_stage_and_pruning_or_the_budget_end_the_trial(tmp_path:
     for epoch, value in enumerate([0.5, 0.6, 0.55, 0.58]):
         stop.on_epoch_end(epoch, {"val_accuracy": value})
     assert stop.model.stop_training and not stop.ends_trial  # stage 2 still runs
-    assert stop.events == [
-        {"by": "patience", "epoch": 4, "stage": "head", "why": "no better val_accuracy for 2 epochs"}
-    ]
+    assert stop.events == [Stop("patience", 4, "head", "no better val_accuracy for 2 epochs")]
 
     spent = EarlyStop(ACCURACY, None, StopRules(deadline=0.0), depth=0)  # a deadline long past
     spent.set_model(Model())
     spent.begin_stage("head", 10, 20)
     spent.on_epoch_end(0, {"val_accuracy": 0.5})
-    assert spent.ends_trial and spent.events[0]["by"] == "budget"
+    assert spent.ends_trial and spent.events[0].by == "budget"
 
     trials = tmp_path / "trials"
     trials.mkdir()
@@ -115,7 +114,7 @@ def test_patience_ends_a_stage_and_pruning_or_the_budget_end_the_trial(tmp_path:
     pruned.on_epoch_end(0, {"val_accuracy": 0.1})  # the warm-up epoch
     assert not pruned.events
     pruned.on_epoch_end(1, {"val_accuracy": 0.2})
-    assert pruned.ends_trial and pruned.events[0]["rule"] == "median" and pruned.events[0]["epoch"] == 2
+    assert pruned.ends_trial and pruned.events[0].rule == "median" and pruned.events[0].epoch == 2
 
 
 @pytest.mark.parametrize(
@@ -128,22 +127,22 @@ def test_patience_ends_a_stage_and_pruning_or_the_budget_end_the_trial(tmp_path:
 )
 def test_bad_stopping_settings_are_one_line(override: str, message: str) -> None:
     with pytest.raises(TlsweepError, match=message):
-        validate(make_config([override]))
+        make_spec([override])
 
 
 def test_budgets_read_as_durations() -> None:
     assert [budget_seconds(b) for b in ("90s", "30m", "2h", "1h30m", 45, None)] == [90, 1800, 7200, 5400, 45, None]
     with pytest.raises(TlsweepError, match="Hyperband stops trials early itself"):
-        validate(make_config(["pruning=median", "tuner=hyperband"]))
+        make_spec(["pruning=median", "tuner=hyperband"])
 
 
 def test_a_spent_budget_stops_the_search_with_its_records_intact(image_folder: Path, tmp_path: Path) -> None:
     from tlsweep.job import run_job
 
     overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=20"]
-    cfg = make_config([*overrides, "finetune.head_epochs=3", "budget=1s"])
+    cfg = make_spec([*overrides, "finetune.head_epochs=3", "budget=1s"])
     record = run_job(cfg, tmp_path / "job", {})  # loading and caching alone take longer than a second
-    assert record["stopped_by_budget"] and record["trials"] == 1  # the first trial always runs
+    assert record.get("stopped_by_budget") and record.get("trials") == 1  # the first trial always runs
     (trial,) = [json.loads(p.read_text()) for p in (tmp_path / "job" / "trials").glob("*.json")]
     assert trial["status"] == "completed" and len(trial["history"]) == 1  # stopped at its first epoch's end
     assert trial["stopped"] == [{"by": "budget", "epoch": 1, "stage": "head", "why": "the job's time budget is spent"}]
@@ -157,13 +156,13 @@ def test_a_resumed_job_counts_what_its_earlier_runs_spent_against_the_budget(
 
     overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=20"]
     job = tmp_path / "job"
-    run_job(make_config([*overrides, "budget=1s"]), job, {})  # one trial, then the budget is spent
+    run_job(make_spec([*overrides, "budget=1s"]), job, {})  # one trial, then the budget is spent
     (path,) = list((job / "trials").glob("trial_*.json"))
     path.write_text(json.dumps({**json.loads(path.read_text()), "duration_s": 3600.0}))  # as if it took an hour
     record = json.loads((job / "job.json").read_text())
     (job / "job.json").write_text(json.dumps({**record, "status": "interrupted"}))  # as if killed after it
-    resumed = run_job(make_config([*overrides, "budget=30m", f"resume={job}"]), job, {})
-    assert resumed["stopped_by_budget"] and resumed["trials"] == 1  # no new trial: the hour is spent
+    resumed = run_job(make_spec([*overrides, "budget=30m", f"resume={job}"]), job, {})
+    assert resumed.get("stopped_by_budget") and resumed.get("trials") == 1  # no new trial: the hour is spent
 
 
 def test_patience_ends_stage_one_and_stage_two_keeps_its_place_on_the_epoch_axis(
@@ -173,7 +172,7 @@ def test_patience_ends_stage_one_and_stage_two_keeps_its_place_on_the_epoch_axis
 
     still = ["search.learning_rate.min=1e-9", "search.learning_rate.max=1e-9"]  # nothing changes: no progress
     overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=1", *still]
-    cfg = make_config([*overrides, "finetune.head_epochs=6", "finetune.finetune_epochs=2", "finetune.patience=1"])
+    cfg = make_spec([*overrides, "finetune.head_epochs=6", "finetune.finetune_epochs=2", "finetune.patience=1"])
     run_job(cfg, tmp_path / "job", {})
     (trial,) = [json.loads(p.read_text()) for p in (tmp_path / "job" / "trials").glob("*.json")]
     # Stage 1 stops after one epoch without progress; stage 2 still runs, at its usual epochs (7 and 8), and

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from conftest import FAST, make_image_folder, run_cli
 
-from tlsweep.records import load_sweep
+from tlsweep.records import Epoch
 from tlsweep.report import build_report
 from tlsweep.report.__main__ import main as report_main
 from tlsweep.report.plots import MAX_LEGEND, _series
 from tlsweep.report.render import _fmt
 from tlsweep.report.summary import accuracy_interval, overfitting, summarize
+from tlsweep.results import load_sweep
 
 ODD_CLASS = "<b>x<i>"  # class names are user data: the HTML must show them, escaped
 
@@ -75,7 +76,7 @@ def test_the_table_ranks_every_trial_as_its_record_says(sweep) -> None:
     for row in rows:
         record = records[(row["job"], row["trial"])]
         best = next(e for e in record["history"] if e["epoch"] == record["best_epoch"])
-        assert float(row["val_accuracy"]) == pytest.approx(record["val_accuracy"])
+        assert float(row["val_accuracy"]) == pytest.approx(record["value"])
         assert float(row["val_loss"]) == pytest.approx(best["val_loss"])
         assert float(row["stage1_val_accuracy"]) == pytest.approx(record["stages"]["head"]["value"])
         assert float(row["learning_rate"]) == pytest.approx(record["hyperparameters"]["learning_rate"])
@@ -150,7 +151,7 @@ def test_a_crashed_sweep_still_gets_a_report_that_lists_what_happened(sweep, tmp
     running = json.loads((job / "trials" / "trial_0.json").read_text())
     (job / "trials" / "trial_7.json").write_text('{"trial_id": "7", "status": "runn')  # cut off mid-write
     running.update(trial_id="8", status="running", history=running["history"][:1])
-    for key in ("best_epoch", "stages", "rolled_back", "val_accuracy"):
+    for key in ("best_epoch", "stages", "rolled_back", "value"):
         running.pop(key)
     (job / "trials" / "trial_8.json").write_text(json.dumps(running))
     (root / "never_started" / ".hydra").mkdir(parents=True)
@@ -192,6 +193,10 @@ def epoch(n: int, loss: float, acc: float, val_loss: float, val_acc: float, stag
     return {"epoch": n, "stage": stage, "loss": loss, "accuracy": acc, "val_loss": val_loss, "val_accuracy": val_acc}
 
 
+def epochs(*entries: dict) -> list[Epoch]:
+    return [Epoch.parse(e) for e in entries]
+
+
 def test_overfitting_is_flagged_when_val_loss_rises_while_the_gap_grows() -> None:
     rising = [
         epoch(1, 1.0, 0.60, 0.90, 0.62),
@@ -199,11 +204,11 @@ def test_overfitting_is_flagged_when_val_loss_rises_while_the_gap_grows() -> Non
         epoch(3, 0.3, 0.90, 0.80, 0.71),
         epoch(4, 0.1, 0.98, 0.95, 0.70),
     ]
-    assert "overfits after epoch 2" in overfitting(rising)
+    assert "overfits after epoch 2" in overfitting(epochs(*rising))
     improving = [epoch(i, 1 / i, 0.5 + i / 20, 1.2 / i, 0.5 + i / 25) for i in range(1, 6)]
-    assert overfitting(improving) is None
+    assert overfitting(epochs(*improving)) is None
     noisy = [*rising[:2], epoch(3, 0.5, 0.76, 0.71, 0.73), epoch(4, 0.45, 0.77, 0.72, 0.73)]  # rise, gap flat
-    assert overfitting(noisy) is None
+    assert overfitting(epochs(*noisy)) is None
 
 
 def test_accuracy_interval_narrows_with_more_images() -> None:

@@ -10,7 +10,7 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FAST, make_config
+from conftest import FAST, make_spec
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tlsweep
@@ -24,8 +24,8 @@ CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light", "tu
 def run(image_folder: Path, job_dir: Path, *overrides: str) -> dict:
     hyperband = "tuner=hyperband" in overrides  # Hyperband sets its own number of trials
     fast = [o for o in FAST if not (hyperband and o.startswith("tuner.max_trials"))]
-    cfg = make_config(["dataset=folder", f"dataset.path={image_folder}", "augmentation=light", *fast, *overrides])
-    return run_job(cfg, job_dir, CHOICES)
+    spec = make_spec(["dataset=folder", f"dataset.path={image_folder}", "augmentation=light", *fast, *overrides])
+    return run_job(spec, job_dir, CHOICES)
 
 
 def records(job_dir: Path) -> list[dict]:
@@ -45,8 +45,8 @@ def test_job_record_says_completed_with_the_best_trial(job: Path) -> None:
     record = json.loads((job / "job.json").read_text())
     assert record["status"] == "completed" and record["completed_trials"] == 3
     assert record["classes"] == ["cat", "dog", "fox"]
-    best = max(records(job), key=lambda r: r["val_accuracy"])
-    assert record["best"]["value"] == pytest.approx(best["val_accuracy"])
+    best = max(records(job), key=lambda r: r["value"])
+    assert record["best"]["value"] == pytest.approx(best["value"])
 
 
 def test_every_trial_records_both_stages_on_one_epoch_axis(job: Path) -> None:
@@ -61,7 +61,7 @@ def test_every_trial_records_both_stages_on_one_epoch_axis(job: Path) -> None:
         assert lrs[1] == pytest.approx(lrs[0] * 0.1, rel=1e-5)  # stage 2 runs at lr × lr_scale
         assert {"val_loss", "val_accuracy", "loss", "accuracy"} <= set(trial["history"][0])
         best_entry = trial["history"][trial["best_epoch"] - 1]
-        assert trial["val_accuracy"] == pytest.approx(best_entry["val_accuracy"])
+        assert trial["value"] == pytest.approx(best_entry["val_accuracy"]) and trial["objective"] == "val_accuracy"
         assert trial["rolled_back"] == (trial["stages"]["finetune"]["value"] <= trial["stages"]["head"]["value"])
         assert trial["duration_s"] > 0
 
@@ -93,9 +93,9 @@ def test_load_tuner_ranks_trials_as_the_job_did(job: Path) -> None:
     tuner = tlsweep.load_tuner(job)
     assert tuner.oracle.objective.direction == "max"
     ranked = tuner.oracle.get_best_trials(3)
-    assert [t.score for t in ranked] == sorted((r["val_accuracy"] for r in records(job)), reverse=True)
+    assert [t.score for t in ranked] == sorted((r["value"] for r in records(job)), reverse=True)
     assert ranked[0].score == pytest.approx(best["value"])  # the job's best (or one tied with it), not the worst
-    tied = [r["hyperparameters"] for r in records(job) if r["val_accuracy"] == best["value"]]
+    tied = [r["hyperparameters"] for r in records(job) if r["value"] == best["value"]]
     assert tuner.get_best_hyperparameters()[0].values in tied
     with pytest.raises(TlsweepError, match="best.keras"):
         tuner.hypermodel.build(tuner.get_best_hyperparameters()[0])
@@ -139,7 +139,7 @@ def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
         assert session["name"] == f"tensorboard/trial_{trial['trial_id']}"  # relative to the logdir, not absolute
         assert session["status"] == api_pb2.STATUS_SUCCESS
         kept = trial["history"][trial["best_epoch"] - 1]  # the kept epoch, as the report shows it
-        assert session["metrics"]["val_accuracy"] == (trial["best_epoch"], pytest.approx(trial["val_accuracy"]))
+        assert session["metrics"]["val_accuracy"] == (trial["best_epoch"], pytest.approx(trial["value"]))
         for name in ("val_loss", "accuracy", "loss"):
             assert session["metrics"][name][1] == pytest.approx(kept[name])
 
@@ -162,7 +162,7 @@ def test_stage_2_changes_only_the_unfrozen_top(image_folder: Path, tmp_path: Pat
     )
     trial = records(tmp_path / "job")[0]
     assert trial["best_stage"] == "finetune", "stage 2 must win for this check to mean anything"
-    pretrained = load_backbone(make_config().backbone, 32).build()
+    pretrained = load_backbone(make_spec().backbone, 32).build()
     tuned = keras.saving.load_model(tmp_path / "job" / "best.keras").get_layer("backbone")
     changed = {
         layer.name
@@ -183,7 +183,7 @@ def test_other_tuners_run_two_stage_trials(image_folder: Path, tmp_path: Path, t
         overrides.append("tuner.num_initial_points=1")
     result = run(image_folder, tmp_path / "job", *overrides)
     trials = records(tmp_path / "job")
-    assert result["status"] == "completed" and trials
+    assert result.status == "completed" and trials
     assert all(t["status"] == "completed" for t in trials)
     if tuner == "grid":
         assert sorted(t["hyperparameters"]["learning_rate"] for t in trials) == pytest.approx([1e-3, 1e-2])

@@ -28,6 +28,7 @@ from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
 from tlsweep.paths import COMMAND_LINE_VARIABLE, register_resolvers  # noqa: E402
+from tlsweep.schema import job_spec  # noqa: E402
 
 log = logging.getLogger("tlsweep")
 register_resolvers()
@@ -49,7 +50,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.resume and (not multirun or hc.job.num == 0):  # once per sweep
         log.info("resuming %s", _output_root[0])
     try:
-        run_job(cfg, job_dir, choices, root=_output_root[0])
+        run_job(job_spec(cfg), job_dir, choices, root=_output_root[0])
     except TlsweepError as e:
         log.error("error: %s", e)
         if not multirun:

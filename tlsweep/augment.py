@@ -15,7 +15,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tlsweep.settings import FLIP_MODES
+from tlsweep.groups import FLIP_MODES
 
 VERSION = 1  # in the feature cache's key: views augmented another way are not reused
 

@@ -22,9 +22,9 @@ from typing import Any
 import keras
 import numpy as np
 from hydra.utils import get_method, to_absolute_path
-from omegaconf import DictConfig
 
 from tlsweep.errors import TlsweepError, first_line
+from tlsweep.groups import BackboneSpec
 from tlsweep.hub import HubLayer
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,9 @@ class Backbone:
         return keras.Model(net.input, net.output, name="backbone")
 
 
-def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
+def load_backbone(cfg: BackboneSpec, image_size: int) -> Backbone:
     """Build the backbone ``cfg`` describes and load its weights, failing early and clearly."""
-    handle, preset = cfg.get("handle"), cfg.get("preset")
+    handle, preset = cfg.handle, cfg.preset
     source = ""
     rescaling: Rescaling | None = PREPROCESSING.get(cfg.preprocessing)
     if handle:
@@ -140,7 +140,7 @@ def load_backbone(cfg: DictConfig, image_size: int) -> Backbone:
         preset = to_absolute_path(str(preset)) if kerashub.is_local(str(preset)) else str(preset)
         folder = kerashub.resolve_preset(preset, cfg.name)
         source = str(folder)
-        factory = partial(kerashub.preset_network, str(folder), cfg.get("pooling") or "cls", name="backbone")
+        factory = partial(kerashub.preset_network, str(folder), cfg.pooling or "cls", name="backbone")
         converter = kerashub.preset_converter(folder)
         trained = converter.image_size if converter else None
         if trained and trained != image_size:

@@ -1,7 +1,8 @@
-"""The command line: each job's config composed and checked before anything runs, and overrides read.
+"""The command line: each job's config composed and checked before anything runs; overrides read and
+written (the command that reruns a run exactly).
 
 A typo or a wrong type fails in a second with one clear line, before Hydra makes a folder, not
-mid-sweep. The rules themselves live in ``tlsweep.settings``.
+mid-sweep. The rules themselves live in ``tlsweep.spec``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shlex
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -16,7 +18,9 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf.errors import OmegaConfBaseException
 
 from tlsweep.errors import TlsweepError, first_line
-from tlsweep.settings import register_schema, unknown_key_message, validate
+from tlsweep.records import RunRecord
+from tlsweep.schema import job_spec, register_schema, unknown_key_message
+from tlsweep.spec import JobSpec
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -66,36 +70,41 @@ def _override_options(overrides: list[str]) -> list[list[str]]:
     return options
 
 
-def check_command_line(args: list[str]) -> None:
+def check_command_line(args: list[str]) -> list[JobSpec]:
     """Compose and validate the config of every job a command line will run, before any folder is made.
 
     Raises TlsweepError with one line for an unknown key, a value of the wrong type, an unknown
     group option or an invalid setting. Each value a sweep lists is checked once (with the first
     value of every other sweep), not every combination. Command lines with Hydra's own options
-    (``--help``, ``--cfg``, ``-sc`` …) are left to Hydra, as are ``hydra.*`` overrides.
+    (``--help``, ``--cfg``, ``-sc`` …) are left to Hydra, as are ``hydra.*`` overrides. Returns the
+    specs it checked.
     """
     if any(a.startswith("-") and a not in _MULTIRUN_FLAGS for a in args):
-        return
+        return []
     overrides = [a for a in args if a not in _MULTIRUN_FLAGS and not a.lstrip("+~").startswith("hydra")]
     searchpath = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]  # the user's own config groups
     try:
         options = _override_options(overrides)
     except (OverrideParseException, HydraException) as e:
         raise TlsweepError(first_line(e)) from e
-    from hydra import compose, initialize_config_module
-
-    register_schema()
     firsts = [values[0] for values in options]
     combinations = [firsts] + [
         [*firsts[:i], value, *firsts[i + 1 :]] for i, values in enumerate(options) for value in values[1:]
     ]
+    return [compose_spec([*searchpath, *combination]) for combination in combinations]
+
+
+def compose_spec(overrides: list[str]) -> JobSpec:
+    """The checked spec of the config ``python -m tlsweep <overrides>`` composes (a plain, not a sweep)."""
+    from hydra import compose, initialize_config_module
+
+    register_schema()
     with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        for combination in combinations:
-            try:
-                cfg = compose("config", overrides=[*searchpath, *combination])
-            except (HydraException, OmegaConfBaseException) as e:
-                raise TlsweepError(composition_error(e)) from e
-            validate(cfg)
+        try:
+            cfg = compose("config", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise TlsweepError(composition_error(e)) from e
+        return job_spec(cfg)
 
 
 def check_writable(args: list[str], outputs: Path = Path("outputs")) -> None:
@@ -128,3 +137,32 @@ def composition_error(error: BaseException) -> str:
     if override and key:
         return f"{override.group(1)}: {first_line(cause)}"
     return message if cause is error else f"{message}: {first_line(cause)}"
+
+
+# Settings that reproduce one run: its hyperparameters become a one-point search.
+_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner", "finalists")
+
+
+def rerun_command(overrides: list[str], mode: str, run: RunRecord) -> str:
+    """``python -m tlsweep …`` that runs a job's config (its command-line ``overrides``, its finetune ``mode``)
+    with only this run's hyperparameters and seed: it trains the same, and gives the same metrics on CPU."""
+    hyperparameters = run.hyperparameters
+    kept = [o for o in overrides if not _pinned(split_override(o)[0])]
+    pinned = []
+    if "learning_rate" in hyperparameters:
+        lr = float(hyperparameters["learning_rate"])
+        pinned += [f"search.learning_rate.min={lr!r}", f"search.learning_rate.max={lr!r}"]
+    if "optimizer" in hyperparameters:
+        pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
+    if mode == "top" and "unfreeze_depth" in hyperparameters:
+        pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
+    pinned += ["tuner=random", "tuner.max_trials=1", "finalists.top=0"]
+    if run.replicate:
+        pinned.append(f"finalists.replicate={run.replicate}")
+    return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
+
+
+def _pinned(key: str) -> bool:
+    if key == "tuner.objective":
+        return False
+    return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)

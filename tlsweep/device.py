@@ -10,25 +10,25 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from omegaconf import DictConfig
+from tlsweep.groups import DeviceSpec
 
 log = logging.getLogger(__name__)
 
 
-def configure(cfg: DictConfig) -> None:
-    """Apply ``precision``, ``gpu_memory_growth`` and ``threads`` from the config."""
+def configure(cfg: DeviceSpec) -> None:
+    """Apply ``precision``, ``gpu_memory_growth`` and ``threads``."""
     import keras
     import tensorflow as tf
 
-    precision = str(cfg.precision)
+    precision = cfg.precision
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         with contextlib.suppress(RuntimeError):  # the GPU is already in use by an earlier job of this process
-            tf.config.experimental.set_memory_growth(gpu, bool(cfg.gpu_memory_growth))
+            tf.config.experimental.set_memory_growth(gpu, cfg.gpu_memory_growth)
     if cfg.threads:
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(cfg.threads))
-            tf.config.threading.set_inter_op_parallelism_threads(min(int(cfg.threads), 2))
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(cfg.threads, 2))
         except RuntimeError:
             log.warning("threads=%s not applied: TensorFlow already started in this process", cfg.threads)
     if precision != "float32" and not gpus:

@@ -24,24 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 import tlsweep
 from tlsweep import files
+from tlsweep.config import rerun_command
 from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError, first_line
+from tlsweep.groups import QUANTIZE, DatasetSpec, ExportSpec, part
 from tlsweep.paths import folder_command
-from tlsweep.records import (
-    Group,
-    Trial,
-    best_entry,
-    kept_epoch,
-    load_sweep,
-    reproduce_command,
-    sweep_objective,
-    winner,
-)
-from tlsweep.settings import QUANTIZE
+from tlsweep.records import Objective, best_epoch_of
+from tlsweep.results import Job, Trial, Winner, load_sweep, winner
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +42,16 @@ FORMAT_VERSION = 1  # bump when the folder's layout changes; predict refuses ver
 CALIBRATION_IMAGES = 200  # training images that calibrate int8 quantisation
 
 
-def export_best(root: Path, cfg: DictConfig) -> Path | None:
-    """Export the best trial of the run or sweep in ``root`` into ``root/best``; None if no trial completed."""
+def export_best(root: Path, cfg: ExportSpec) -> Path | None:
+    """Export the answer of the run or sweep in ``root`` (``tlsweep.results.winner``) into ``root/best``; None if
+    no run completed."""
     sweep = load_sweep(root)
-    objective = sweep_objective(sweep)
-    found = winner(sweep, objective)
+    found = winner(sweep)
     if found is None:
         log.warning("no trial completed in %s: nothing to export", root)
         return None
-    job, trial, group = found
-    best = {"job": job.name, "trial": trial.trial_id}
+    job, model_run = found.job, found.model
+    best = {"job": job.name, "trial": model_run.trial_id}
     model_file = job.path / files.BEST_MODEL
     if not model_file.is_file():
         raise TlsweepError(f"{model_file} is missing, so the best trial's model cannot be exported")
@@ -83,7 +75,7 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
             "rerun the best trial with the report's reproduce command"
         ) from e
     image_size = int(model.input_shape[1])
-    data = _test_and_calibration_data(job.config, image_size, need_calibration=cfg.tflite and cfg.quantize == "int8")
+    data = _test_and_calibration_data(job, image_size, need_calibration=cfg.tflite and cfg.quantize == "int8")
 
     target = Path(root) / files.EXPORT_DIR
     staging = Path(root) / f".{files.EXPORT_DIR}.{os.getpid()}.tmp"
@@ -110,13 +102,13 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
             "classes": classes,
             "job": job.name,
             "trial": best["trial"],
-            "metrics": _metrics(trial, objective),
-            "hyperparameters": trial.record.get("hyperparameters", {}),
-            "finalist": None if group is None else _finalist(group, objective, trial),
-            "reproduce": reproduce_command(job, trial),
+            "metrics": _metrics(found.run, found.objective),
+            "hyperparameters": model_run.run.hyperparameters,
+            "finalist": _finalist(found),
+            "reproduce": reproduce_command(job, found.run),
         }
         files.write_json(staging / files.EXPORT_RECORD, record)
-        files.write_text(staging / files.MODEL_CARD, model_card(record, job.record, job.config, evaluation, target))
+        files.write_text(staging / files.MODEL_CARD, model_card(record, job, evaluation, target))
         _replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -125,38 +117,48 @@ def export_best(root: Path, cfg: DictConfig) -> Path | None:
     return target
 
 
-def _finalist(group: Group, objective: str, trial: Trial) -> dict[str, Any]:
+def _finalist(found: Winner) -> dict[str, Any] | None:
     """How the exported configuration did over its seeds, and which run the model is."""
-    low, high = group.interval
-    epochs = trial.record.get("best_epoch")
+    group = found.group
+    if group is None and not found.refit:
+        return None
     chosen = "the seed closest to the configuration's mean"
-    if trial.record.get("refit_of"):
+    if found.refit:
+        epochs = found.model.run.best_epoch
         chosen = f"the configuration retrained on training + validation images for {epochs} epochs (finalists.refit)"
+    values = group.values if group else [found.value]
+    runs = group.runs if group else [found.run]
+    low, high = group.interval if group else (found.value, found.value)
     return {
-        "objective": objective,
-        "mean": group.mean,
+        "objective": found.objective.name,
+        "mean": found.value,
         "interval": [low, high],
-        "runs": {t.trial_id: v for t, v in zip(group.runs, group.values, strict=True)},
+        "runs": {t.trial_id: v for t, v in zip(runs, values, strict=True)},
+        "run": found.run.trial_id,
         "chosen": chosen,
     }
 
 
-def _metrics(trial: Trial, objective: str) -> dict[str, float]:
-    """The exported trial's validation numbers: of its kept epoch, and stage 1's best accuracy."""
-    kept = kept_epoch(trial, objective)
-    stage1 = best_entry([e for e in trial.history if e.get("stage") == "head"], objective)
-    metrics = {k: kept[k] for k in ("val_accuracy", "val_loss") if isinstance(kept.get(k), (int, float))}
-    if isinstance(stage1.get("val_accuracy"), (int, float)):
-        metrics["stage1_val_accuracy"] = stage1["val_accuracy"]
+def reproduce_command(job: Job, trial: Trial) -> str:
+    """The command that reruns ``trial`` of ``job`` exactly (``tlsweep.config.rerun_command``)."""
+    return rerun_command(job.overrides, str(job.config.get("finetune", {}).get("mode", "top")), trial.run)
+
+
+def _metrics(trial: Trial, objective: Objective) -> dict[str, float]:
+    """The validation numbers of the run that stands for the answer: of its kept epoch, and stage 1's best."""
+    kept = trial.run.kept()
+    stage1 = best_epoch_of([e for e in trial.run.history if e.stage == "head"], objective)
+    metrics = {k: v for k in ("val_accuracy", "val_loss") if kept is not None and (v := kept.metric(k)) is not None}
+    if stage1 is not None and stage1.val_accuracy is not None:
+        metrics["stage1_val_accuracy"] = stage1.val_accuracy
     return metrics
 
 
-def _test_and_calibration_data(config: dict[str, Any], image_size: int, need_calibration: bool) -> dict[str, Any]:
+def _test_and_calibration_data(job: Job, image_size: int, need_calibration: bool) -> dict[str, Any]:
     """The job's held-out test images, and training images for int8 calibration, decoded as in training."""
-    dataset = OmegaConf.create(config).get("dataset") if config else None
-    wants_test = dataset is not None and (
-        dataset.get("test_split", 0) > 0 or dataset.get("test") or _has_test_dir(dataset)
-    )
+    recorded = job.config.get("dataset")
+    dataset = part(DatasetSpec, recorded) if isinstance(recorded, dict) and recorded.get("name") else None
+    wants_test = dataset is not None and (dataset.test_split > 0 or dataset.test or _has_test_dir(dataset))
     if dataset is None or not (wants_test or need_calibration):
         return {}
     from tlsweep.data import load_dataset
@@ -167,15 +169,15 @@ def _test_and_calibration_data(config: dict[str, Any], image_size: int, need_cal
     return {"x_test": data.x_test, "y_test": data.y_test, "calibration": data.x_train[pick]}
 
 
-def _has_test_dir(dataset: DictConfig) -> bool:
-    return dataset.get("name") == "folder" and bool(dataset.get("path")) and (Path(dataset.path) / "test").is_dir()
+def _has_test_dir(dataset: DatasetSpec) -> bool:
+    return dataset.name == "folder" and bool(dataset.path) and (Path(str(dataset.path)) / "test").is_dir()
 
 
 def _write_formats(
     model: Any,
     folder: Path,
     image_size: int,
-    cfg: DictConfig,
+    cfg: ExportSpec,
     calibration: np.ndarray | None,
     origin: dict[str, Any],
 ) -> dict[str, str]:
@@ -220,15 +222,10 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def model_card(
-    record: dict[str, Any],
-    job_record: dict[str, Any],
-    config: dict[str, Any],
-    evaluation: dict[str, Any] | None,
-    folder: Path,
-) -> str:
+def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | None, folder: Path) -> str:
     """A short Markdown card: what the model is, how it was chosen, how good it is, how to use it."""
-    backbone, dataset = config.get("backbone", {}), config.get("dataset", {})
+    backbone, dataset = job.config.get("backbone", {}), job.config.get("dataset", {})
+    job_record = job.record.summary
     metrics = record["metrics"]
     lines = [
         f"# Model card: {record['job']} trial_{record['trial']}",
@@ -293,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tflite", action="store_true", help="also write model.tflite")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="TFLite weights (default none)")
     args = parser.parse_args(argv)
-    cfg = OmegaConf.create({"saved_model": not args.no_saved_model, "tflite": args.tflite, "quantize": args.quantize})
+    cfg = ExportSpec(saved_model=not args.no_saved_model, tflite=args.tflite, quantize=args.quantize)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "Assets written to …"
     try:

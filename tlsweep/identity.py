@@ -1,61 +1,113 @@
-"""What a job folder is for: the settings that decide its results, and the data it trains on.
+"""What a job folder is for, and who runs it: the settings and data of its results, and ``job.json``.
 
 A job records both in ``job.json`` when it starts. A job that finds a folder holding another
 run refuses it (a new run never continues an old one by accident), and ``resume`` refuses a folder
 whose settings or data changed since, saying what changed: trials trained on different data are
-never ranked together, and a model is never exported with another dataset's labels.
+never ranked together, and a model is never exported with another dataset's labels. ``claim``
+holds the folder while a job runs and keeps its record: running, then completed, failed or
+interrupted, with why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import shutil
+import socket
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from tlsweep.data import changes, fingerprint
+from tlsweep import files
 from tlsweep.errors import TlsweepError
+from tlsweep.folders import changes, fingerprint
+from tlsweep.logs import now
+from tlsweep.records import JobRecord, RecordError, read_job, write_job
+from tlsweep.spec import JobSpec
 
-# Settings that cannot change a trial's results, or may change on resume by design (more trials).
-NOT_IDENTITY = (
-    "dataset.workers",
-    "tuner.max_trials",
-    "tuner.max_consecutive_failed_trials",
-)
-IDENTITY_GROUPS = ("dataset", "backbone", "augmentation", "optimizer", "finetune", "tuner", "search")
+log = logging.getLogger(__name__)
+
 REPLACED_DIR = "replaced"  # where a job's trials go when it restarts on changed data
 JOB_OUTPUTS = ("trials", "tensorboard", "tuner", "best.keras", "best.json", "labels.txt")
 
 
-def job_identity(cfg: DictConfig) -> dict[str, Any]:
-    """The job's settings that decide its results, flattened (``backbone.name``: ``tiny``), and its data."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    settings = {group: container[group] for group in IDENTITY_GROUPS}  # type: ignore[index]
-    settings.update(seed=container["seed"], precision=container["precision"])  # type: ignore[index]
-    flat = {k: v for k, v in _flatten(settings).items() if k not in NOT_IDENTITY}
-    return {"config": flat, "data": fingerprint(cfg.dataset)}
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def job_identity(spec: JobSpec) -> dict[str, Any]:
+    """The job's settings that decide its results (``JobSpec.identity``), and its data's fingerprint."""
+    return {"config": spec.identity(), "data": fingerprint(spec.dataset)}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old → new`` for each setting that differs."""
-    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    """``key: old → new`` for each setting that differs (a setting an older tlsweep did not record is not
+    compared)."""
+    keys = sorted(k for k in old if old.get(k) != new.get(k))
     return [f"{k}: {old.get(k, '(unset)')} → {new.get(k, '(unset)')}" for k in keys]
 
 
+@contextlib.contextmanager
+def claim(job_dir: Path, spec: JobSpec, choices: dict[str, Any]) -> Iterator[JobRecord]:
+    """Hold ``job_dir`` for this process and keep its ``job.json``: the record the ``with`` block fills in is
+    written as completed, or failed or interrupted with the reason (and the exception goes on). A resumed job
+    that completed is yielded as it is, and left so."""
+    job_dir = Path(job_dir)
+
+    def busy() -> TlsweepError:
+        return TlsweepError(
+            f"job {job_dir} is being run by another process ({_runner(job_dir)}); wait for it to end, or stop it first"
+        )
+
+    with files.locked(job_dir / files.JOB_LOCK, busy):
+        previous = _previous(job_dir)
+        record = JobRecord(job_dir.name, "running", choices, socket.gethostname(), os.getpid(), now(),
+                           config=spec.source)  # fmt: skip
+        try:
+            record.identity = job_identity(spec)
+            set_aside = check_folder(job_dir, previous, record.identity, bool(spec.resume), spec.allow_data_change)
+        except TlsweepError as e:
+            if previous is None:  # a new job's mistake is recorded in its own folder; another run's record is kept
+                write_job(job_dir, JobRecord(**{**record.__dict__, "status": "failed", "error": str(e)}))
+            raise
+        if previous is not None and previous.status == "completed" and not set_aside:
+            log.info("job %s already completed; kept as it is (resume)", job_dir.name)
+            yield previous
+            return
+        if set_aside:
+            log.warning("the data changed since job %s ran: its earlier trials are kept in %s", job_dir.name, set_aside)
+        started = time.monotonic()
+        write_job(job_dir, record)
+        try:
+            yield record
+            record.status = "completed"
+        except BaseException as e:
+            record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            record.error = str(e) if isinstance(e, TlsweepError) else f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            record.duration_s = round(time.monotonic() - started, 1)
+            try:
+                write_job(job_dir, record)
+            except OSError as e:  # e.g. a full disk: keep the error that got us here, and the old record
+                log.warning("could not update %s: %s", job_dir / files.JOB_RECORD, e)
+
+
+def _previous(job_dir: Path) -> JobRecord | None:
+    """The job's record from an earlier run in this folder; None if there is none."""
+    try:
+        return read_job(job_dir)
+    except RecordError:
+        return JobRecord(job_dir.name, "unreadable")
+
+
+def _runner(job_dir: Path) -> str:
+    """Which process runs the job, as its record says."""
+    record = _previous(job_dir) or JobRecord(job_dir.name)
+    return f"pid {record.pid or '?'} on {record.host or '?'}, started {record.started or '?'}"
+
+
 def check_folder(
-    job_dir: Path, previous: dict[str, Any] | None, identity: dict[str, Any], resume: bool, allow_data_change: bool
+    job_dir: Path, previous: JobRecord | None, identity: dict[str, Any], resume: bool, allow_data_change: bool
 ) -> Path | None:
     """Refuse ``job_dir`` when it holds another run, or (resuming) a run of other settings or other data.
 
@@ -64,14 +116,13 @@ def check_folder(
     """
     if previous is None:
         return None
-    started = previous.get("started", "?")
     if not resume:
         raise TlsweepError(
-            f"{job_dir} already holds a run (started {started}, {previous.get('status', '?')}); tlsweep never mixes "
-            f"two runs in one folder: give a new folder, or continue that run with resume={job_dir}"
+            f"{job_dir} already holds a run (started {previous.started or '?'}, {previous.status}); tlsweep never "
+            f"mixes two runs in one folder: give a new folder, or continue that run with resume={job_dir}"
         )
-    earlier = previous.get("identity")
-    if not isinstance(earlier, dict):
+    earlier = previous.identity
+    if not earlier:
         return None  # a job folder from before identities were recorded: nothing to compare
     differences = config_changes(earlier.get("config", {}), identity["config"])
     if differences:

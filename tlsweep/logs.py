@@ -1,18 +1,15 @@
-"""What a search writes as it goes: each trial's record, TensorBoard run and progress lines, and the
-job's best model.
+"""What a run writes as it goes: its record, its TensorBoard run and HParams, and its progress lines.
 
 Layout inside a job folder::
 
-    trials/trial_<id>.json       one record per trial, rewritten atomically after every epoch
-    tensorboard/trial_<id>/      train/ and validation/ scalars, and the trial's HParams
-    best.keras, best.json        the job's best model so far (carrying its trial and classes), and which it is
-    labels.txt                   its class names
+    trials/trial_<id>.json       one record per run (``tlsweep.records.RunRecord``), rewritten after every epoch
+    tensorboard/trial_<id>/      train/ and validation/ scalars, and the run's HParams
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import math
 import os
@@ -26,9 +23,25 @@ from typing import Any
 import keras
 
 from tlsweep import files
-from tlsweep.settings import Objective
+from tlsweep.records import METRICS, Epoch, RunRecord, Stop, run_path, write_run
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """What a run's fit found: its kept epoch and why it stopped where it did."""
+
+    best_epoch: int
+    best_stage: str
+    value: float | None = None  # the objective at the kept epoch (None for a refit: nothing is held out)
+    rolled_back: bool = False
+    stages: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stopped: tuple[Stop, ...] = ()
+    val_recall: list[float | None] | None = None
+
+    def stop(self, by: str) -> Stop | None:
+        return next((s for s in self.stopped if s.by == by), None)
 
 
 def _number(value: Any) -> float | None:
@@ -37,27 +50,22 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class TrialLog(keras.callbacks.Callback):
-    """Records one trial on disk and in TensorBoard, and prints its progress.
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-    The search calls ``start``, then ``begin_stage`` before each ``fit``, and ``finish`` or
-    ``fail`` at the end; in between, Keras calls ``on_epoch_end`` once per epoch.
+
+class TrialLog(keras.callbacks.Callback):
+    """Records one run on disk and in TensorBoard, and prints its progress.
+
+    The runner calls ``start``, then ``begin_stage`` before each ``fit``, and ``finish`` then ``complete``,
+    or ``fail``; in between, Keras calls ``on_epoch_end`` once per epoch.
     """
 
-    def __init__(
-        self,
-        job_dir: Path,
-        trial_id: str,
-        label: str,
-        hyperparameters: dict[str, Any],
-        context: dict[str, Any],
-        verbose: bool = True,
-        logdir: Path | None = None,
-    ) -> None:
+    def __init__(self, job_dir: Path, record: RunRecord, label: str, verbose: bool = True, logdir: Path | None = None):
         super().__init__()
-        self.path = Path(job_dir) / files.TRIALS_DIR / f"trial_{trial_id}.json"
-        self.tensorboard_dir = Path(job_dir) / files.TENSORBOARD_DIR / f"trial_{trial_id}"
-        # TensorBoard's name for the trial: its run folder relative to the --logdir users give
+        self.path = run_path(job_dir, record.trial_id)
+        self.tensorboard_dir = Path(job_dir) / files.TENSORBOARD_DIR / f"trial_{record.trial_id}"
+        # TensorBoard's name for the run: its folder relative to the --logdir users give
         self.session_name = os.path.relpath(self.tensorboard_dir.resolve(), Path(logdir or job_dir).resolve())
         self.label = label
         self.verbose = verbose
@@ -65,32 +73,30 @@ class TrialLog(keras.callbacks.Callback):
         self.total_epochs = 0
         self._started = time.monotonic()
         self._epoch_started = 0.0
-        self.record: dict[str, Any] = {
-            "trial_id": trial_id,
-            "job": Path(job_dir).name,
-            "status": "running",
-            "hyperparameters": hyperparameters,
-            **context,
-            "history": [],
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": 0.0,
-            "tensorboard": str(self.tensorboard_dir.relative_to(job_dir)),
-        }
-        self.tensorboard = keras.callbacks.TensorBoard(
-            log_dir=str(self.tensorboard_dir), write_graph=False, profile_batch=0
-        )
+        record.job = Path(job_dir).name
+        record.started = now()
+        record.tensorboard = str(self.tensorboard_dir.relative_to(job_dir))
+        self.record = record
 
     def start(self) -> None:
-        """Write the record (status running) and the trial's HParams, and announce the trial."""
-        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)  # a restarted trial: no curves twice
+        """Write the record (status running) and the run's HParams, and announce the run."""
+        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)  # a restarted run: no curves twice
         self._write_hparams()
         self._save()
-        shown = ", ".join(f"{k}={format_value(v, k)}" for k, v in self.record["hyperparameters"].items())
+        shown = ", ".join(f"{k}={format_value(v, k)}" for k, v in self.record.hyperparameters.items())
         log.info("%s: %s", self.label, shown)
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
-        """The Keras callbacks that record a ``fit`` of this trial."""
+        """The Keras callbacks that record a ``fit`` of this run."""
         return [self, self.tensorboard]
+
+    @property
+    def tensorboard(self) -> keras.callbacks.TensorBoard:
+        if not hasattr(self, "_tensorboard"):
+            self._tensorboard = keras.callbacks.TensorBoard(
+                log_dir=str(self.tensorboard_dir), write_graph=False, profile_batch=0
+            )
+        return self._tensorboard
 
     def begin_stage(self, stage: str, total_epochs: int) -> None:
         """Label the coming epochs ``head`` (stage 1) or ``finetune`` (stage 2)."""
@@ -102,12 +108,11 @@ class TrialLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        entry = {"epoch": epoch + 1, "stage": self.stage}
-        for key in RECORDED_METRICS:
-            entry[key] = _number(logs[key]) if key in logs else None
-        entry["learning_rate"] = _number(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        entry["seconds"] = round(time.monotonic() - self._epoch_started, 3)
-        self.record["history"].append(entry)
+        metrics = {key: _number(logs[key]) if key in logs else None for key in METRICS}
+        rate = _number(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        seconds = round(time.monotonic() - self._epoch_started, 3)
+        entry = Epoch(epoch + 1, self.stage, **metrics, learning_rate=rate, seconds=seconds)
+        self.record.history.append(entry)
         self._save(durable=False)  # atomic still; not flushed to disk: only a machine crash could lose it
         if self.verbose:
             width = len(str(self.total_epochs))
@@ -117,60 +122,62 @@ class TrialLog(keras.callbacks.Callback):
                 epoch + 1,
                 self.total_epochs,
                 self.stage,
-                *(_metric(entry[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
-                entry["seconds"],
+                *(_metric(entry.metric(k)) for k in ("loss", "accuracy", "val_loss", "val_accuracy")),
+                seconds,
             )
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Take the trial's summary (best epoch, rollback, …); ``complete`` records it as completed."""
-        self.record.update(summary)
+    def finish(self, fitted: Fitted) -> None:
+        """Take what the fit found (kept epoch, rollback, stops); ``complete`` then records the run as ended."""
+        record = self.record
+        record.best_epoch, record.best_stage, record.stages = fitted.best_epoch, fitted.best_stage, fitted.stages
+        record.rolled_back, record.val_recall = fitted.rolled_back, fitted.val_recall
+        record.stopped = list(fitted.stopped)
 
     def complete(self) -> None:
-        """Mark the trial completed, or pruned (once its model, if the job's best, is saved)."""
-        pruned = any(e["by"] == "pruned" for e in self.record.get("stopped", []))
-        self.record["status"] = "pruned" if pruned else "completed"
+        """Mark the run completed, or pruned (once its model, if the job's best, is saved)."""
+        pruned = self.record.stop("pruned") is not None
+        self.record.status = "pruned" if pruned else "completed"
         self._save(final=True)
-        kept = next(e for e in self.record["history"] if e["epoch"] == self.record["best_epoch"])
-        metrics = {k: kept[k] for k in KEPT_METRICS if isinstance(kept.get(k), (int, float))}
-        # HParams' session statuses know no "pruned": two metrics say it, and where the trial stopped
-        metrics.update(pruned=float(pruned), epochs_trained=float(len(self.record["history"])))
+        kept = self.record.epoch(self.record.best_epoch)
+        metrics = {k: v for k in METRICS if kept is not None and (v := kept.metric(k)) is not None}
+        # HParams' session statuses know no "pruned": two metrics say it, and where the run stopped
+        metrics.update(pruned=float(pruned), epochs_trained=float(len(self.record.history)))
         self._end_session(True, metrics)
 
-    def fail(self, error: BaseException) -> None:
-        """Mark the trial failed with the reason; the search goes on with the next one."""
-        self.record.update(status="failed", error=f"{type(error).__name__}: {error}".strip())
+    def fail(self, reason: str) -> None:
+        """Mark the run failed with the reason (one line in the terminal; the record keeps all of it)."""
+        self.record.status, self.record.error = "failed", reason
         self._save(final=True)
         self._end_session(False, {})
-        log.warning("%s failed: %s", self.label, self.record["error"].splitlines()[0])
+        log.warning("%s failed: %s", self.label, reason.splitlines()[0] if reason else "?")
 
     def _save(self, final: bool = False, durable: bool = True) -> None:
-        self.record["duration_s"] = round(time.monotonic() - self._started, 3)
+        self.record.duration_s = round(time.monotonic() - self._started, 3)
         if final:
-            self.record["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        files.write_json(self.path, self.record, durable)
+            self.record.ended = now()
+        write_run(self.path, self.record, durable)
 
     def _write_hparams(self) -> None:
-        """The trial's row in TensorBoard's HParams table: the sweep and job it belongs to, its choices,
+        """The run's row in TensorBoard's HParams table: the sweep and job it belongs to, its choices,
         hyperparameters and settings, named by its run folder relative to the logdir."""
         from tensorboard.plugins.hparams import api as hparams_api
 
-        values = {"sweep": self.record.get("sweep", ""), "job": self.record["job"]}
-        values.update(self.record.get("choices", {}), **self.record["hyperparameters"])
-        values.update(self.record.get("settings", {}))
-        values.update(trial_seed=self.record.get("seed", ""), finalist_of=self.record.get("finalist_of") or "")
+        record = self.record
+        values: dict[str, Any] = {"sweep": record.sweep, "job": record.job, **record.choices, **record.hyperparameters}
+        values.update(record.settings, trial_seed=record.seed or "", finalist_of=record.finalist_of or "")
         values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
         with self._writer() as writer, writer.as_default():
             hparams_api.hparams(values, trial_id=self.session_name)
 
     def _end_session(self, completed: bool, kept: dict[str, float]) -> None:
-        """Log the kept epoch's metrics as the trial's metrics (the report's numbers, not the last
-        epoch's) and the trial's status, so HParams shows what the report shows."""
+        """Log the kept epoch's metrics as the run's metrics (the report's numbers, not the last
+        epoch's) and the run's status, so HParams shows what the report shows."""
         import tensorflow as tf
         from tensorboard.plugins.hparams import api_pb2
         from tensorboard.plugins.hparams import summary as hparams_summary
 
         status = api_pb2.STATUS_SUCCESS if completed else api_pb2.STATUS_FAILURE
-        step = int(self.record.get("best_epoch") or 0)
+        step = int(self.record.best_epoch or 0)
         with self._writer() as writer, writer.as_default():
             for name, value in kept.items():
                 tf.summary.scalar(name, value, step=step)
@@ -187,10 +194,6 @@ class TrialLog(keras.callbacks.Callback):
             writer.close()
 
 
-RECORDED_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
-KEPT_METRICS = RECORDED_METRICS  # logged for the kept epoch, as HParams metrics
-
-
 def _metric(value: float | None) -> str:
     """A metric in a fixed width: 4 decimals, so epoch lines align."""
     return "   n/a" if value is None else f"{value:6.4f}"
@@ -201,49 +204,3 @@ def format_value(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if key == "learning_rate" or abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
     return "n/a" if value is None else str(value)
-
-
-class BestModel:
-    """The job's best model on disk — ``best.keras``, ``best.json``, ``labels.txt`` — and the one place
-    that reads, locks and saves it. The processes of a distributed search share it through a file lock.
-    ``best.keras`` carries the job, trial and classes it holds (``files.model_origin``)."""
-
-    def __init__(self, job_dir: Path, objective: Objective, classes: list[str]) -> None:
-        self.job_dir, self.objective, self.classes = Path(job_dir), objective, list(classes)
-
-    def read(self) -> dict[str, Any]:
-        """Which trial ``best.keras`` holds (value, trial id, hyperparameters); empty when there is none yet."""
-        path = self.job_dir / files.BEST_RECORD
-        if not path.is_file() or not (self.job_dir / files.BEST_MODEL).is_file():
-            return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    def offer(self, record: dict[str, Any], model: keras.Model) -> dict[str, Any]:
-        """Save ``model`` (trial ``record``'s, at its best epoch) when it beats the best so far; returns the best."""
-        with files.locked(self.job_dir / ".best.lock"):
-            best = self.read()  # another process may have saved a better trial meanwhile
-            if not best or best["value"] is None or self.objective.better(record[self.objective.name], best["value"]):
-                best = self._save(record, model)
-        return best
-
-    def keep(self, record: dict[str, Any], model: keras.Model, finalist: dict[str, Any]) -> dict[str, Any]:
-        """Save ``model`` as the job's best whatever its single value: the winning finalist's run closest
-        to its configuration's mean (``finalist``: the mean, its interval and the number of runs)."""
-        with files.locked(self.job_dir / ".best.lock"):
-            return self._save(record, model, finalist=finalist)
-
-    def _save(self, record: dict[str, Any], model: keras.Model, **extra: Any) -> dict[str, Any]:
-        origin = {"job": self.job_dir.name, "trial_id": record["trial_id"], "classes": self.classes}
-        files.save_model(model, self.job_dir / files.BEST_MODEL, origin)
-        files.write_text(self.job_dir / files.LABELS, "\n".join(self.classes) + "\n")
-        best = {
-            "value": record.get(self.objective.name),  # a refit has no held-out value
-            "trial_id": record["trial_id"],
-            "hyperparameters": record["hyperparameters"],
-            **extra,
-        }
-        files.write_json(self.job_dir / files.BEST_RECORD, best)
-        return best

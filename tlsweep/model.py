@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
-from omegaconf import DictConfig
 
 from tlsweep.augment import RandomAffine
 from tlsweep.backbones import (
@@ -25,19 +25,15 @@ from tlsweep.backbones import (
     hub_layer,
     preprocessing_layer,
 )
+from tlsweep.groups import AugmentationSpec
 
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
 
 
-def augments(cfg: DictConfig) -> bool:
-    """Whether the ``augmentation`` config changes the images at all."""
-    return bool(cfg.flip or cfg.rotation or cfg.zoom or cfg.height or cfg.width)
-
-
-def augmentation(cfg: DictConfig, seed: int) -> RandomAffine | None:
-    """The ``augmentation`` config's random flip, rotation, zoom and stretch, as one warp per image
+def augmentation(cfg: AugmentationSpec, seed: int) -> RandomAffine | None:
+    """The ``augmentation`` group's random flip, rotation, zoom and stretch, as one warp per image
     (``tlsweep.augment``); active in training only. None when it changes nothing."""
-    if not augments(cfg):
+    if not cfg.changes_images:
         return None
     return RandomAffine(cfg.flip, cfg.rotation, cfg.zoom, cfg.height, cfg.width, seed=seed, name="augmentation")
 
@@ -221,6 +217,18 @@ def _build_state(model: keras.Model) -> None:
     model.reset_metrics()
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A run's trained weights: the backbone variables it may have changed (by position), and the head's."""
+
+    backbone: dict[int, np.ndarray]
+    head: list[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.backbone.values()) + sum(a.nbytes for a in self.head)
+
+
 class SharedClassifier:
     """The job's classifier: built once, reset for every trial, each training step traced once.
 
@@ -268,6 +276,22 @@ class SharedClassifier:
         if any(layer.name == "augmentation" for layer in self.model.layers):
             _reset_from(self.model.get_layer("augmentation"), self.new_augmentation(), self.model.input_shape)
         return self.model
+
+    def snapshot(self) -> Snapshot:
+        """What the last run changed — the head, and the backbone variables trained since the reset — to
+        restore it later without training again (a fraction of the model's memory for a shallow unfreeze)."""
+        weights, head_block = self.network.weights, self.model.get_layer("head")
+        return Snapshot({i: weights[i].numpy() for i in sorted(self._changed)}, head_block.get_weights())
+
+    def restore(self, snapshot: Snapshot) -> keras.Model:
+        """The classifier as the run ``snapshot`` was taken of left it (its kept epoch)."""
+        model = self.fresh()
+        weights = self.network.weights
+        for i, value in snapshot.backbone.items():
+            weights[i].assign(value)
+        self._changed.update(snapshot.backbone)
+        model.get_layer("head").set_weights(snapshot.head)
+        return model
 
     def trainer(
         self,

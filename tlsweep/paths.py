@@ -20,7 +20,9 @@ from omegaconf import OmegaConf
 
 from tlsweep.config import fixed_keys, split_override
 from tlsweep.errors import TlsweepError
-from tlsweep.settings import register_schema
+from tlsweep.files import JOB_RECORD
+from tlsweep.records import RecordError, read_job
+from tlsweep.schema import register_schema
 
 COMMAND_LINE_VARIABLE = "TLSWEEP_COMMAND_LINE"  # the command line, for jobs that run in other processes
 
@@ -62,14 +64,15 @@ def newest_unfinished(base: Path) -> Path | None:
     found = []
     for folder in (p for p in Path(base).glob("*") if p.is_dir()):
         records = []
-        for path in [folder / "job.json", *folder.glob("*/job.json")]:
+        for job in [folder, *(p.parent for p in folder.glob(f"*/{JOB_RECORD}"))]:
             try:
-                records.append(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
+                record = read_job(job)
+            except RecordError:
                 continue
-        records = [r for r in records if isinstance(r, dict)]
-        started = min((str(r.get("started", "")) for r in records), default="") or folder.name
-        unfinished = not records or any(r.get("status") != "completed" for r in records)
+            if record is not None:
+                records.append(record)
+        started = min((r.started for r in records), default="") or folder.name
+        unfinished = not records or any(r.status != "completed" for r in records)
         found.append((unfinished, started, folder.name, folder))
     return max(found)[3] if found else None
 

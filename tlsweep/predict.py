@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 
 from tlsweep import files  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
-from tlsweep.data import IMAGE_EXTENSIONS, decode_image  # noqa: E402
 from tlsweep.errors import TlsweepError, first_line  # noqa: E402
 from tlsweep.export import FORMAT, FORMAT_VERSION  # noqa: E402
+from tlsweep.images import IMAGE_EXTENSIONS, decode_image  # noqa: E402
 
 FORMATS = ("keras", "saved_model", "tflite")
 BATCH = 32

@@ -1,328 +1,383 @@
-"""The records of a run or sweep, read from disk: its jobs, every trial in them, and their ranking.
+"""The records a job leaves on disk, typed: the one reader and writer of run and job records.
 
-Only files are read, never the memory of a running process, so this works for a finished sweep,
-one still running, one that crashed, a single run, and jobs that ran on other machines. The
-export and the report rank trials the same way, here (``ranking``), and rerun one the same way
-(``reproduce_command``).
+A run is one training of one configuration: a search trial, a finalist's extra seed, or the
+winner's refit. Its record (``trials/trial_<id>.json``) is rewritten atomically after every epoch;
+the job's record (``job.json``) says whether the job runs, completed or failed, and why. Every
+module that needs a record reads it here, so a damaged file is named the same way everywhere
+(``RecordError``) and never shows as a result.
+
+This module sits at the bottom of the import order: it imports only ``tlsweep.files``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
-import shlex
-import socket
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from tlsweep import files
-from tlsweep.config import split_override
-from tlsweep.settings import minimised
 
-HYDRA_DIR = ".hydra"
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
 
 
-@dataclass
-class Trial:
-    """One trial record; ``status`` is what the report shows (``crashed`` where nothing will finish it)."""
+@dataclass(frozen=True)
+class Objective:
+    """The metric a search optimises, and which way: losses are minimised, everything else maximised."""
 
-    path: Path
-    record: dict[str, Any]
-    status: str
-    error: str | None = None
-
-    @property
-    def trial_id(self) -> str:
-        return str(self.record.get("trial_id", self.path.stem.removeprefix("trial_")))
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        history = self.record.get("history")
-        return [e for e in history if isinstance(e, dict)] if isinstance(history, list) else []
-
-
-@dataclass
-class Job:
-    """One job folder (one KerasTuner search) and its trials."""
-
-    path: Path
     name: str
-    record: dict[str, Any]
-    status: str
-    error: str | None
-    overrides: list[str]
-    config: dict[str, Any]
-    trials: list[Trial] = field(default_factory=list)
 
     @property
-    def objective(self) -> str:
-        return str(self.config.get("tuner", {}).get("objective", "val_accuracy"))
+    def minimise(self) -> bool:
+        return self.name.endswith("loss")
 
-    @property
-    def classes(self) -> list[str]:
-        data = self.record.get("classes") or next((t.record["data"]["classes"] for t in self._with_data()), [])
-        return [str(c) for c in data]
+    def better(self, value: float, than: float) -> bool:
+        return value < than if self.minimise else value > than
 
-    @property
-    def val_images(self) -> int | None:
-        count = self.record.get("val_images") or next((t.record["data"]["val_images"] for t in self._with_data()), None)
-        return int(count) if count else None
-
-    def _with_data(self) -> list[Trial]:
-        return [t for t in self.trials if isinstance(t.record.get("data"), dict)]
+    def key(self, value: float) -> float:
+        """A sort key that puts the best value first."""
+        return value if self.minimise else -value
 
 
-@dataclass
-class Sweep:
-    """Everything under a sweep folder (or a single run's folder)."""
-
-    root: Path
-    jobs: list[Job]
-    export: dict[str, Any] | None = None  # best/export.json, when the best model was exported
-    evaluation: dict[str, Any] | None = None  # best/evaluation.json, its held-out test
-
-    @property
-    def trials(self) -> list[tuple[Job, Trial]]:
-        return [(job, trial) for job in self.jobs for trial in job.trials]
+class RecordError(ValueError):
+    """A record that cannot be used: its message names the file and what is wrong with it."""
 
 
-def find_job_dirs(root: Path) -> list[Path]:
-    """Folders under ``root`` (``root`` included) that hold a job: a ``job.json`` or Hydra's ``.hydra/``."""
-    found = []
-    for current, dirs, names in os.walk(root):
-        if Path(current) == Path(root) / files.EXPORT_DIR:
-            dirs.clear()
-            continue
-        if files.JOB_RECORD in names or HYDRA_DIR in dirs:
-            found.append(Path(current))
-            dirs.clear()  # a job's own sub-folders (trials, tensorboard, tuner) hold no jobs
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    return sorted(found)
+def _number(value: Any, name: str) -> float | None:
+    """A metric as a float; None for a missing, NaN or infinite one; RecordError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"{name} is {value!r}, not a number")
+    return float(value) if math.isfinite(value) else None
 
 
-def load_sweep(root: Path) -> Sweep:
-    """Read every job and trial under ``root``."""
-    root = Path(root)
-    export, _ = read_json(root / files.EXPORT_DIR / files.EXPORT_RECORD)
-    evaluation, _ = read_json(root / files.EXPORT_DIR / files.EVALUATION)
-    return Sweep(root, [load_job(path, root) for path in find_job_dirs(root)], export, evaluation)
+def _whole(value: Any, name: str, default: int | None = None) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise RecordError(f"{name} is {value!r}, not a whole number")
+    return int(value)
 
 
-def load_job(path: Path, root: Path) -> Job:
-    """Read one job folder; unreadable or missing files become a status and an error, never an exception."""
-    name = str(path.relative_to(root)) if path != root else path.name
-    record, error = read_json(path / files.JOB_RECORD)
-    if record is None:
-        status = "crashed" if error else "not started"
-        error = error or "no job.json: the job stopped before its search began"
-        record = {}
-    else:
-        status = str(record.get("status", "running"))
-        error = record.get("error")
-        if status == "running" and not _alive(record):
-            status, error = "crashed", "the process running this job is gone (killed or crashed)"
-    job = Job(path, name, record, status, error, _overrides(path), _config(path, record))
-    for trial_path in sorted((path / files.TRIALS_DIR).glob("trial_*.json"), key=_trial_order):
-        job.trials.append(_load_trial(trial_path, status))
-    return job
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
-def _load_trial(path: Path, job_status: str) -> Trial:
-    record, error = read_json(path)
-    if record is None:
-        return Trial(path, {}, "unreadable", error)
-    status = str(record.get("status", "running"))
-    if status == "running" and job_status != "running":
-        status = "interrupted" if job_status == "interrupted" else "crashed"
-        error = f"the job ended ({job_status}) before this trial finished"
-    return Trial(path, record, status, record.get("error", error))
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecordError(f"{name} is {type(value).__name__}, not a mapping")
+    return value
 
 
-def read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The JSON object in ``path``; ``(None, None)`` if there is no file, ``(None, why)`` if it is unreadable."""
-    if not path.is_file():
-        return None, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{path.name} is unreadable ({type(e).__name__}: {e})"
-    if not isinstance(data, dict):
-        return None, f"{path.name} is not a JSON object"
-    return data, None
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    """Whether the process that wrote a ``running`` record may still run it (unknowable on another host)."""
-    pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return True
-    return files.process_alive(pid)
-
-
-def _overrides(path: Path) -> list[str]:
-    """The job's command-line overrides, as Hydra recorded them."""
-    overrides_file = path / HYDRA_DIR / "overrides.yaml"
-    try:
-        return [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
-    except Exception:  # a damaged file must not stop the report
+def _list(value: Any, name: str) -> list[Any]:
+    if value is None:
         return []
-
-
-def _config(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """The job's composed config: from ``job.json`` when it finished, else Hydra's unresolved copy."""
-    if isinstance(record.get("config"), dict):
-        return record["config"]
-    config_file = path / HYDRA_DIR / "config.yaml"
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False) if config_file.is_file() else {}
-    except Exception:  # a damaged file must not stop the report
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _trial_order(path: Path) -> tuple[int, str]:
-    number = path.stem.removeprefix("trial_")
-    return (int(number), "") if number.isdigit() else (1 << 30, number)
-
-
-def kept_epoch(trial: Trial, objective: str) -> dict[str, Any]:
-    """The epoch a trial's numbers come from: its kept (best) epoch when it completed, else its best so far."""
-    if trial.status == "completed":
-        return next((e for e in trial.history if e.get("epoch") == trial.record.get("best_epoch")), {})
-    return best_entry(trial.history, objective)
-
-
-def best_entry(history: list[dict[str, Any]], objective: str) -> dict[str, Any]:
-    """The epoch of ``history`` with the best ``objective``; empty when none has scored."""
-    scored = [e for e in history if isinstance(e.get(objective), (int, float))]
-    if not scored:
-        return {}
-    return (min if minimised(objective) else max)(scored, key=lambda e: e[objective])
-
-
-def ranking(sweep: Sweep, objective: str) -> list[tuple[Job, Trial, float]]:
-    """The completed trials of ``sweep`` that scored, best first by ``objective`` (ties: job, then trial number)."""
-    scored = []
-    for job, trial in sweep.trials:
-        value = kept_epoch(trial, objective).get(objective) if trial.status == "completed" else None
-        if isinstance(value, (int, float)):
-            scored.append((job, trial, float(value)))
-    return sorted(scored, key=lambda s: _rank_key(s[2], objective, s[0], s[1]))
-
-
-def sweep_objective(sweep: Sweep) -> str:
-    """The objective the jobs ranked their trials by; validation accuracy when they differ."""
-    objectives = {job.objective for job in sweep.jobs if job.trials}
-    return objectives.pop() if len(objectives) == 1 else "val_accuracy"
+    if not isinstance(value, list):
+        raise RecordError(f"{name} is {value!r}, not a list")
+    return value
 
 
 @dataclass
-class Group:
-    """A configuration's runs: its search trial, then the finalist runs of it with other seeds."""
+class Epoch:
+    """One epoch of a run: the stage it belongs to, its metrics, its learning rate and time."""
 
-    job: Job
-    runs: list[Trial]
-    values: list[float]
+    epoch: int
+    stage: str = "head"
+    loss: float | None = None
+    accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    val_balanced_accuracy: float | None = None
+    val_macro_f1: float | None = None
+    learning_rate: float | None = None
+    seconds: float | None = None
 
-    @property
-    def trial_id(self) -> str:
-        """The search trial the configuration was first tried in."""
-        return self.runs[0].trial_id
+    def metric(self, name: str) -> float | None:
+        return getattr(self, name, None) if name in METRICS else None
 
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        """The 95% interval of the mean over seeds (Student's t): where the configuration's mean lies."""
-        n = len(self.values)
-        if n < 2:
-            return (self.mean, self.mean)
-        from scipy.stats import t
-
-        half = float(t.ppf(0.975, n - 1)) * statistics.stdev(self.values) / math.sqrt(n)
-        return (self.mean - half, self.mean + half)
-
-    def closest_to_mean(self) -> Trial:
-        """The run nearest the mean (the earliest such): the model that stands for the configuration."""
-        nearest = min(range(len(self.runs)), key=lambda i: (abs(self.values[i] - self.mean), i))
-        return self.runs[nearest]
+    @classmethod
+    def parse(cls, data: Any) -> Epoch:
+        data = _mapping(data, "an epoch of history")
+        values = {k: _number(data.get(k), f"history's {k}") for k in (*METRICS, "learning_rate", "seconds")}
+        epoch = _whole(data.get("epoch"), "history's epoch")
+        if epoch is None:
+            raise RecordError("an epoch of history has no epoch number")
+        return cls(epoch, str(data.get("stage") or "head"), **values)
 
 
-def budget_stop(record: dict[str, Any]) -> int | None:
-    """The epoch at which the job's time budget stopped a run, as its record says; None if it did not."""
-    return next((int(stop["epoch"]) for stop in record.get("stopped") or [] if stop.get("by") == "budget"), None)
+@dataclass(frozen=True)
+class Stop:
+    """Why a run stopped before its last epoch: ``by`` pruned, budget or patience."""
 
+    by: str
+    epoch: int
+    stage: str
+    why: str
+    rule: str | None = None
 
-def finalist_groups(job: Job, objective: str) -> list[Group]:
-    """The job's finalists: each configuration that ran with more than one seed, best mean first.
-
-    A finalist run the budget cut short trained fewer epochs than its search trial: it is left out."""
-    scores = {t.trial_id: kept_epoch(t, objective).get(objective) for t in job.trials if t.status == "completed"}
-    scored = [t for t in job.trials if isinstance(scores.get(t.trial_id), (int, float))]
-    groups = []
-    for trial in scored:
-        if trial.record.get("finalist_of") is None:
-            seeds = [t for t in scored if str(t.record.get("finalist_of")) == trial.trial_id]
-            runs = [trial, *(t for t in seeds if budget_stop(t.record) is None)]
-            if len(runs) > 1:
-                groups.append(Group(job, runs, [float(scores[t.trial_id]) for t in runs]))
-    return sorted(groups, key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]))
-
-
-def winner(sweep: Sweep, objective: str) -> tuple[Job, Trial, Group | None] | None:
-    """What a sweep answers: the finalist configuration with the best mean of all jobs, as its run
-    closest to the mean; without finalists, the best single trial. None when no trial completed."""
-    groups = sorted(
-        (g for job in sweep.jobs for g in finalist_groups(job, objective)),
-        key=lambda g: _rank_key(g.mean, objective, g.job, g.runs[0]),
-    )
-    if groups:
-        top = groups[0]
-        refit = next(  # finalists.refit: the winner retrained on training + validation images stands for it
-            (t for t in top.job.trials if t.status == "completed" and str(t.record.get("refit_of")) == top.trial_id),
-            None,
+    @classmethod
+    def parse(cls, data: Any) -> Stop:
+        data = _mapping(data, "a stop")
+        return cls(
+            str(data.get("by")),
+            _whole(data.get("epoch"), "a stop's epoch", 0) or 0,
+            str(data.get("stage", "head")),
+            str(data.get("why", "")),
+            _text(data.get("rule")),
         )
-        return top.job, refit or top.closest_to_mean(), top
-    ranked = ranking(sweep, objective)
-    return (ranked[0][0], ranked[0][1], None) if ranked else None
 
 
-def _rank_key(value: float, objective: str, job: Job, trial: Trial) -> tuple:
-    return ((1 if minimised(objective) else -1) * value, job.name, _trial_order(trial.path))
+@dataclass
+class RunRecord:
+    """One run of a configuration, as ``trials/trial_<id>.json`` holds it.
+
+    ``replicate`` says which of the configuration's seeds it is (0: the search's); ``budget_epochs``
+    is an epoch budget a tuner set (Hyperband) and ``continues`` the run it continued from, both None
+    for a run of the full schedule from scratch. Only such runs are compared over seeds.
+    """
+
+    trial_id: str
+    job: str = ""
+    status: str = "running"  # running | completed | pruned | failed
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    objective: str = "val_accuracy"
+    seed: int | None = None
+    replicate: int = 0
+    finalist_of: str | None = None  # a finalist's extra seed: the search trial whose configuration it repeats
+    refit_of: str | None = None  # a refit: the configuration (its first trial) retrained on all images
+    refit_from: str | None = None  # a refit: the run whose kept epoch count it trained
+    budget_epochs: int | None = None
+    initial_epoch: int = 0
+    continues: str | None = None
+    history: list[Epoch] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_stage: str | None = None
+    rolled_back: bool = False
+    stages: dict[str, Any] = field(default_factory=dict)
+    stopped: list[Stop] = field(default_factory=list)
+    val_recall: list[float | None] | None = None
+    train_images: int | None = None
+    sweep: str = ""
+    choices: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    worker: str | None = None
+    started: str = ""
+    ended: str | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+    tensorboard: str | None = None
+
+    @property
+    def is_search(self) -> bool:
+        return self.finalist_of is None and self.refit_of is None
+
+    @property
+    def configuration(self) -> str:
+        """What identifies the configuration: its hyperparameters."""
+        return json.dumps(self.hyperparameters, sort_keys=True, default=str)
+
+    def epoch(self, number: int | None) -> Epoch | None:
+        return next((e for e in self.history if e.epoch == number), None)
+
+    def kept(self) -> Epoch | None:
+        """The epoch the run's numbers come from: its kept (best) epoch once it ended, else its best so far."""
+        if self.status in ("completed", "pruned") and self.best_epoch is not None:
+            return self.epoch(self.best_epoch)
+        return best_epoch_of(self.history, Objective(self.objective))
+
+    @property
+    def value(self) -> float | None:
+        """The objective at the kept epoch (None for a refit, which holds nothing out to score on)."""
+        kept = self.kept()
+        return kept.metric(self.objective) if kept else None
+
+    def stop(self, by: str) -> Stop | None:
+        return next((s for s in self.stopped if s.by == by), None)
+
+    @property
+    def full_schedule(self) -> bool:
+        """Trained every epoch of the job's schedule from scratch, unless patience ended a stage."""
+        return self.budget_epochs is None and self.continues is None and self.stop("budget") is None
+
+    @property
+    def comparable(self) -> bool:
+        """Whether the run counts toward its configuration's mean over seeds: completed, scored, and trained
+        on the full schedule (not a Hyperband budget, not cut short by the job's time budget)."""
+        return self.status == "completed" and self.refit_of is None and self.full_schedule and self.value is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON; ``value`` (the objective at the kept epoch) is written for other readers only."""
+        data = {**dataclasses.asdict(self), "value": self.value}
+        data["history"] = [dataclasses.asdict(e) for e in self.history]
+        data["stopped"] = [{k: v for k, v in dataclasses.asdict(s).items() if v is not None} for s in self.stopped]
+        return data
+
+    @classmethod
+    def parse(cls, data: Any, name: str = "") -> RunRecord:
+        """A record from its JSON, or RecordError saying what is wrong (``name``: the file, for the message)."""
+        try:
+            return cls._parse(_mapping(data, "the record"))
+        except RecordError as e:
+            raise RecordError(f"{name}: {e}" if name else str(e)) from None
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> RunRecord:
+        if "trial_id" not in data:
+            raise RecordError("it has no trial_id")
+        recall = data.get("val_recall")
+        return cls(
+            trial_id=str(data["trial_id"]),
+            job=str(data.get("job", "")),
+            status=str(data.get("status", "running")),
+            hyperparameters=_mapping(data.get("hyperparameters"), "hyperparameters"),
+            objective=str(data.get("objective") or "val_accuracy"),
+            seed=_whole(data.get("seed"), "seed"),
+            replicate=_whole(data.get("replicate"), "replicate", 0) or 0,
+            finalist_of=_text(data.get("finalist_of")),
+            refit_of=_text(data.get("refit_of")),
+            refit_from=_text(data.get("refit_from")),
+            budget_epochs=_whole(data.get("budget_epochs"), "budget_epochs"),
+            initial_epoch=_whole(data.get("initial_epoch"), "initial_epoch", 0) or 0,
+            continues=_text(data.get("continues")),
+            history=[Epoch.parse(e) for e in _list(data.get("history", []), "history")],
+            best_epoch=_whole(data.get("best_epoch"), "best_epoch"),
+            best_stage=_text(data.get("best_stage")),
+            rolled_back=bool(data.get("rolled_back", False)),
+            stages=_mapping(data.get("stages"), "stages"),
+            stopped=[Stop.parse(s) for s in _list(data.get("stopped"), "stopped")],
+            val_recall=None if recall is None else [_number(r, "val_recall") for r in _list(recall, "val_recall")],
+            train_images=_whole(data.get("train_images"), "train_images"),
+            sweep=str(data.get("sweep", "")),
+            choices=_mapping(data.get("choices"), "choices"),
+            settings=_mapping(data.get("settings"), "settings"),
+            data=_mapping(data.get("data"), "data"),
+            worker=_text(data.get("worker")),
+            started=str(data.get("started", "")),
+            ended=_text(data.get("ended")),
+            duration_s=_number(data.get("duration_s"), "duration_s") or 0.0,
+            error=_text(data.get("error")),
+            tensorboard=_text(data.get("tensorboard")),
+        )
 
 
-# Settings that reproduce one trial: its hyperparameters become a one-point search.
-_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner", "finalists")
+def best_epoch_of(history: list[Epoch], objective: Objective) -> Epoch | None:
+    """The epoch of ``history`` with the best ``objective``; None when none has scored."""
+    scored = [e for e in history if e.metric(objective.name) is not None]
+    return min(scored, key=lambda e: objective.key(e.metric(objective.name)), default=None)  # type: ignore[arg-type]
 
 
-def reproduce_command(job: Job, trial: Trial) -> str:
-    """``python -m tlsweep …`` that runs the job's config with only this trial's hyperparameters, and its
-    seed (a finalist run's seed too): it trains the same, and gives the same metrics on CPU."""
-    hyperparameters = trial.record.get("hyperparameters", {})
-    kept = [o for o in job.overrides if not _pinned(split_override(o)[0])]
-    pinned = []
-    if "learning_rate" in hyperparameters:
-        lr = float(hyperparameters["learning_rate"])
-        pinned += [f"search.learning_rate.min={lr!r}", f"search.learning_rate.max={lr!r}"]
-    if "optimizer" in hyperparameters:
-        pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
-    if job.config.get("finetune", {}).get("mode", "top") == "top" and "unfreeze_depth" in hyperparameters:
-        pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
-    pinned += ["tuner=random", "tuner.max_trials=1", "finalists.top=0"]
-    if trial.record.get("replicate"):
-        pinned.append(f"finalists.replicate={int(trial.record['replicate'])}")
-    return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
+def run_path(job_dir: Path, run_id: str) -> Path:
+    return Path(job_dir) / files.TRIALS_DIR / f"trial_{run_id}.json"
 
 
-def _pinned(key: str) -> bool:
-    if key == "tuner.objective":
-        return False
-    return any(key == p or key.startswith(p + ".") for p in _PINNED_KEYS)
+def write_run(path: Path, record: RunRecord, durable: bool = True) -> None:
+    files.write_json(path, record.to_json(), durable)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; None if there is no file; RecordError naming the file if it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path.name} is unreadable ({type(e).__name__}: {e})") from None
+
+
+def read_run(path: Path) -> RunRecord | None:
+    """The run record in ``path``; None if there is none; RecordError if it is damaged."""
+    data = read_json(path)
+    return None if data is None else RunRecord.parse(data, path.name)
+
+
+def run_order(run_id: str) -> tuple[int, str]:
+    """Runs in the order they were made: search trials by number, then a trial's seeds and refit."""
+    head, _, tail = str(run_id).partition(".")
+    return (int(head), tail) if head.isdigit() else (1 << 30, str(run_id))
+
+
+def run_files(job_dir: Path) -> list[Path]:
+    """The job's run records, in run order."""
+    found = (Path(job_dir) / files.TRIALS_DIR).glob("trial_*.json")
+    return sorted(found, key=lambda p: run_order(p.stem.removeprefix("trial_")))
+
+
+def read_runs(job_dir: Path) -> list[RunRecord]:
+    """The job's readable run records, in run order; a record being replaced or damaged is left out
+    (pruning and the budget read them while other processes write)."""
+    found = []
+    for path in run_files(job_dir):
+        try:
+            record = read_run(path)
+        except RecordError:
+            continue
+        if record is not None:
+            found.append(record)
+    return found
+
+
+@dataclass
+class JobRecord:
+    """A job, as ``job.json`` holds it: its status, what it is for, and once done what it found."""
+
+    job: str
+    status: str = "running"  # running | completed | failed | interrupted
+    choices: dict[str, Any] = field(default_factory=dict)
+    host: str = ""
+    pid: int | None = None
+    started: str = ""
+    duration_s: float | None = None
+    error: str | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # trials, best, data sizes, search time, budget, race
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A value of the job's summary (``trials``, ``classes``, ``stopped_by_budget``, …)."""
+        return self.summary.get(key, default)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k != "summary"}
+        return {**data, **self.summary}
+
+    @classmethod
+    def parse(cls, data: Any, name: str = files.JOB_RECORD) -> JobRecord:
+        try:
+            data = _mapping(data, "the record")
+            known = {f.name for f in dataclasses.fields(cls)} - {"summary"}
+            return cls(
+                job=str(data.get("job", "")),
+                status=str(data.get("status", "running")),
+                choices=_mapping(data.get("choices"), "choices"),
+                host=str(data.get("host", "")),
+                pid=_whole(data.get("pid"), "pid"),
+                started=str(data.get("started", "")),
+                duration_s=_number(data.get("duration_s"), "duration_s"),
+                error=_text(data.get("error")),
+                identity=_mapping(data.get("identity"), "identity"),
+                config=_mapping(data.get("config"), "config"),
+                summary={k: v for k, v in data.items() if k not in known},
+            )
+        except RecordError as e:
+            raise RecordError(f"{name}: {e}") from None
+
+
+def read_job(job_dir: Path) -> JobRecord | None:
+    """The job's ``job.json``; None if there is none; RecordError if it is damaged."""
+    data = read_json(Path(job_dir) / files.JOB_RECORD)
+    return None if data is None else JobRecord.parse(data)
+
+
+def write_job(job_dir: Path, record: JobRecord) -> None:
+    files.write_json(Path(job_dir) / files.JOB_RECORD, record.to_json())
+
+
+def spent_in_runs(job_dir: Path) -> float:
+    """Seconds the job's runs took, as their records say: a resumed job's time budget counts them."""
+    return sum(r.duration_s for r in read_runs(job_dir))

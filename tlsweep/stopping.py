@@ -19,18 +19,17 @@ A trial ended by pruning or the budget keeps its best epoch, as any trial does.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 
-from tlsweep import files, interrupt
-from tlsweep.settings import Objective
+from tlsweep import interrupt
+from tlsweep.groups import PruningSpec
+from tlsweep.records import Objective, Stop, read_runs
 
 
 @dataclass(frozen=True)
@@ -53,23 +52,15 @@ class Peer:
 
 
 def read_peers(job_dir: Path, objective: Objective, exclude: str | None = None) -> list[Peer]:
-    """The job's search trials on disk, but ``exclude`` (finalists' extra seeds and refits are not compared)."""
+    """The job's search trials on disk, but ``exclude`` (finalists' extra seeds and refits are not compared;
+    a record being replaced or damaged is read again at the next epoch)."""
     peers = []
-    for path in sorted((Path(job_dir) / files.TRIALS_DIR).glob("trial_*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # being replaced, or damaged: the next epoch reads it again
+    for run in read_runs(job_dir):
+        if run.trial_id == exclude or not run.is_search:
             continue
-        trial_id = str(record.get("trial_id"))
-        if trial_id == exclude or record.get("finalist_of") is not None or record.get("refit_of") is not None:
-            continue
-        depth = record.get("hyperparameters", {}).get("unfreeze_depth")
-        epochs = {}
-        for entry in record.get("history", []):
-            value = entry.get(objective.name)
-            finite = isinstance(value, (int, float)) and math.isfinite(value)
-            epochs[int(entry["epoch"])] = (str(entry.get("stage", "head")), float(value) if finite else None)
-        peers.append(Peer(trial_id, str(record.get("status")), None if depth is None else int(depth), epochs))
+        depth = run.hyperparameters.get("unfreeze_depth")
+        epochs = {e.epoch: (e.stage, e.metric(objective.name)) for e in run.history}
+        peers.append(Peer(run.trial_id, run.status, None if depth is None else int(depth), epochs))
     return peers
 
 
@@ -158,12 +149,12 @@ class Asha:
 Pruner = Median | Asha
 
 
-def make_pruner(pruning: Any) -> Pruner | None:
-    """The ``pruning`` config's rule; None for ``pruning=none``."""
+def make_pruner(pruning: PruningSpec) -> Pruner | None:
+    """The ``pruning`` group's rule; None for ``pruning=none``."""
     if pruning.rule == "median":
-        return Median(int(pruning.warmup_epochs), int(pruning.min_trials))
+        return Median(pruning.warmup_epochs, pruning.min_trials)
     if pruning.rule == "asha":
-        return Asha(int(pruning.warmup_epochs), int(pruning.reduction_factor), int(pruning.min_trials))
+        return Asha(pruning.warmup_epochs, pruning.reduction_factor, pruning.min_trials)
     return None
 
 
@@ -176,7 +167,6 @@ class StopRules:
     deadline: float | None = None
     job_dir: Path | None = None
     trial_id: str | None = None
-    last_epoch: int | None = None  # a run retrained as recorded: the epoch where the budget stopped it
 
     def spent(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -192,7 +182,7 @@ class EarlyStop(keras.callbacks.Callback):
     def __init__(self, objective: Objective, patience: int | None, rules: StopRules, depth: int | None) -> None:
         super().__init__()
         self.objective, self.patience, self.rules, self.depth = objective, patience, rules, depth
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Stop] = []
         self.stage = "head"
         self._best: float | None = None  # the trial's best so far, both stages
         self._stage_best: float | None = None
@@ -208,7 +198,7 @@ class EarlyStop(keras.callbacks.Callback):
     @property
     def ends_trial(self) -> bool:
         """Whether the trial stops (pruned, or out of time), not only its stage."""
-        return any(e["by"] in ("pruned", "budget") for e in self.events)
+        return any(e.by in ("pruned", "budget") for e in self.events)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         interrupt.check()  # a Ctrl-C that library code swallowed stops the trial here
@@ -230,11 +220,11 @@ class EarlyStop(keras.callbacks.Callback):
             why = rules.pruner.verdict(self.objective, epoch, self.stage, self.depth, self._best, peers)
             if why:
                 return self._stop("pruned", epoch, why, rule=rules.pruner.name)
-        if rules.spent() or (rules.last_epoch is not None and epoch >= rules.last_epoch):
+        if rules.spent():
             return self._stop("budget", epoch, "the job's time budget is spent")
         if self.patience and self._since >= self.patience and epoch < self._stage_end:
             self._stop("patience", epoch, f"no better {self.objective.name} for {self.patience} epochs")
 
-    def _stop(self, by: str, epoch: int, why: str, **extra: Any) -> None:
-        self.events.append({"by": by, "epoch": epoch, "stage": self.stage, "why": why, **extra})
+    def _stop(self, by: str, epoch: int, why: str, rule: str | None = None) -> None:
+        self.events.append(Stop(by, epoch, self.stage, why, rule))
         self.model.stop_training = True

@@ -21,9 +21,10 @@ import numpy as np
 from hydra.utils import instantiate
 
 from tlsweep.batches import Source
-from tlsweep.logs import TrialLog
+from tlsweep.logs import Fitted, TrialLog
 from tlsweep.model import SharedClassifier, unfreeze_top
-from tlsweep.settings import Objective, TrialSettings
+from tlsweep.records import Objective
+from tlsweep.spec import JobSpec
 from tlsweep.stopping import EarlyStop, StopRules
 
 DIVERGED_LOSS = 1e6  # a cross-entropy this large means the weights blew up: stop the trial
@@ -31,26 +32,6 @@ DIVERGED_LOSS = 1e6  # a cross-entropy this large means the weights blew up: sto
 
 class TrialFailed(Exception):
     """The trial cannot give a result (its loss diverged, or no epoch scored); the search goes on."""
-
-
-def stage_plan(
-    head_epochs: int, finetune_epochs: int, epochs: int | None = None, initial_epoch: int = 0
-) -> list[tuple[str, int, int]]:
-    """The (stage, first epoch, end epoch) of each ``fit`` of a trial, on one epoch axis.
-
-    ``epochs`` is a budget set by the tuner (Hyperband); it is split between the stages in
-    the ratio ``head_epochs : finetune_epochs``.
-    """
-    total = head_epochs + finetune_epochs if epochs is None else epochs
-    boundary = head_epochs
-    if epochs is not None and finetune_epochs:
-        boundary = max(1, round(total * head_epochs / (head_epochs + finetune_epochs)))
-    plan = []
-    if initial_epoch < min(boundary, total):
-        plan.append(("head", initial_epoch, min(boundary, total)))
-    if finetune_epochs and total > max(boundary, initial_epoch):
-        plan.append(("finetune", max(boundary, initial_epoch), total))
-    return plan
 
 
 def trial_seed(seed: int, hyperparameters: dict[str, Any], replicate: int = 0) -> int:
@@ -131,6 +112,17 @@ class BestWeights(keras.callbacks.Callback):
             variable.assign(value)
 
 
+class Finite(keras.callbacks.Callback):
+    """Stops training at the first epoch whose loss is NaN or infinite (a refit has no best epoch to keep)."""
+
+    diverged_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not math.isfinite((logs or {}).get("loss", 0.0)):
+            self.diverged_at = epoch + 1
+            self.model.stop_training = True
+
+
 class Validate(keras.callbacks.Callback):
     """Adds ``val_loss`` and ``val_accuracy`` to each epoch's logs, as ``fit(validation_data=…)`` would.
 
@@ -153,14 +145,14 @@ class Validate(keras.callbacks.Callback):
 class TwoStageTrial:
     """A two-stage transfer-learning trial on the job's classifier and batch source."""
 
-    settings: TrialSettings
+    spec: JobSpec
     classifier: SharedClassifier
     source: Source  # where each stage's batches come from: images, or cached tensors
     class_weight: dict[int, float] | None = None  # each class's weight in the training loss (class_weight=balanced)
 
     def declare(self, hp: Any) -> dict[str, Any]:
         """Declare the searched hyperparameters on KerasTuner's ``hp`` and return this trial's values."""
-        space = self.settings.space
+        space = self.spec.search
         if space.lr_min == space.lr_max:  # a pinned rate (a rerun): exactly it, not exp(log(it))
             learning_rate = hp.Fixed("learning_rate", space.lr_min)
         else:
@@ -168,16 +160,16 @@ class TwoStageTrial:
                 "learning_rate", space.lr_min, space.lr_max, sampling=space.lr_sampling, step=space.lr_step
             )
         values = {"learning_rate": learning_rate, "optimizer": hp.Choice("optimizer", list(space.optimizers))}
-        if self.settings.mode == "top":
+        if self.spec.training.mode == "top":
             values["unfreeze_depth"] = hp.Choice("unfreeze_depth", list(space.depths))
-        elif self.settings.mode == "full":
+        elif self.spec.training.mode == "full":
             values["unfreeze_depth"] = hp.Fixed("unfreeze_depth", self.classifier.backbone.num_layers)
         return values
 
     def build(self, hp: Any) -> keras.Model:
         """The job's classifier, reset for this trial (see ``SharedClassifier``); ``fit`` compiles what trains."""
         self.declare(hp)
-        return self.classifier.fresh(everything=self.settings.keep_checkpoints)  # Hyperband loads checkpoints
+        return self.classifier.fresh(everything=self.spec.tuner.sizes_itself)  # Hyperband loads checkpoints
 
     def fit(
         self,
@@ -188,20 +180,20 @@ class TwoStageTrial:
         epochs: int | None = None,
         initial_epoch: int = 0,
         rules: StopRules | None = None,
-    ) -> dict[str, Any]:
+    ) -> Fitted:
         """Stage 1 (head) then stage 2 (unfrozen top at lr × scale), keeping the best epoch.
 
         Batches are fixed by ``seed`` and the epoch, so a trial trains the same way whether it
         runs first, tenth, again after a resume, or on cached tensors. A stage ends early after
         ``finetune.patience`` epochs without progress; the trial ends early when ``rules`` say so
-        (pruning, the job's budget). Returns the trial's summary (best epoch and stage, the
-        objective's value, each stage's best, whether stage 2 rolled back, why it stopped early).
+        (pruning, the job's budget). Returns what it kept (best epoch and stage, each stage's best,
+        whether stage 2 rolled back, why it stopped early).
         """
-        settings = self.settings
-        plan = stage_plan(settings.head_epochs, settings.finetune_epochs, epochs, initial_epoch)
-        best = BestWeights(settings.objective)
-        depth = None if settings.mode == "none" else int(hp.get("unfreeze_depth"))
-        stop = EarlyStop(settings.objective, settings.patience, rules or StopRules(), depth)
+        spec = self.spec
+        plan = spec.training.plan(epochs, initial_epoch)
+        best = BestWeights(spec.objective)
+        depth = None if spec.training.mode == "none" else int(hp.get("unfreeze_depth"))
+        stop = EarlyStop(spec.objective, spec.training.patience, rules or StopRules(), depth)
         last_depth = 0  # where the last stage trained: its evaluator scores the kept weights at the end
         for stage, first, end in plan:
             best.stage = stage
@@ -219,16 +211,9 @@ class TwoStageTrial:
                 break
         if best.best is None:
             raise TrialFailed("no epoch produced a finite validation metric")
-        return {
-            "val_recall": self._recall(model, last_depth, seed),
-            "best_epoch": best.best["epoch"],
-            "best_stage": best.best["stage"],
-            "val_loss": best.best["val_loss"],
-            settings.objective.name: best.best["value"],
-            "stages": best.stage_bests,
-            "rolled_back": best.rolled_back,
-            "stopped": stop.events,
-        }
+        kept, recall = best.best, self._recall(model, last_depth, seed)
+        stops = tuple(stop.events)
+        return Fitted(kept["epoch"], kept["stage"], kept["value"], best.rolled_back, best.stage_bests, stops, recall)
 
     def _recall(self, model: keras.Model, depth: int, seed: int) -> list[float | None]:
         """Each class's recall on the validation images, with the weights the trial kept."""
@@ -238,18 +223,20 @@ class TwoStageTrial:
         evaluator.evaluate(val.dataset(), verbose=0)
         return self.classifier.recall(key)
 
-    def refit(self, hp: Any, model: keras.Model, source: Source, epochs: int, trial_log: TrialLog, seed: int) -> None:
+    def refit(
+        self, hp: Any, model: keras.Model, source: Source, epochs: int, trial_log: TrialLog | None, seed: int
+    ) -> Fitted:
         """Train the configuration for exactly ``epochs`` on ``source`` and keep the last epoch: the winner
         retrained on training + validation images for its best epoch count (nothing is held out to choose by)."""
-        head = self.settings.head_epochs
-        plan = [("head", 0, min(epochs, head))]
-        if epochs > head and self.settings.finetune_epochs:
-            plan.append(("finetune", head, epochs))
+        plan = self.spec.training.refit_plan(epochs)
+        finite = Finite()
         for stage, first, end in plan:
-            trial_log.begin_stage(stage, epochs)
-            self._fit_stage(hp, model, stage, (first, end), source, [], trial_log, seed)
-            if any(e["loss"] is None for e in trial_log.record["history"]):  # NaN or infinite
-                raise TrialFailed("the loss became NaN or infinite while refitting")
+            if trial_log:
+                trial_log.begin_stage(stage, epochs)
+            self._fit_stage(hp, model, stage, (first, end), source, [finite], trial_log, seed, validate=False)
+            if finite.diverged_at is not None:
+                raise TrialFailed(f"the loss became NaN or infinite at epoch {finite.diverged_at} while refitting")
+        return Fitted(epochs, plan[-1][0])
 
     def _fit_stage(
         self,
@@ -261,6 +248,7 @@ class TwoStageTrial:
         keep: list[keras.callbacks.Callback],
         trial_log: TrialLog | None,
         seed: int,
+        validate: bool = True,
     ) -> None:
         """One stage: compile (or reuse) what trains at this depth on ``source``, then fit it from
         ``epochs[0]`` to ``epochs[1]``; ``keep`` (the best epoch's keeper, the early stop) sees each validated epoch."""
@@ -268,12 +256,12 @@ class TwoStageTrial:
         if stage == "finetune":
             depth = int(hp.get("unfreeze_depth"))
             unfreeze_top(model, self.classifier.backbone, depth)
-            learning_rate *= self.settings.lr_scale
+            learning_rate *= self.spec.training.lr_scale
         make_model = partial(source.part, model, depth)
-        make_optimizer = partial(instantiate, self.settings.optimizers[name], learning_rate=learning_rate)
+        make_optimizer = partial(instantiate, self.spec.optimizers[name], learning_rate=learning_rate)
         trainer = self.classifier.trainer((source.cut(depth), depth, name), make_model, make_optimizer, learning_rate)
         train, val = source.batches(depth, seed)
-        validate = [Validate(self.classifier.evaluator(source.cut(depth), make_model), val.dataset())] if keep else []
+        scores = [Validate(self.classifier.evaluator(source.cut(depth), make_model), val.dataset())] if validate else []
         recording = trial_log.callbacks() if trial_log else []
         trainer.fit(
             train.dataset(),
@@ -282,6 +270,6 @@ class TwoStageTrial:
             steps_per_epoch=train.steps,
             verbose=0,
             shuffle=False,  # the batches already come in each epoch's order
-            callbacks=[train.callback(), *validate, *keep, *recording],
+            callbacks=[train.callback(), *scores, *keep, *recording],
             class_weight=self.class_weight,
         )

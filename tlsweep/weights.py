@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tlsweep import hub  # noqa: E402
 from tlsweep.backbones import keras_weights_dir  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
-from tlsweep.errors import TlsweepError, first_line  # noqa: E402
+from tlsweep.errors import TlsweepError  # noqa: E402
 
 log = logging.getLogger("tlsweep.weights")
 
@@ -35,28 +35,21 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
 
     Returns a line per backbone that is ready, and the error of each that is not.
     """
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-
     from tlsweep.backbones import load_backbone
-    from tlsweep.config import sweep_combinations
+    from tlsweep.config import compose_spec, sweep_combinations
     from tlsweep.paths import register_resolvers
 
     register_resolvers()
     lines, errors = [], []
     for combination in sweep_combinations(overrides):
-        try:
-            with initialize_config_module("tlsweep.conf", version_base="1.3"):
-                cfg = compose("config", overrides=combination)
-        except HydraException as e:
-            raise TlsweepError(first_line(e)) from e
-        backbone, size = cfg.backbone, int(cfg.dataset.image_size or cfg.backbone.image_size)
+        spec = compose_spec(combination)
+        backbone, size = spec.backbone, spec.image_size
         try:
             loaded = load_backbone(backbone, size)
         except TlsweepError as e:
             errors.append(e)
             continue
-        if not (backbone.get("handle") or backbone.get("preset") or backbone.weights == "imagenet"):
+        if not (backbone.handle or backbone.preset or backbone.weights == "imagenet"):
             lines.append(f"ready    {backbone.name}: nothing to download (weights: {backbone.weights})")
             continue
         lines.append(f"ready    {backbone.name} at {size} px: {loaded.source}")

@@ -5,8 +5,8 @@ The frozen part of a trial's model computes the same thing in every trial and ep
 - stage 1 trains the head on the backbone's pooled output, computed once;
 - stage 2 at unfreeze depth N trains the part above the cut below the top N layers, on the
   tensors that cross that cut (several inside a residual block), computed once per depth;
-- random augmentation becomes V fixed views of the training set (V: by default one per three epochs
-  of the longer stage); epoch e trains on view e mod V, in every trial. Each cut keeps only the
+- random augmentation becomes V fixed views of the training set (V: ``JobSpec.views``); epoch e
+  trains on view e mod V, in every trial. Each cut keeps only the
   views its epochs read (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
 
 A plan (``tlsweep.cache.plan``) decides first which cuts pay and where they go under the job's
@@ -19,6 +19,7 @@ augmentation and seed, cut, view), so later jobs and sweeps reuse them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from tlsweep import interrupt
 from tlsweep.augment import VERSION as AUGMENTATION_VERSION
@@ -39,8 +39,9 @@ from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, prepr
 from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_fits, make_plan, resident_memory
 from tlsweep.cache.store import Store, entries, evict, gigabytes
 from tlsweep.data import ImageData
-from tlsweep.model import augmentation, augments
-from tlsweep.settings import EPOCHS_PER_VIEW, finetune_epochs
+from tlsweep.groups import AugmentationSpec
+from tlsweep.model import augmentation
+from tlsweep.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class FeatureCache:
 
     backbone: Backbone
     data: ImageData
-    augmentation: DictConfig | None
+    augmentation: AugmentationSpec | None
     views: int
     seed: int
     store: Store
@@ -273,7 +274,7 @@ class FeatureCache:
                     images.update(np.ascontiguousarray(array[i : i + 1024]).tobytes())
             augmentation = None
             if self.augmentation:  # the settings, and how they are applied (views made another way differ)
-                augmentation = {**OmegaConf.to_container(self.augmentation), "warp": AUGMENTATION_VERSION}
+                augmentation = {**dataclasses.asdict(self.augmentation), "warp": AUGMENTATION_VERSION}
             self._fingerprint = {
                 "backbone": self.backbone.name,
                 "weights": weights.hexdigest(),
@@ -309,71 +310,40 @@ def compute_below(network: Any, cut: int) -> float:
     return sum(costs[: len(layers) - cut]) / total
 
 
-def views_for(cfg: DictConfig) -> int:
-    """How many augmented views: ``feature_cache.views``, else one per ``EPOCHS_PER_VIEW`` (3) epochs of
-    the longer stage (at least two); one without augmentation.
-
-    Each view costs a pass of the augmentation and the backbone over the training images, the
-    cache's biggest cost. Reading each view in up to three epochs of a stage cuts that cost to a third;
-    reusing augmented images for later epochs costs little accuracy ("data echoing", Choi et al., 2019),
-    as the benchmark's trials confirm (README). Two views at least, so consecutive epochs never read the same
-    images. Stage 2 cycles on through the views stage 1 made: every cut of a view comes from one pass.
-    """
-    if not augments(cfg.augmentation):
-        return 1
-    if cfg.feature_cache.views:
-        return int(cfg.feature_cache.views)
-    longer = max(int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune), 1)
-    return min(longer, max(2, math.ceil(longer / EPOCHS_PER_VIEW)))
-
-
-def search_depths(cfg: DictConfig, backbone: Backbone) -> list[int]:
-    """The unfreeze depths the search may train at."""
-    mode = cfg.finetune.mode
-    depths = [0] + ([int(d) for d in cfg.search.unfreeze_depths] if mode == "top" else [])
-    return depths + ([backbone.num_layers] if mode == "full" else [])
-
-
-def plan_cuts(cfg: DictConfig, backbone: Backbone, network: Any) -> list[Cut]:
-    """Each cut the search may train on: its bytes per image, the compute below it, the views its epochs
-    read and how many epochs are expected to train on it (trials, finalists' extra runs included)."""
-    head, finetune = int(cfg.finetune.head_epochs), finetune_epochs(cfg.finetune)
-    views = views_for(cfg)
-    depths = search_depths(cfg, backbone)
-    searched = depths[1:] or [0]
-    trials = int(cfg.tuner.max_trials) + int(cfg.finalists.top) * max(int(cfg.finalists.seeds) - 1, 0)
-    every = cfg.tuner.name == "hyperband"  # Hyperband splits each trial's epochs itself: any view may be read
+def plan_cuts(spec: JobSpec, backbone: Backbone, network: Any) -> list[Cut]:
+    """Each cut the job may train on: its bytes per image, the compute below it, the views its epochs read
+    and how many epochs are expected to train on it (search, finalists and refit: ``JobSpec.workload``)."""
+    work, views = spec.workload(), spec.views
+    searched = list(spec.depths(backbone.num_layers)) or [0]
     by_cut: dict[int, list[int]] = {}
-    for depth in sorted(set(depths)):
+    for depth in spec.cache_depths(backbone.num_layers):
         by_cut.setdefault(backbone.cut_depth(depth), []).append(depth)
     cuts = []
     for cut, served in sorted(by_cut.items()):
         share = sum(searched.count(d) for d in served) / len(searched)
-        epochs = trials * share * finetune + (trials * head if cut == 0 else 0)
-        read = set(range(head)) if cut == 0 else set()
-        read |= set(range(head, head + finetune)) if share else set()
-        kept = tuple(range(views)) if every else tuple(sorted({e % views for e in read}))
+        epochs = work.finetune_epochs * share + (work.head_epochs if cut == 0 else 0)
+        read = (work.head_read if cut == 0 else frozenset()) | (work.finetune_read if share else frozenset())
         row = sum(math.prod(s) for s in cut_shapes(network, cut, backbone.cuts)) * 4
         below = compute_below(network, cut) if cut < backbone.cuts else 0.0
+        kept = tuple(sorted({e % views for e in read}))
         cuts.append(Cut(cut, tuple(d for d in served if d or cut == 0), row, below, kept, epochs))
     return cuts
 
 
-def make_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, plan: CachePlan | None = None) -> FeatureCache:
-    """The job's feature cache, as ``cfg.feature_cache`` and ``plan`` set it up."""
-    settings = cfg.feature_cache
-    store = Store(Path(settings.dir), str(settings.dtype))
-    augment = cfg.augmentation if augments(cfg.augmentation) else None
-    cuts = sorted({backbone.cut_depth(d) for d in search_depths(cfg, backbone)})
-    return FeatureCache(backbone, data, augment, views_for(cfg), int(cfg.seed), store, cuts, plan)
+def make_cache(spec: JobSpec, backbone: Backbone, data: ImageData, plan: CachePlan | None = None) -> FeatureCache:
+    """The job's feature cache, as ``spec.cache`` and ``plan`` set it up."""
+    store = Store(Path(spec.cache.dir), spec.cache.dtype)
+    augment = spec.augmentation if spec.augmentation.changes_images else None
+    cuts = sorted({backbone.cut_depth(d) for d in spec.cache_depths(backbone.num_layers)})
+    return FeatureCache(backbone, data, augment, spec.views, spec.seed, store, cuts, plan)
 
 
-def plan_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, network: Any, budget: float) -> FeatureCache:
+def plan_cache(spec: JobSpec, backbone: Backbone, data: ImageData, network: Any, budget: float) -> FeatureCache:
     """The job's feature cache with its plan: what each cut takes against the memory ``budget`` (what the
     job holds already, images included, and a reserve for training counted first) and the room on disk
     (``feature_cache.max_disk_gb``, and the free space). Refuses before any work if even the head's
     features cannot be stored; makes room by removing the least recently used keys of other jobs."""
-    settings = cfg.feature_cache
+    settings = spec.cache
     folder = Path(settings.dir)
     folder.mkdir(parents=True, exist_ok=True)
     limit = float(settings.max_disk_gb) * GB
@@ -382,15 +352,15 @@ def plan_cache(cfg: DictConfig, backbone: Backbone, data: ImageData, network: An
     free = shutil.disk_usage(folder).free
     images = data.x_train.nbytes + data.x_val.nbytes  # the plain way's pipeline copy, for depths trained from images
     memory = budget - resident_memory() - TRAINING_RESERVE - images
-    itemsize = np.dtype(str(settings.dtype)).itemsize
-    cuts = plan_cuts(cfg, backbone, network)
+    itemsize = np.dtype(settings.dtype).itemsize
+    cuts = plan_cuts(spec, backbone, network)
     plan = make_plan(
-        cuts, len(data.y_train), len(data.y_val), views_for(cfg), itemsize, max(memory, 0), min(limit, free + held)
+        cuts, len(data.y_train), len(data.y_val), spec.views, itemsize, max(memory, 0), min(limit, free + held)
     )
     plan.budget = budget
     check_head_fits(plan, folder, free, float(settings.max_disk_gb))
     log.info(plan.line())
-    cache = make_cache(cfg, backbone, data, plan)
+    cache = make_cache(spec, backbone, data, plan)
     mine = cache.folders()
     new = plan.disk_needed() - sum(e.bytes for e in found if e.folder in mine)
     removed = evict(folder, min(limit, held + free - GB) - max(new, 0), mine)

@@ -142,6 +142,14 @@ class Store:
     reused: int = 0
     checked: set[Path] = field(default_factory=set)  # keys this store wrote or verified: not read again to check
 
+    def line(self) -> str:
+        """What this job's store did, in one line for the job's log."""
+        held = gigabytes(sum(e.bytes for e in entries(self.root)))
+        return (
+            f"feature cache: {self.built} parts computed, {self.reused} reused; {self.root} holds {held} "
+            "(python -m tlsweep.cache list)"
+        )
+
     def folder(self, fields: dict[str, Any]) -> Path:
         key = hashlib.sha256(json.dumps({**fields, "format": CACHE_FORMAT}, sort_keys=True).encode()).hexdigest()
         return self.root / key[:24]

@@ -17,9 +17,9 @@ DEFAULT_TOP = 5
 
 def build_report(root: Path, top: int = DEFAULT_TOP) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and ``trials.csv`` into ``root`` from the jobs under it."""
-    from tlsweep.records import load_sweep
     from tlsweep.report.render import write_all
     from tlsweep.report.summary import summarize
+    from tlsweep.results import load_sweep
 
     root = Path(root)
     if not root.is_dir():

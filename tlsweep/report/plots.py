@@ -10,7 +10,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tlsweep.records import Trial
+from tlsweep.results import Trial
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -23,18 +23,17 @@ def curves(trials: Sequence[tuple[str, Trial]]) -> bytes:
     ax_loss, ax_acc = fig.subplots(1, 2)
     for i, (label, trial) in enumerate(trials):
         colour = COLOURS[i % len(COLOURS)]
-        history = trial.history
-        epochs = [e["epoch"] for e in history]
+        history = trial.run.history
+        epochs = [e.epoch for e in history]
         for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            ax.plot(epochs, [_nan(e.get(key)) for e in history], "--", color=colour, alpha=0.6, linewidth=1)
-            ax.plot(epochs, [_nan(e.get(f"val_{key}")) for e in history], "-", color=colour, label=_text(label))
-            boundary = next((e["epoch"] - 0.5 for e in history if e.get("stage") == "finetune"), None)
+            ax.plot(epochs, [_nan(e.metric(key)) for e in history], "--", color=colour, alpha=0.6, linewidth=1)
+            ax.plot(epochs, [_nan(e.metric(f"val_{key}")) for e in history], "-", color=colour, label=_text(label))
+            boundary = next((e.epoch - 0.5 for e in history if e.stage == "finetune"), None)
             if boundary is not None:
                 ax.axvline(boundary, color=colour, linestyle=":", linewidth=1)
-            best = trial.record.get("best_epoch")
-            best_entry = next((e for e in history if e["epoch"] == best), None)
-            if best_entry is not None:
-                ax.plot([best], [_nan(best_entry.get(f"val_{key}"))], "o", color=colour, markersize=5)
+            kept = trial.run.epoch(trial.run.best_epoch)
+            if kept is not None:
+                ax.plot([kept.epoch], [_nan(kept.metric(f"val_{key}"))], "o", color=colour, markersize=5)
     ax_loss.set(title="loss (dashed: train, solid: validation)", xlabel="epoch", ylabel="loss")
     ax_acc.set(title="accuracy (dotted line: stage 2 starts, dot: kept epoch)", xlabel="epoch", ylabel="accuracy")
     fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")

@@ -15,9 +15,9 @@ import jinja2
 
 from tlsweep import files
 from tlsweep.data import imbalance_warning
-from tlsweep.records import reproduce_command
+from tlsweep.export import reproduce_command
 from tlsweep.report import plots
-from tlsweep.report.summary import Finalist, Summary, accuracy_interval
+from tlsweep.report.summary import Summary, accuracy_interval
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -47,28 +47,8 @@ def to_csv(summary: Summary) -> str:
 
 def _context(summary: Summary, top: int) -> dict[str, Any]:
     """Everything both the HTML and the Markdown report show, as plain values."""
-    sweep, best = summary.sweep, summary.best
-    headline = None
-    if best is not None:
-        job = next(j for j in sweep.jobs if j.name == best["job"])
-        trial = next(t for t in job.trials if t.trial_id == best["trial"])
-        hyperparameters = trial.record.get("hyperparameters", {})
-        setup = {k: best[k] for k in summary.setup_columns if best.get(k) is not None}
-        finalist = summary.finalists[0] if summary.winner else None
-        headline = {
-            "job": best["job"],
-            "trial": best["trial"],
-            "value": best[summary.metric],
-            "interval": _interval(best, summary.metric, job.val_images),
-            "setup": setup,
-            "hyperparameters": {k: _fmt(v, k) for k, v in hyperparameters.items()},
-            "best_epoch": best["best_epoch"],
-            "best_stage": best["best_stage"],
-            "stage2": best["stage2"],
-            "command": reproduce_command(job, trial),
-            "runner_up": _verdict(summary) if finalist else _runner_up(summary),
-            "finalist": None if finalist is None else _finalist_line(finalist, summary.metric),
-        }
+    sweep = summary.sweep
+    headline = _headline(summary)
     statuses: dict[str, int] = {}
     for _, trial in sweep.trials:
         statuses[trial.status] = statuses.get(trial.status, 0) + 1
@@ -121,7 +101,7 @@ def _recall(summary: Summary, top: int) -> dict[str, Any] | None:
     for row in summary.ranked[:top]:
         job = next(j for j in summary.sweep.jobs if j.name == row["job"])
         trial = next(t for t in job.trials if t.trial_id == row["trial"])
-        recall = trial.record.get("val_recall")
+        recall = trial.run.val_recall
         if recall and len(recall) == len(job.classes):
             shown = [_fmt(r) if r is not None else "n/a" for r in recall]
             rows.append({"name": _name(summary, job.name, trial.trial_id), "classes": job.classes, "recall": shown})
@@ -136,7 +116,7 @@ def _trials(n: Any) -> str:
 
 
 def _budget_stop(job: Any) -> bool:
-    return bool(job.record and job.record.get("stopped_by_budget"))
+    return bool(job.record.get("stopped_by_budget"))
 
 
 def _export(sweep: Any) -> dict[str, Any] | None:
@@ -166,23 +146,56 @@ def _export(sweep: Any) -> dict[str, Any] | None:
     return context
 
 
+def _headline(summary: Summary) -> dict[str, Any] | None:
+    """The answer first: the configuration's mean over seeds with the interval of that mean; then the model
+    that ships, with its own single value and that value's interval for the number of validation images."""
+    winner, best = summary.winner, summary.best
+    if winner is None or best is None:
+        return None
+    job, run = winner.job, winner.run
+    prefix = "" if len(summary.sweep.jobs) == 1 else f"{job.name} "
+    interval = _interval(best, summary.metric, job.val_images)
+    over, shipped = "", ""
+    if winner.group is not None:
+        low, high = winner.group.interval
+        over = f"on average over {len(winner.group.values)} seeds"
+        model = "the seed closest to the mean" if not winner.refit else "its refit"
+        shipped = f"Model shipped: {prefix}trial_{run.trial_id}, {model}: {summary.metric} {_fmt(best[summary.metric])}"
+        shipped += f" ({interval})" if interval else ""
+        interval = f"95% interval of the mean over seeds: {_fmt(low)}–{_fmt(high)}"
+    if winner.refit:
+        epochs = winner.model.run.best_epoch
+        shipped = (
+            f"Model shipped: {prefix}trial_{winner.model.trial_id}, trial_{run.trial_id}'s configuration retrained on "
+            f"training + validation images for {epochs} epochs (nothing held out: it has no validation score)"
+        )
+    hyperparameters = run.run.hyperparameters
+    return {
+        "name": f"{prefix}{winner.name}",
+        "value": winner.value,
+        "over": over,
+        "interval": interval,
+        "shipped": shipped,
+        "setup": {k: best[k] for k in summary.setup_columns if best.get(k) is not None},
+        "hyperparameters": {k: _fmt(v, k) for k, v in hyperparameters.items()},
+        "best_epoch": best["best_epoch"],
+        "best_stage": best["best_stage"],
+        "stage2": best["stage2"],
+        "command": reproduce_command(job, run),
+        "runner_up": _verdict(summary) if summary.finalists else _runner_up(summary),
+    }
+
+
 def _interval(row: dict[str, Any], metric: str, n: int | None) -> str:
     value = row[metric]
-    if metric not in ("val_accuracy", "train_accuracy") or not n:  # a binomial interval fits plain accuracy only
+    if metric not in ("val_accuracy", "train_accuracy") or not n or value is None:  # binomial: plain accuracy only
         return ""
     low, high = accuracy_interval(value, n)
-    return f"95% interval {low:.3f}–{high:.3f} on {n} validation images"
+    return f"95% interval for {n} validation images: {low:.3f}–{high:.3f}"
 
 
 def _span(finalist: dict[str, Any]) -> str:
     return f"{_fmt(finalist['low'])}–{_fmt(finalist['high'])}"
-
-
-def _finalist_line(finalist: Finalist, metric: str) -> str:
-    return (
-        f"{metric} {_fmt(finalist.mean)} on average over {finalist.runs} seeds (95% interval "
-        f"{_fmt(finalist.low)}–{_fmt(finalist.high)}); the model is the seed closest to that mean"
-    )
 
 
 def _verdict(summary: Summary) -> str:
@@ -236,10 +249,10 @@ def to_markdown(context: dict[str, Any]) -> str:
     h = context["headline"]
     if h:
         lines += [
-            f"**Best trial: {'' if context['one_job'] else _md(h['job']) + ' '}trial_{_md(h['trial'])} — "
-            f"{context['metric']} {_fmt(h['value'])}**" + (f" ({h['interval']})" if h["interval"] else ""),
+            f"**Best: {_md(h['name'])} — {context['metric']} {_fmt(h['value'])}"
+            + (f" {h['over']}" if h["over"] else "") + "**" + (f" ({h['interval']})" if h["interval"] else ""),
             "",
-            *([f"- {_md(h['finalist'])}"] if h["finalist"] else []),
+            *([f"- {_md(h['shipped'])}"] if h["shipped"] else []),
             *[f"- {_md(k)}: {_md(_fmt(v))}" for k, v in {**h["setup"], **h["hyperparameters"]}.items()],
             f"- kept epoch {h['best_epoch']} ({h['best_stage']}); stage 2: {h['stage2']}",
             *([f"- {_md(h['runner_up'])}"] if h["runner_up"] else []),

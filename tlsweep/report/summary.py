@@ -14,19 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tlsweep.config import split_override
-from tlsweep.records import (
-    Group,
-    Job,
-    Sweep,
-    Trial,
-    best_entry,
-    finalist_groups,
-    kept_epoch,
-    ranking,
-    sweep_objective,
-    winner,
-)
-from tlsweep.settings import minimised
+from tlsweep.records import Epoch, Objective, best_epoch_of
+from tlsweep.results import Group, Job, Sweep, Trial, Winner, finalist_groups, rank_key, ranking, winner
 
 CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
 HIDDEN_CHOICES = ("optimizer",)  # the loaded optimizers; the one a trial used is a hyperparameter
@@ -118,7 +107,7 @@ class Summary:
     effects: list[Effect]
     warnings: list[str]
     finalists: list[Finalist] = field(default_factory=list)  # best mean first: the first is the answer
-    winner: tuple[str, str] | None = None  # (job, trial) of the run that stands for the answer
+    winner: Winner | None = None  # the answer (``tlsweep.results.winner``)
 
     @property
     def constants(self) -> dict[str, Any]:
@@ -142,21 +131,23 @@ class Summary:
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The row of the answer: the winning finalist's run closest to its mean, else the best trial."""
-        if self.winner is not None:
-            return next((r for r in self.table.rows if (r["job"], r["trial"]) == self.winner), None)
-        return self.ranked[0] if self.ranked else None
+        """The row of the run that stands for the answer: the winning configuration's run closest to its mean
+        (a refit, which holds nothing out, does not have the numbers), else the best trial."""
+        if self.winner is None:
+            return None
+        key = (self.winner.job.name, self.winner.run.trial_id)
+        return next((r for r in self.table.rows if (r["job"], r["trial"]) == key), None)
 
     @property
     def maximize(self) -> bool:
-        return not minimised(self.objective)
+        return not Objective(self.objective).minimise
 
 
 def summarize(sweep: Sweep) -> Summary:
     """Rank every trial of the sweep by its jobs' objective and compare the choices."""
-    objective = sweep_objective(sweep)
-    metric = METRIC_OF_OBJECTIVE.get(objective, "val_accuracy")
-    maximize = not minimised(objective)
+    objective = sweep.objective
+    metric = METRIC_OF_OBJECTIVE.get(objective.name, "val_accuracy")
+    maximize = not objective.minimise
     varying = _varying_overrides(sweep.jobs)
     rows = [_row(job, trial, objective, varying, sweep.root) for job, trial in sweep.trials]
     groups = [g for job in sweep.jobs for g in finalist_groups(job, objective)]
@@ -179,10 +170,9 @@ def summarize(sweep: Sweep) -> Summary:
         if len(group_effect) > 1:  # one value everywhere shows no effect
             effects += _mark_noise(group_effect, noise)
     warnings = [f"{r['job']} trial_{r['trial']}: {r['overfitting']}" for r in table.rows if r["overfitting"]]
-    found = winner(sweep, objective)
     return Summary(
         sweep,
-        objective,
+        objective.name,
         metric,
         table,
         [*choice_keys, *varying],
@@ -190,7 +180,7 @@ def summarize(sweep: Sweep) -> Summary:
         effects,
         warnings,
         _finalists(groups, objective),
-        (found[0].name, found[1].trial_id) if found and found[2] is not None else None,
+        winner(sweep, objective),
     )
 
 
@@ -203,10 +193,10 @@ def _add_group_columns(rows: list[dict[str, Any]], groups: list[Group]) -> None:
         row.update(mean_over_seeds=group.mean if group else None, interval_low=low, interval_high=high)
 
 
-def _finalists(groups: list[Group], objective: str) -> list[Finalist]:
-    """The finalists of every job, best mean first, each judged against the first: an interval that
-    overlaps the winner's is within seed noise of it."""
-    ordered = sorted(groups, key=lambda g: (g.mean if minimised(objective) else -g.mean, g.job.name))
+def _finalists(groups: list[Group], objective: Objective) -> list[Finalist]:
+    """The finalists of every job, best mean first (as ``tlsweep.results.winner`` orders them), each judged
+    against the first: an interval that overlaps the winner's is within seed noise of it."""
+    ordered = sorted(groups, key=lambda g: rank_key(objective, g.mean, g.job.name, g.name))
     found = []
     for i, group in enumerate(ordered):
         low, high = group.interval
@@ -216,8 +206,8 @@ def _finalists(groups: list[Group], objective: str) -> list[Finalist]:
         found.append(
             Finalist(
                 group.job.name, group.trial_id, len(group.values), group.mean, low, high,
-                min(group.values) if not minimised(objective) else max(group.values),
-                max(group.values) if not minimised(objective) else min(group.values),
+                min(group.values) if not objective.minimise else max(group.values),
+                max(group.values) if not objective.minimise else min(group.values),
                 verdict,
             )
         )  # fmt: skip
@@ -243,14 +233,15 @@ def _mark_noise(effects: list[Effect], noise: float | None) -> list[Effect]:
     return effects
 
 
-def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path) -> dict[str, Any]:
-    record, history = trial.record, trial.history
+def _row(job: Job, trial: Trial, objective: Objective, varying: list[str], root: Path) -> dict[str, Any]:
+    run, history = trial.run, trial.run.history
     completed = trial.status == "completed"
-    best = kept_epoch(trial, objective)
-    head = record.get("stages", {}).get("head", {}) if completed else {}
-    stage1 = _entry(history, head.get("epoch")) or best_entry([e for e in history if e["stage"] == "head"], objective)
+    best = run.kept() or Epoch(0)
+    head = run.stages.get("head", {}) if completed else {}
+    stage1 = run.epoch(head.get("epoch")) or best_epoch_of([e for e in history if e.stage == "head"], objective)
+    stage1 = stage1 or Epoch(0)
     overrides = dict(split_override(o) for o in job.overrides)
-    choices = {k: str(v) for k, v in (record.get("choices") or job.record.get("choices") or {}).items()}
+    choices = {k: str(v) for k, v in (run.choices or job.record.choices or {}).items()}
     return {
         "rank": None,
         "job": job.name,
@@ -258,51 +249,47 @@ def _row(job: Job, trial: Trial, objective: str, varying: list[str], root: Path)
         "status": trial.status,
         "_choices": {k: v for k, v in choices.items() if k not in HIDDEN_CHOICES},
         **{k: overrides.get(k) for k in varying},
-        "_hyperparameters": record.get("hyperparameters", {}),
-        "val_accuracy": best.get("val_accuracy"),
-        "val_loss": best.get("val_loss"),
-        "val_balanced_accuracy": best.get("val_balanced_accuracy"),
-        "val_macro_f1": best.get("val_macro_f1"),
-        "train_accuracy": best.get("accuracy"),
-        "train_loss": best.get("loss"),
-        "stage1_val_accuracy": stage1.get("val_accuracy"),
-        "stage1_val_loss": stage1.get("val_loss"),
-        "best_epoch": best.get("epoch"),
-        "best_stage": best.get("stage"),
-        "stage2": _stage2(record, history, completed),
+        "_hyperparameters": run.hyperparameters,
+        "val_accuracy": best.val_accuracy,
+        "val_loss": best.val_loss,
+        "val_balanced_accuracy": best.val_balanced_accuracy,
+        "val_macro_f1": best.val_macro_f1,
+        "train_accuracy": best.accuracy,
+        "train_loss": best.loss,
+        "stage1_val_accuracy": stage1.val_accuracy,
+        "stage1_val_loss": stage1.val_loss,
+        "best_epoch": best.epoch or None,
+        "best_stage": best.stage if best.epoch else None,
+        "stage2": _stage2(trial),
         "epochs": len(history),
-        "stopped": _stopped(record),
-        "seed": record.get("seed"),
-        "finalist_of": record.get("finalist_of"),
-        "duration_s": record.get("duration_s"),
+        "stopped": _stopped(trial),
+        "seed": run.seed,
+        "finalist_of": run.finalist_of or run.refit_of,
+        "duration_s": run.duration_s,
         "overfitting": overfitting(history),
         "error": trial.error,
-        "tensorboard": str((trial.path.parent.parent / record["tensorboard"]).relative_to(root))
-        if record.get("tensorboard")
-        else None,
+        "tensorboard": str((trial.path.parent.parent / run.tensorboard).relative_to(root)) if run.tensorboard else None,
     }
 
 
-def _stopped(record: dict[str, Any]) -> str | None:
-    """Where and why the trial stopped early, e.g. ``pruned at epoch 3 (median)``."""
+def _stopped(trial: Trial) -> str | None:
+    """Where and why the trial stopped early, e.g. ``pruned at epoch 3 (median)``; a refit says what it is."""
+    if trial.run.refit_of:
+        return f"refit on every image for {trial.run.best_epoch} epochs"
     shown = []
-    for event in record.get("stopped") or []:
-        by = "patience in stage 2" if event["by"] == "patience" and event.get("stage") == "finetune" else event["by"]
+    for event in trial.run.stopped:
+        by = "patience in stage 2" if event.by == "patience" and event.stage == "finetune" else event.by
         by = "patience in stage 1" if by == "patience" else by
-        shown.append(f"{by} at epoch {event['epoch']}" + (f" ({event['rule']})" if event.get("rule") else ""))
+        shown.append(f"{by} at epoch {event.epoch}" + (f" ({event.rule})" if event.rule else ""))
     return "; ".join(shown) or None
 
 
-def _entry(history: list[dict[str, Any]], epoch: Any) -> dict[str, Any]:
-    return next((e for e in history if e.get("epoch") == epoch), {})
-
-
-def _stage2(record: dict[str, Any], history: list[dict[str, Any]], completed: bool) -> str:
-    if not any(e.get("stage") == "finetune" for e in history):
+def _stage2(trial: Trial) -> str:
+    if not any(e.stage == "finetune" for e in trial.run.history):
         return "not run"
-    if not completed:
+    if trial.status != "completed":
         return "unfinished"
-    return "rolled back" if record.get("rolled_back") else "improved"
+    return "rolled back" if trial.run.rolled_back else "improved"
 
 
 def _display_order(row: dict[str, Any]) -> tuple:
@@ -341,22 +328,21 @@ def group_effects(
     return sorted(effects, key=lambda e: (-e.best if maximize else e.best, -e.median if maximize else e.median))
 
 
-def overfitting(history: list[dict[str, Any]]) -> str | None:
+def overfitting(history: list[Epoch]) -> str | None:
     """A warning when, after its minimum, validation loss keeps rising while the train/val gap grows."""
-    keys = ("val_loss", "accuracy", "val_accuracy")
-    epochs = [e for e in history if all(isinstance(e.get(k), (int, float)) for k in keys)]
+    epochs = [e for e in history if None not in (e.val_loss, e.accuracy, e.val_accuracy)]
     if len(epochs) < OVERFIT_MIN_RISE + 1:
         return None
-    low = min(range(len(epochs)), key=lambda i: epochs[i]["val_loss"])
+    low = min(range(len(epochs)), key=lambda i: epochs[i].val_loss)  # type: ignore[arg-type,return-value]
     after = epochs[low:]
-    rises = sum(b["val_loss"] > a["val_loss"] for a, b in zip(after, after[1:], strict=False))
-    gap_then = epochs[low]["accuracy"] - epochs[low]["val_accuracy"]
-    gap_now = epochs[-1]["accuracy"] - epochs[-1]["val_accuracy"]
+    rises = sum(b.val_loss > a.val_loss for a, b in zip(after, after[1:], strict=False))  # type: ignore[operator]
+    gap_then = epochs[low].accuracy - epochs[low].val_accuracy  # type: ignore[operator]
+    gap_now = epochs[-1].accuracy - epochs[-1].val_accuracy  # type: ignore[operator]
     if rises < OVERFIT_MIN_RISE or gap_now - gap_then < OVERFIT_MIN_GAP_GROWTH:
         return None
     return (
-        f"overfits after epoch {epochs[low]['epoch']}: validation loss rose from {epochs[low]['val_loss']:.3f} "
-        f"to {epochs[-1]['val_loss']:.3f} while the train/validation accuracy gap grew from {gap_then:+.3f} "
+        f"overfits after epoch {epochs[low].epoch}: validation loss rose from {epochs[low].val_loss:.3f} "
+        f"to {epochs[-1].val_loss:.3f} while the train/validation accuracy gap grew from {gap_then:+.3f} "
         f"to {gap_now:+.3f} (more augmentation or dropout, fewer epochs, or a lower learning rate may help)"
     )
 
@@ -375,7 +361,7 @@ def _varying_overrides(jobs: list[Job]) -> list[str]:
         overrides = dict(split_override(o) for o in job.overrides)
         for key in {*values, *overrides}:
             values.setdefault(key, set()).add(overrides.get(key, "(default)"))
-    groups = {k for job in jobs for k in job.record.get("choices", {})} | set(CHOICE_ORDER)
+    groups = {k for job in jobs for k in job.record.choices} | set(CHOICE_ORDER)
     return sorted(k for k, v in values.items() if len(v) > 1 and k not in groups and not k.startswith("hydra."))
 
 

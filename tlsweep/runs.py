@@ -1,0 +1,313 @@
+"""One way to run a configuration: seed, build, fit, keep the best epoch, record, map every failure.
+
+A search trial (KerasTuner's), a finalist's extra seed, the winner's retrain and its refit are all
+a ``RunPlan`` given to ``Runner.run``: they are seeded, recorded and fail the same way, so they
+cannot drift apart. The runner also keeps the job's best model on disk (``BestModel``) and, in
+memory, the trained weights of runs that may still become the job's answer, so keeping the winner
+rarely needs training again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from tlsweep import files
+from tlsweep.batches import Source
+from tlsweep.errors import TlsweepError, is_disk_full
+from tlsweep.logs import Fitted, TrialLog
+from tlsweep.model import Snapshot
+from tlsweep.records import RunRecord
+from tlsweep.results import Winner, rank_key
+from tlsweep.spec import JobSpec
+from tlsweep.stopping import Pruner, StopRules
+from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
+
+log = logging.getLogger(__name__)
+tracebacks = logging.getLogger("tlsweep.tracebacks")  # to the job log only (conf/hydra/job_logging)
+
+
+class Chosen(dict):
+    """Hyperparameters already chosen (a finalist's, a retrain's): a trial's declarations get them back."""
+
+    def Float(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802  the names KerasTuner's hp uses
+        return self[name]
+
+    def Choice(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        return self[name]
+
+    def Fixed(self, name: str, value: Any) -> Any:  # noqa: N802
+        return self.setdefault(name, value)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a configuration: which run it is, its seed, its schedule, and what it is recorded as."""
+
+    run_id: str
+    label: str
+    hyperparameters: dict[str, Any]
+    replicate: int = 0  # which of the configuration's seeds (0: the search's)
+    budget_epochs: int | None = None  # a tuner's epoch budget (Hyperband); None: the full schedule
+    initial_epoch: int = 0
+    continues: str | None = None  # Hyperband: the trial whose checkpoint this one continues
+    finalist_of: str | None = None
+    refit_of: str | None = None
+    refit_from: str | None = None  # a refit trains as many epochs as this run kept
+    refit_epochs: int = 0
+    worker: str | None = None
+
+    @property
+    def searching(self) -> bool:
+        return self.finalist_of is None and self.refit_of is None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every run of a job records beside its hyperparameters, and where."""
+
+    job_dir: Path
+    logdir: Path  # what ``tensorboard --logdir`` is given: TensorBoard names each run relative to it
+    sweep: str  # the run's or sweep's folder, as TensorBoard shows it
+    choices: dict[str, str]
+    settings: dict[str, Any]
+    data: dict[str, Any]  # classes, images per split and class
+
+
+@dataclass
+class Outcome:
+    """A run's record once it ended, and its model at the kept epoch (None when it failed)."""
+
+    record: RunRecord
+    model: keras.Model | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.record.status == "failed"
+
+
+class BestModel:
+    """The job's best model on disk — ``best.keras``, ``best.json``, ``labels.txt`` — and the one place that
+    saves it. During the search it holds the best single run (the processes of a distributed search share
+    it through a file lock); once finalists are done, the job's answer (``keep``).
+    ``best.keras`` carries the job, run and classes it holds (``files.model_origin``)."""
+
+    def __init__(self, job_dir: Path, spec: JobSpec, classes: list[str]) -> None:
+        self.job_dir, self.objective, self.classes = Path(job_dir), spec.objective, list(classes)
+
+    def read(self) -> dict[str, Any]:
+        """Which run ``best.keras`` holds (trial id, value, hyperparameters); empty when there is none yet."""
+        path = self.job_dir / files.BEST_RECORD
+        if not path.is_file() or not (self.job_dir / files.BEST_MODEL).is_file():
+            return {}
+        try:
+            best = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return best if isinstance(best, dict) else {}
+
+    def offer(self, record: RunRecord, model: keras.Model) -> dict[str, Any]:
+        """Save ``model`` (a search run's, at its kept epoch) if it ranks above the best so far, as the
+        records rank runs (``tlsweep.results.rank_key``); returns the best."""
+        value = record.value
+        with files.locked(self.job_dir / ".best.lock"):
+            best = self.read()  # another process may have saved a better run meanwhile
+            if value is not None and (not best or best.get("value") is None or self._ahead(value, record, best)):
+                best = self._save(record.trial_id, record.hyperparameters, model, value=value)
+        return best
+
+    def _ahead(self, value: float, record: RunRecord, best: dict[str, Any]) -> bool:
+        mine = rank_key(self.objective, value, "", record.trial_id)
+        return mine < rank_key(self.objective, float(best["value"]), "", str(best.get("trial_id")))
+
+    def keep(self, winner: Winner, model: keras.Model | None) -> dict[str, Any]:
+        """Save the job's answer: ``winner.model``'s model (None: ``best.keras`` holds it already), with the
+        value that answers (a mean over seeds)."""
+        extra: dict[str, Any] = {"value": winner.value, "run": winner.run.trial_id}
+        if winner.group is not None:
+            low, high = winner.group.interval
+            extra.update(mean=winner.group.mean, interval=[low, high], runs=len(winner.group.values))
+        if winner.refit:
+            extra["refit_of"] = winner.model.run.refit_of
+        with files.locked(self.job_dir / ".best.lock"):
+            return self._save(winner.model.trial_id, winner.model.run.hyperparameters, model, **extra)
+
+    def _save(
+        self, run_id: str, hyperparameters: dict[str, Any], model: keras.Model | None, **extra: Any
+    ) -> dict[str, Any]:
+        if model is not None:
+            origin = {"job": self.job_dir.name, "trial_id": run_id, "classes": self.classes}
+            files.save_model(model, self.job_dir / files.BEST_MODEL, origin)
+            files.write_text(self.job_dir / files.LABELS, "\n".join(self.classes) + "\n")
+        best = {"trial_id": run_id, "hyperparameters": hyperparameters, **extra}
+        files.write_json(self.job_dir / files.BEST_RECORD, best)
+        return best
+
+
+@dataclass
+class Runner:
+    """Runs the configurations of one job, each the same way (``run``), and keeps what may win."""
+
+    spec: JobSpec
+    trial: TwoStageTrial
+    context: RunContext
+    best: BestModel
+    pruner: Pruner | None = None
+    deadline: float | None = None  # time.monotonic() after which no run starts and a running one stops (budget)
+    refit_data: Callable[[], Source] | None = None  # training + validation images, for a refit
+    kept: dict[str, tuple[RunRecord, Snapshot]] = field(default_factory=dict)  # weights of runs that may still win
+    _refit_source: Source | None = None
+
+    @property
+    def job_dir(self) -> Path:
+        return self.context.job_dir
+
+    def out_of_time(self) -> bool:
+        return StopRules(deadline=self.deadline).spent()
+
+    def run(
+        self, plan: RunPlan, hp: Any = None, checkpoint: Path | None = None, save_to: Path | None = None
+    ) -> Outcome:
+        """Train ``plan`` and record it; ``hp`` is KerasTuner's (a search trial), else the plan's values.
+        ``checkpoint``: weights to start from (Hyperband continues a trial); ``save_to``: where to save the
+        kept weights. A run that fails is recorded as failed, with one line saying why, and the job goes
+        on; a full disk stops the job (TlsweepError), keeping what is written."""
+        values = dict(plan.hyperparameters)
+        seed = trial_seed(self.spec.seed, values, plan.replicate)
+        record = self._record(plan, values, seed)
+        trial_log = TrialLog(self.job_dir, record, plan.label, self.spec.verbose, self.context.logdir)
+        hp = hp if hp is not None else Chosen(values)
+        try:
+            trial_log.start()
+            model = self._build(hp, seed, checkpoint)
+            fitted = self._fit(plan, hp, model, trial_log, seed)
+            trial_log.finish(fitted)
+            if plan.searching and fitted.stop("pruned") is None:  # a pruned run never becomes the job's best
+                self.best.offer(record, model)
+            if save_to is not None:
+                model.save_weights(save_to)
+            trial_log.complete()  # after the model is saved: a model that could not be saved fails its run
+        except Exception as e:
+            trial_log.fail(self._failure(e, trial_log))
+            return Outcome(record)
+        if record.status == "completed" and (plan.refit_of or self.spec.finalists.enabled):
+            self.kept[record.trial_id] = (record, self.trial.classifier.snapshot())
+            self._trim()
+        return Outcome(record, model)
+
+    def _trim(self) -> None:
+        """Keep the weights of every finalist run, and of the search's runs of the ``finalists.top`` best
+        configurations so far: only those can become the job's answer."""
+        search = [r for r, _ in self.kept.values() if r.is_search and r.value is not None]
+        search.sort(key=lambda r: rank_key(self.spec.objective, float(r.value), "", r.trial_id))  # type: ignore[arg-type]
+        top: dict[str, str] = {}
+        for record in search:
+            if len(top) < self.spec.finalists.top or record.configuration in top:
+                top.setdefault(record.configuration, record.trial_id)
+        keep = set(top.values()) | {r.trial_id for r, _ in self.kept.values() if not r.is_search}
+        self.settle(keep)
+
+    def refit_source(self) -> Source:
+        """The training and validation images together, as a source (made once)."""
+        if self._refit_source is None:
+            if self.refit_data is None:
+                raise TlsweepError("finalists.refit needs the job's images, which this process did not load")
+            self._refit_source = self.refit_data()
+        return self._refit_source
+
+    def _record(self, plan: RunPlan, values: dict[str, Any], seed: int) -> RunRecord:
+        """The run's record as it starts; a budget that is the full schedule from scratch is no budget."""
+        context = self.context
+        budget = plan.budget_epochs
+        if budget == self.spec.training.total_epochs and plan.initial_epoch == 0 and plan.continues is None:
+            budget = None
+        return RunRecord(
+            trial_id=plan.run_id,
+            hyperparameters=values,
+            objective=self.spec.objective.name,
+            seed=seed,
+            replicate=plan.replicate,
+            finalist_of=plan.finalist_of,
+            refit_of=plan.refit_of,
+            refit_from=plan.refit_from,
+            budget_epochs=budget,
+            initial_epoch=plan.initial_epoch,
+            continues=plan.continues,
+            train_images=len(self.refit_source().train.labels) if plan.refit_of else None,
+            sweep=context.sweep,
+            choices=context.choices,
+            settings=context.settings,
+            data=context.data,
+            worker=plan.worker,
+        )
+
+    def _build(self, hp: Any, seed: int, checkpoint: Path | None) -> keras.Model:
+        seed_keras(seed)  # before the model is reset: its initial weights, its dropout
+        model = self.trial.build(hp)
+        if checkpoint is not None:
+            model.load_weights(checkpoint)
+        return model
+
+    def _fit(self, plan: RunPlan, hp: Any, model: keras.Model, trial_log: TrialLog | None, seed: int) -> Fitted:
+        if plan.refit_of is not None:
+            return self.trial.refit(hp, model, self.refit_source(), plan.refit_epochs, trial_log, seed)
+        rules = StopRules(self.pruner if plan.searching else None, self.deadline, self.job_dir, plan.run_id)
+        epochs = plan.budget_epochs
+        return self.trial.fit(hp, model, trial_log, seed, epochs, plan.initial_epoch, rules)
+
+    def _failure(self, error: Exception, trial_log: TrialLog) -> str:
+        """Why a run failed, in one line; a full disk stops the job instead (every later run would fail too)."""
+        if is_disk_full(error):
+            with contextlib.suppress(OSError):  # the record may not fit on the disk either
+                trial_log.fail(f"{type(error).__name__}: {error}")
+            raise TlsweepError(
+                f"the disk is full ({getattr(error, 'filename', None) or self.job_dir}); finished runs are "
+                "kept: free some space, then continue with resume=true"
+            ) from error
+        if _out_of_memory(error):
+            return "out of memory; lower dataset.batch_size or dataset.image_size, or unfreeze fewer layers"
+        if isinstance(error, TrialFailed):
+            return str(error)
+        tracebacks.exception("%s failed", trial_log.label)  # not the user's doing: the whole story, in the log
+        return f"{type(error).__name__}: {error}".strip()
+
+    def settle(self, kept_ids: set[str]) -> None:
+        """Let go of the kept weights of every run but ``kept_ids``: they can no longer win."""
+        for run_id in [r for r in self.kept if r not in kept_ids]:
+            del self.kept[run_id]
+
+    def model_of(self, record: RunRecord) -> keras.Model:
+        """The model of a recorded run at its kept epoch: from the weights kept in memory, else trained again
+        exactly as recorded (same seed, schedule and data), and checked against its record."""
+        if record.trial_id in self.kept:
+            return self.trial.classifier.restore(self.kept[record.trial_id][1])
+        log.info("training trial_%s again: this process did not keep its weights (a resumed job)", record.trial_id)
+        plan = RunPlan(
+            record.trial_id, f"trial_{record.trial_id}", record.hyperparameters, record.replicate,
+            record.budget_epochs, record.initial_epoch, record.continues, record.finalist_of,
+            record.refit_of, record.refit_from, record.best_epoch or 0,
+        )  # fmt: skip
+        if record.continues is not None:
+            raise TlsweepError(f"trial_{record.trial_id} continued another trial's checkpoint and cannot be retrained")
+        model = self._build(Chosen(record.hyperparameters), int(record.seed or 0), None)
+        fitted = self._fit(replace(plan, label=""), Chosen(record.hyperparameters), model, None, int(record.seed or 0))
+        if (fitted.best_epoch, fitted.value) != (record.best_epoch, record.value):
+            raise TlsweepError(
+                f"trial_{record.trial_id} trained again kept epoch {fitted.best_epoch} ({fitted.value}), not epoch "
+                f"{record.best_epoch} ({record.value}) as recorded; its data or settings changed since it ran, so "
+                "its model cannot be rebuilt: start a new run"
+            )
+        return model
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    import tensorflow as tf
+
+    return isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError))
