@@ -13,9 +13,9 @@ from conftest import make_spec
 from tlsweep.augment import warp
 from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, tiny_cnn
 from tlsweep.errors import TlsweepError
+from tlsweep.groups import TrainingSpec
 from tlsweep.model import augmentation, build_classifier, unfreeze_top
 from tlsweep.records import Objective
-from tlsweep.groups import TrainingSpec
 from tlsweep.trial import BestWeights
 
 
