@@ -6,7 +6,8 @@ re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20
 
 - 3,000 images: the flowers preset's search (MobileNetV2 with the shared weights at 160 px,
   ``augmentation=standard``, 10 trials of 5 + 5 epochs, depths 0/12/30/54, Adam and SGD) with the
-  cache; the plain way (``cache=false``) on 2 trials, its time scaled to 10; the search head-only
+  cache; the whole job as its defaults run it (that search, then its finalists); the plain way
+  (``cache=false``) on 2 trials, its time scaled to 10; the search head-only
   (``search.unfreeze_depths=[0]``), with augmentation (default views) and without; the search again
   with one augmented view per epoch (``feature_cache.views=5``, not the default). The floor, one cold
   forward pass over every image, is measured before, between and after these runs: the machine's
@@ -15,8 +16,8 @@ re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20
   ``feature_cache.memory_gb=4`` (the second reuses the decoded images and the cache).
 
 For each run it prints the peak resident memory of the job's process tree, the cache folder's
-size on disk, the wall time and the best validation accuracy. Finalists are off (``finalists.top=0``):
-the searches alone are compared.
+size on disk, the wall time and the best validation accuracy (the whole job's: its winner's mean over
+seeds). Finalists are off (``finalists.top=0``) but in the whole job: there the searches alone are compared.
 
     python benchmarks/sweep_scale.py [--sizes 3000 20000] [--work DIR]
 """
@@ -69,8 +70,9 @@ def build_dataset(size: int, folder: Path, seed: int = 0) -> None:
             im.save(out, quality=rng.randint(85, 95))
 
 
-def preset(dataset: Path, trials: int, head: int, finetune: int) -> list[str]:
-    """The flowers preset's search on a folder, with the shared weights."""
+def preset(dataset: Path, trials: int, head: int, finetune: int, finalists: bool = False) -> list[str]:
+    """The flowers preset's search on a folder, with the shared weights; with ``finalists``, the whole job as
+    its defaults run it (the top 3 configurations over 3 seeds)."""
     return [
         "dataset=folder",
         f"dataset.path={dataset}",
@@ -81,7 +83,7 @@ def preset(dataset: Path, trials: int, head: int, finetune: int) -> list[str]:
         f"tuner.max_trials={trials}",
         f"finetune.head_epochs={head}",
         f"finetune.finetune_epochs={finetune}",
-        "finalists.top=0",
+        *([] if finalists else ["finalists.top=0"]),
         "verbose=false",
         "report.enabled=false",
         "export.enabled=false",
@@ -201,6 +203,9 @@ def main() -> None:
             print(line("cache=true, 10 trials", cached), flush=True)
             print(f"    {cached['plan']}", flush=True)
             floors.append(floor_pass(dataset))
+            whole = run("whole_job", preset(dataset, 10, 5, 5, finalists=True), runs)
+            print(line("the whole job: 10 trials, finalists", whole), flush=True)
+            floors.append(floor_pass(dataset))
             plain = run("plain", [*preset(dataset, 2, 5, 5), "cache=false"], runs)
             print(line("cache=false, 2 trials", plain), flush=True)
             floors.append(floor_pass(dataset))
@@ -217,17 +222,24 @@ def main() -> None:
             print(f"  speed-up of the cache (search): {plain10 / cached['search']:.1f}x")
             print(
                 f"  floor, one cold forward pass over all {size} images, before the cached search, after it, after "
-                "the plain way and after the head-only searches: " + ", ".join(f"{f:.1f} s" for f in floors)
+                "the whole job, after the plain way and after the head-only searches: "
+                + ", ".join(f"{f:.1f} s" for f in floors)
             )
-            scaled = floor_units(plain10, floors, 1) / floor_units(cached["search"], floors, 0)
+            scaled = floor_units(plain10, floors, 2) / floor_units(cached["search"], floors, 0)
             print(f"  speed-up with each side in units of the floor measured around it: {scaled:.1f}x")
+            whole_scaled = floor_units(plain10, floors, 2) / floor_units(whole["search"], floors, 1)
+            print(
+                "  the whole job (cache, search and finalists) against 10 plain trials: "
+                f"{plain10 / whole['search']:.1f}x, {whole_scaled:.1f}x in units of the floor around each; "
+                f"its winner {whole['best']:.3f}"
+            )
             print(f"  the same trials both ways, best val_accuracy cached / plain: {same_trials(runs)}")
             echo = same_trials(runs, "cached", "views_5")
             print(f"  the same trials with 5 views, best val_accuracy default views / 5 views: {echo}")
             views = int(head_only["plan"].split(" view(s)")[0].rsplit(" ", 1)[-1])
             print(
-                f"  head-only cached search: {floor_units(head_only['search'], floors, 2):.1f}x the floor around it "
-                f"with {views} augmented views, {floor_units(one_view['search'], floors, 2):.1f}x with "
+                f"  head-only cached search: {floor_units(head_only['search'], floors, 3):.1f}x the floor around it "
+                f"with {views} augmented views, {floor_units(one_view['search'], floors, 3):.1f}x with "
                 "augmentation=none (one view)",
                 flush=True,
             )

@@ -22,6 +22,9 @@ from tlsweep.predict import main as predict_main
 CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light"}
 
 
+pytestmark = pytest.mark.xdist_group("test_export")  # its tests share a module-scoped fixture: one worker
+
+
 def export_cfg(**overrides) -> ExportSpec:
     return ExportSpec(**{"enabled": True, "saved_model": True, "tflite": True, "quantize": "none", **overrides})
 

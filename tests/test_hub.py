@@ -22,6 +22,9 @@ from tlsweep.predict import load_predictor
 URL = "https://tfhub.dev/example/feature_vector/1"
 
 
+pytestmark = pytest.mark.xdist_group("test_hub")  # its tests share a module-scoped fixture: one worker
+
+
 @pytest.fixture(scope="module")
 def hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hub_model(tmp_path_factory.mktemp("hub") / "feature_vector")

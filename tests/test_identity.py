@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FAST, class_image, make_image_folder, make_spec, write_image
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
 from tlsweep import files
@@ -163,9 +164,10 @@ def test_printed_commands_survive_spaces_and_shell_syntax_in_folder_names(finish
     shutil.copytree(finished[1], root / "job")
     message = interrupted_message(["dataset=folder", "dataset.path=a b"], root)
     continue_line = next(line for line in message.splitlines() if "continue:" in line)
-    assert shlex.split(continue_line.split("continue: ")[1]) == [
-        "python", "-m", "tlsweep", "dataset=folder", "dataset.path=a b", f"resume={root}"
-    ]  # fmt: skip
+    args = shlex.split(continue_line.split("continue: ")[1])  # the shell's reading, then Hydra's
+    assert args[:5] == ["python", "-m", "tlsweep", "dataset=folder", "dataset.path=a b"]
+    resume = OverridesParser.create().parse_override(args[5])
+    assert (resume.key_or_group, resume.value()) == ("resume", str(root))
     report_line = message.splitlines()[-1].split("report on them: ")[1]
     assert shlex.split(report_line)[-1] == str(root)
     export_best(root, EXPORT)

@@ -10,7 +10,7 @@ from conftest import REPO
 # records at the bottom, then config → data → backbone → model → cache → trial → tuner → job → export → report,
 # with the helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
-    "errors", "files", "interrupt", "console", "records", "results",
+    "errors", "files", "interrupt", "console", "progress", "records", "race", "results",
     "groups", "spec", "schema", "config", "paths",
     "cache.store", "images", "folders", "data",
     "hub", "kerashub", "backbones", "augment", "model",

@@ -57,6 +57,7 @@ def overrides(values: dict[str, str]) -> list[str]:
     args = [f"tuner={values['tuner']}", f"pruning={values['pruning']}", f"cache={values['cache']}"]
     args += [f"tuner.max_trials={4 if values['tuner'] == 'hyperband' else 3}"]  # Hyperband honours it as a cap
     args += [f"tuner.objective={values['objective']}", f"export.tflite={values['tflite']}"]
+    args += [f"export.saved_model={values['tflite']}"]  # TFLite converts the SavedModel; otherwise skip it
     args += {"off": ["finalists.top=0"], "default": [], "refit": ["finalists.top=2", "finalists.refit=true"]}[
         values["finalists"]
     ]

@@ -27,6 +27,9 @@ from tlsweep.results import load_sweep
 ODD_CLASS = "<b>x<i>"  # class names are user data: the HTML must show them, escaped
 
 
+pytestmark = pytest.mark.xdist_group("test_report")  # its tests share a module-scoped fixture: one worker
+
+
 def trial_records(root: Path) -> dict[tuple[str, str], dict]:
     return {
         (p.parent.parent.name, json.loads(p.read_text())["trial_id"]): json.loads(p.read_text())

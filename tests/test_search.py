@@ -21,6 +21,9 @@ from tlsweep.job import run_job
 CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light", "tuner": "random"}
 
 
+pytestmark = pytest.mark.xdist_group("test_search")  # its tests share a module-scoped fixture: one worker
+
+
 def run(image_folder: Path, job_dir: Path, *overrides: str) -> dict:
     hyperband = "tuner=hyperband" in overrides  # Hyperband sets its own number of trials
     fast = [o for o in FAST if not (hyperband and o.startswith("tuner.max_trials"))]

@@ -8,7 +8,7 @@ import keras
 import keras_tuner as kt
 
 from tlsweep.backbones import keras_weights_dir
-from tlsweep.tuners import KERAS_TUNERS, SUPPORTED_KERAS_TUNER, TUNERS, SweepTuner
+from tlsweep.tuners import KERAS_TUNERS, SUPPORTED_KERAS_TUNER, TUNERS, SweepTuner, quiet_keras_tuner
 
 
 def test_keras_tuner_is_the_version_tlsweep_supports() -> None:
@@ -29,3 +29,14 @@ def test_the_keras_weights_folder_is_where_keras_downloads_to(tmp_path: Path) ->
         assert fetched.parent == keras_weights_dir()
     finally:
         fetched.unlink(missing_ok=True)
+
+
+def test_keras_tuners_traceback_printing_is_switched_off_where_it_lives() -> None:
+    """KerasTuner prints each failed trial's traceback while ``keras_tuner.src.config.DEBUG`` is on."""
+    from keras_tuner.src import config
+    from keras_tuner.src.engine import base_tuner
+
+    assert "DEBUG = True" in Path(config.__file__).read_text(), "KerasTuner's default changed: check quiet_keras_tuner"
+    assert "config_module.DEBUG" in Path(base_tuner.__file__).read_text(), "KerasTuner reads another switch now"
+    quiet_keras_tuner()
+    assert config.DEBUG is False

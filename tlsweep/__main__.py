@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
@@ -22,8 +23,8 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from tlsweep import interrupt  # noqa: E402
-from tlsweep.callbacks import FAILED_JOBS  # noqa: E402
-from tlsweep.config import check_command_line, check_writable  # noqa: E402
+from tlsweep.callbacks import FAILED_JOBS, UNFINISHED  # noqa: E402
+from tlsweep.config import check_command_line, check_writable, hydra_quoted  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
@@ -31,13 +32,28 @@ from tlsweep.paths import COMMAND_LINE_VARIABLE, register_resolvers  # noqa: E40
 from tlsweep.schema import job_spec  # noqa: E402
 
 log = logging.getLogger("tlsweep")
+
+
+def register_plugins() -> None:
+    """Make tlsweep's race sweeper known to Hydra. Hydra 1.3 finds plugins by listing the ``hydra_plugins``
+    namespace package, which setuptools' editable installs (``pip install -e .``, setuptools ≥ 64) hide from
+    the listing (hydra issue #2359; Hydra 1.4 finds plugins by entry points): register it by Hydra's public
+    ``Plugins.register`` as well. An install from a wheel is found either way (tests/test_install.py)."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.tlsweep_race_sweeper.race_sweeper import RaceSweeper
+
+    Plugins.instance().register(RaceSweeper)
+
+
 register_resolvers()
+register_plugins()
 _output_root: list[Path] = []  # the run's or the sweep's folder, for the message after Ctrl-C
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlsweep.conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run one Hydra job (one KerasTuner search)."""
+def main(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one Hydra job (one KerasTuner search); returns what a sweeper reads of it (None if it failed)."""
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -50,7 +66,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.resume and (not multirun or hc.job.num == 0):  # once per sweep
         log.info("resuming %s", _output_root[0])
     try:
-        run_job(job_spec(cfg), job_dir, choices, root=_output_root[0])
+        return run_job(job_spec(cfg), job_dir, choices, root=_output_root[0]).result()
     except TlsweepError as e:
         log.error("error: %s", e)
         if not multirun:
@@ -60,10 +76,11 @@ def main(cfg: DictConfig) -> None:
             log.error("error: the disk is full (%s); finished results are kept: free space, then resume=true", e)
             if not multirun:
                 sys.exit(1)
-            return
+            return None
         if not multirun:
             raise
         log.exception("job %s failed", job_dir.name)
+    return None
 
 
 def cli() -> None:
@@ -84,14 +101,15 @@ def cli() -> None:
         sys.exit(130)
     if FAILED_JOBS:
         print(f"{len(FAILED_JOBS)} job(s) failed:", *FAILED_JOBS, sep="\n  ", file=sys.stderr)
+    if FAILED_JOBS or UNFINISHED:  # each said why, in its error: line
         sys.exit(1)
 
 
 def interrupted_message(args: list[str], root: Path) -> str:
-    """What to print after Ctrl-C: where the finished trials are, and the commands (shell-quoted, so
-    they can be pasted whatever the folder's name) that continue the run and report on it."""
+    """What to print after Ctrl-C: where the finished trials are, and the commands (quoted for Hydra and for
+    the shell, so they can be pasted whatever the folder's name) that continue the run and report on it."""
     kept = [a for a in args if not a.startswith("resume=")]
-    again = shlex.join(["python", "-m", "tlsweep", *kept, f"resume={root}"])
+    again = shlex.join(["python", "-m", "tlsweep", *kept, f"resume={hydra_quoted(str(root))}"])  # for Hydra too
     return (
         f"interrupted: finished trials are kept in {root}\n"
         f"  continue: {again}\n"

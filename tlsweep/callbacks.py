@@ -17,17 +17,21 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from tlsweep.console import native_stderr_to
+from tlsweep.files import LOG_FILE
 from tlsweep.groups import ExportSpec, ReportSpec, part
 
 log = logging.getLogger("tlsweep")
 FAILED_JOBS: list[str] = []  # "job: reason" for each failed job of the sweep that just ended, read from its folder
+UNFINISHED: list[str] = []  # what the end of the run or sweep could not do (export, report): the command exits 1
 
 
 def failed_jobs(root: Path) -> list[str]:
     """The jobs of a sweep that did not complete, whichever launcher ran them (in this process or not)."""
     from tlsweep.results import load_sweep
 
-    return [f"{job.name}: {job.error}" for job in load_sweep(root).jobs if job.status not in ("completed", "running")]
+    ended = ("completed", "running", "stopped", "paused")  # stopped or paused by a race: not failures
+    return [f"{job.name}: {job.error}" for job in load_sweep(root).jobs if job.status not in ended]
 
 
 class SweepEnd(Callback):
@@ -45,7 +49,7 @@ class SweepEnd(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
-        with own_lines():
+        with own_lines(root / LOG_FILE):
             try:
                 FAILED_JOBS[:] = failed_jobs(root)
             except Exception as e:  # e.g. no job folder at all: the exit code then says nothing more
@@ -53,29 +57,24 @@ class SweepEnd(Callback):
             self.finish(root)
 
     def finish(self, root: Path) -> None:
-        """Export, then report: the report shows the export's test results."""
+        """Export, then report: the report shows the export's test results. A step that fails says so in one
+        line with the command that finishes it, and the command exits 1 (``UNFINISHED``); the records stay."""
+        folder = shlex.quote(str(root))
         if self.export.enabled:
             try:
                 from tlsweep.export import export_best
 
                 export_best(root, self.export)
             except Exception as e:  # the trials are on disk; the export can be redone
-                log.error(
-                    "error: could not export the best model (%s); retry with: python -m tlsweep.export %s",
-                    e,
-                    shlex.quote(str(root)),
-                )
+                again = f"python -m tlsweep.export {folder} (or the same command with resume=true)"
+                _unfinished("export the best model", e, again)
         if self.report.enabled:
             try:
                 from tlsweep.report import build_report
 
                 paths = build_report(root, self.report.top)
             except Exception as e:  # the trials are on disk; the report can be rebuilt
-                log.error(
-                    "error: could not write the report (%s); rebuild it with: python -m tlsweep.report %s",
-                    e,
-                    shlex.quote(str(root)),
-                )
+                _unfinished("write the report", e, f"python -m tlsweep.report {folder}")
                 return
             log.info("report written to %s (also %s and %s)", paths["html"], paths["md"].name, paths["csv"].name)
         try:
@@ -87,21 +86,48 @@ class SweepEnd(Callback):
             log.info("%s", line)
 
 
+def _unfinished(what: str, error: Exception, again: str) -> None:
+    """One line for a step the end of a run could not do, and the command that does it later."""
+    from tlsweep.errors import TlsweepError, first_line, is_disk_full
+
+    if is_disk_full(error):
+        reason = "the disk is full; free some space"
+    elif isinstance(error, TlsweepError):
+        reason = str(error)
+    else:
+        reason = f"{type(error).__name__}: {first_line(error)}"
+    log.error("error: could not %s (%s); finish it with: %s", what, reason, again)
+    UNFINISHED.append(what)
+
+
+LIBRARIES = ("tensorflow", "absl", "py.warnings")  # their lines belong in a log, not on the terminal
+
+
 @contextlib.contextmanager
-def own_lines() -> Iterator[None]:
-    """tlsweep's lines as its own, plain ones: a multirun's main process logs in Hydra's format ([time][HYDRA])."""
-    logger = logging.getLogger("tlsweep")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    propagate, level = logger.propagate, logger.level
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
+def own_lines(log_file: Path | None = None) -> Iterator[None]:
+    """tlsweep's lines as its own, plain ones, in a multirun's main process (which logs in Hydra's format,
+    ``[time][HYDRA]``); with ``log_file``, the libraries' lines (TensorFlow's C++ and Python ones, warnings)
+    go there: a launcher that ran the jobs elsewhere leaves this process's output unrouted."""
+    handlers = {"tlsweep": logging.StreamHandler(sys.stdout)}
+    handlers["tlsweep"].setFormatter(logging.Formatter("%(message)s"))
+    if log_file is not None:
+        native_stderr_to(log_file)
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+        handlers.update({name: to_file for name in LIBRARIES})
+    saved = {name: (logging.getLogger(name).propagate, logging.getLogger(name).level) for name in handlers}
+    for name, handler in handlers.items():
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.propagate, logger.level = propagate, level
+        for name, handler in handlers.items():
+            logger = logging.getLogger(name)
+            logger.removeHandler(handler)
+            logger.propagate, logger.level = saved[name]
 
 
 def winner_line(root: Path) -> str | None:

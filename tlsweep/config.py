@@ -33,6 +33,26 @@ def split_override(override: str) -> tuple[str, str]:
         return key.lstrip("+~"), value
 
 
+def hydra_quoted(value: str) -> str:
+    """``value`` as a Hydra override's value that parses back to it, whatever a folder's name holds (spaces,
+    commas, ``=``, ``$(…)``, quotes): as it is when Hydra reads it so, else quoted (Hydra escapes only the
+    backslashes before a quote or the end)."""
+    try:
+        if OverridesParser.create().parse_override(f"key={value}").value() == value:
+            return value
+    except (OverrideParseException, HydraException):
+        pass
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"'{escaped}'"
+
+
+def run_key(key: str) -> bool:
+    """Whether an override says how a job runs (``resume``, a race's ``race.*``), not what it is: such keys
+    never name a job's folder, never tell jobs apart in a report, and never belong in a rerun command."""
+    key = key.lstrip("+~")
+    return key == "resume" or key == "race" or key.startswith(("race.", "hydra."))
+
+
 def fixed_keys(command_line: list[str]) -> set[str]:
     """Keys of the command line's overrides that are not sweeps (``a=1`` but not ``a=1,2``)."""
     parser = OverridesParser.create()
@@ -147,7 +167,7 @@ def rerun_command(overrides: list[str], mode: str, run: RunRecord) -> str:
     """``python -m tlsweep …`` that runs a job's config (its command-line ``overrides``, its finetune ``mode``)
     with only this run's hyperparameters and seed: it trains the same, and gives the same metrics on CPU."""
     hyperparameters = run.hyperparameters
-    kept = [o for o in overrides if not _pinned(split_override(o)[0])]
+    kept = [o for o in overrides if not _pinned(split_override(o)[0]) and not run_key(split_override(o)[0])]
     pinned = []
     if "learning_rate" in hyperparameters:
         lr = float(hyperparameters["learning_rate"])

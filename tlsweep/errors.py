@@ -11,9 +11,15 @@ class TlsweepError(Exception):
     """
 
 
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")  # what TensorFlow's own errors say
+
+
 def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the disk (or the user's quota) is full."""
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    """Whether ``error`` says the disk (or the user's quota) is full: an OSError, or one of TensorFlow's
+    (its SaveV2 and file writers raise their own error types, with the system's message inside)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(error) for text in DISK_FULL_TEXT)
 
 
 def first_line(error: BaseException) -> str:

@@ -62,7 +62,8 @@ def run_finalists(runner: Runner) -> None:
             if not outcome.failed:
                 cut = outcome.record.stop("budget") is not None
                 note = " (cut short by the budget: not counted in its mean)" if cut else ""
-                log.info("trial_%s done: %s %.4f%s", run_id, spec.objective.name, outcome.record.value, note)
+                value = outcome.record.value
+                log.info("trial_%s done: %s %.4f%s; %s", run_id, spec.objective.name, value, note, runner.timing())
         _settle(runner)
 
 

@@ -111,10 +111,15 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return found
 
 
+def _ours(folder: Path) -> bool:
+    """tlsweep's own output folder, when a run starts inside the image folder (``dataset.path=.``): not a class."""
+    return folder.name == "outputs" and any((folder / name).is_dir() for name in ("runs", "sweeps", ".cache"))
+
+
 def class_files(root: Path) -> tuple[dict[str, list[Path]], list[str]]:
     """Map each class folder under ``root`` (sorted by name) to its image files; also the entries
     skipped for not being files."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and not _ours(d))
     if not classes:
         raise TlsweepError(
             f"{root} has no class sub-folders; put each class's images in a folder named after the class"

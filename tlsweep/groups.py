@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tlsweep.race import trials_in_round
 from tlsweep.records import Objective
 
 FINETUNE_MODES = ("none", "top", "full")
@@ -370,6 +371,26 @@ class ExportSpec:
     def problem(self) -> str | None:
         if self.quantize not in QUANTIZE:
             return f"export.quantize={self.quantize} must be one of: {', '.join(QUANTIZE)}"
+        return None
+
+
+@dataclass(frozen=True)
+class RaceSpec:
+    """Where a job is in a race (``hydra/sweeper=race``): round 0 is no race."""
+
+    round: int = 0
+    rounds: int = 0
+    eta: int = 3
+
+    def trials_now(self, total: int) -> int | None:
+        """The trials the job may have run by the end of this round (None: all of them, and its finalists)."""
+        if self.round == 0 or self.round >= self.rounds:
+            return None
+        return trials_in_round(total, self.round, self.rounds, self.eta)
+
+    def problem(self) -> str | None:
+        if self.round < 0 or self.eta < 2 or (self.round and self.round > self.rounds):
+            return f"race.round={self.round}, rounds={self.rounds} and eta={self.eta} are the race sweeper's to set"
         return None
 
 

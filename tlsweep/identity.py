@@ -69,8 +69,8 @@ def claim(job_dir: Path, spec: JobSpec, choices: dict[str, Any]) -> Iterator[Job
             if previous is None:  # a new job's mistake is recorded in its own folder; another run's record is kept
                 write_job(job_dir, JobRecord(**{**record.__dict__, "status": "failed", "error": str(e)}))
             raise
-        if previous is not None and previous.status == "completed" and not set_aside:
-            log.info("job %s already completed; kept as it is (resume)", job_dir.name)
+        if previous is not None and previous.status in ("completed", "stopped") and not set_aside:
+            log.info("job %s already %s; kept as it is (resume)", job_dir.name, previous.status)
             yield previous
             return
         if set_aside:
@@ -79,7 +79,7 @@ def claim(job_dir: Path, spec: JobSpec, choices: dict[str, Any]) -> Iterator[Job
         write_job(job_dir, record)
         try:
             yield record
-            record.status = "completed"
+            record.status = "completed" if record.status == "running" else record.status  # or paused by a race
         except BaseException as e:
             record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             record.error = str(e) if isinstance(e, TlsweepError) else f"{type(e).__name__}: {e}"

@@ -51,6 +51,8 @@ def run_job(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path | 
     with claim(job_dir, spec, choices) as record:
         if record.status == "running":  # not a completed job kept as it was
             record.summary.update(_steps(spec, job_dir, choices, root))
+            if spec.trials_now() is not None:
+                record.status = "paused"  # until the race's next round resumes it
     return record
 
 
@@ -61,7 +63,7 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
     backbone = load_backbone(spec.backbone, spec.image_size)  # first: a weights problem should not wait for the data
     spec.check_depths(backbone.num_layers, backbone.name, backbone.unit)
-    budget = memory_budget(spec.cache.memory_gb, jobs_at_once())
+    budget = memory_budget(spec.cache.memory_gb, paths.jobs_at_once())
     images = Store(Path(spec.cache.dir)) if spec.cache.enabled else None  # decoded images, kept for later jobs
     room = (budget - resident_memory()) / 2  # the images, and their copy in the input pipeline
     data = load_for_job(spec.dataset, spec.image_size, spec.objective.name, images, room)
@@ -72,7 +74,9 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     cache = plan_cache(spec, backbone, data, classifier.network, budget) if spec.cache.enabled else None
     runner = _runner(spec, job_dir, root, choices, data, classifier, cache)
     role = join_search(spec.distributed)
-    tuner = make_tuner(runner)
+    racing = spec.trials_now()  # a race's early round: this many trials, no finalists yet
+    tuner = make_tuner(runner, cap=racing)
+    searching = time.monotonic()  # the search's time: its feature cache and finalists, not the loading before
     if cache is not None and role != "chief":  # the chief hands out trials, it trains none
         cache.prepare(classifier.network)  # the pretrained network, before a trial trains it
     log.info("searching with %s in %s%s", spec.tuner.name, job_dir, f" as the {role}" if role else "")
@@ -84,13 +88,13 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
         log.info("worker done: the chief reports the search")
         return {}
     winner = None
-    if role is None:  # a distributed search's chief trains nothing
+    if role is None and racing is None:  # a distributed search's chief trains nothing; a race decides first
         runner.deadline = started + spec.budget_s if spec.budget_s else None
         run_finalists(runner)
         winner = keep_winner(runner)
     if cache is not None:
         log.info(cache.store.line())
-    return _summary(spec, runner, data, winner, stopped, time.monotonic() - started)
+    return _summary(spec, runner, data, winner, stopped, time.monotonic() - searching)
 
 
 def _runner(
@@ -110,13 +114,7 @@ def _runner(
     trial = TwoStageTrial(spec, classifier, source, weights)
     logdir = paths.tensorboard_logdir(root)
     sweep = str(root.resolve().relative_to(logdir)) if root.resolve() != logdir else root.name
-    training = spec.training
-    settings = {  # fixed settings of a job worth comparing across jobs in TensorBoard's HParams table
-        "image_size": spec.image_size, "batch_size": batch, "head_epochs": training.head_epochs,
-        "finetune_epochs": training.stage2_epochs, "lr_scale": training.lr_scale, "dropout": training.dropout,
-        "weights": str(spec.backbone.weights), "seed": spec.seed,
-    }  # fmt: skip
-    context = RunContext(job_dir, logdir, sweep, {k: str(v) for k, v in choices.items()}, settings, data.facts())
+    context = RunContext(job_dir, logdir, sweep, {k: str(v) for k, v in choices.items()}, spec.hparams(), data.facts())
     best = BestModel(job_dir, spec, data.class_names)
     if best.read():
         log.info("resuming: finished trials are kept (best so far trial_%s)", best.read()["trial_id"])
@@ -134,22 +132,16 @@ def _summary(
     best = runner.best.read()
     if not best:
         raise TlsweepError(f"every trial of this job failed; the reasons are in {job_dir / 'trials'} and its log")
-    answer = f"{best['value']:.4f}" if winner is None else winner.line()
-    log.info(
-        "job done: %d of %d trials completed%s; best %s",
-        completed, len(search), f", {pruned} pruned" if pruned else "", answer,
-    )  # fmt: skip
-    log.info("outputs in %s; compare trials: tensorboard --logdir %s", job_dir, paths.shown(runner.context.logdir))
+    answer = f"trial_{best['trial_id']} {spec.objective.name} {best['value']:.4f}" if winner is None else winner.line()
+    trials = f"{completed} of {len(search)} trials completed{f', {pruned} pruned' if pruned else ''}"
     summary = {"trials": len(search), "completed_trials": completed, "pruned_trials": pruned, "best": best}
     summary.update(data.facts(), skipped_images=data.skipped, search_s=round(seconds, 1))
+    if spec.trials_now() is None:
+        log.info("job done: %s; best %s", trials, answer)
+    else:
+        race = spec.race
+        log.info("race round %d of %d done: %s; best %s; the race decides whether this job goes on",
+                 race.round, race.rounds, trials, answer)  # fmt: skip
+        summary["race"] = {"round": race.round, "rounds": race.rounds, "trials": len(search)}
+    log.info("outputs in %s; compare trials: tensorboard --logdir %s", job_dir, paths.shown(runner.context.logdir))
     return {**summary, **({"stopped_by_budget": True} if stopped == "budget" else {})}
-
-
-def jobs_at_once() -> int:
-    """How many jobs a parallel launcher runs side by side on this machine (they share its memory)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return max(int(HydraConfig.get().launcher.get("n_jobs") or 1), 1)
-    except (ValueError, AttributeError, TypeError):  # not run by Hydra, or a launcher without n_jobs
-        return 1

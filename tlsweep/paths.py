@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from tlsweep.config import fixed_keys, split_override
+from tlsweep.config import fixed_keys, run_key, split_override
 from tlsweep.errors import TlsweepError
 from tlsweep.files import JOB_RECORD
 from tlsweep.records import RecordError, read_job
@@ -88,7 +88,8 @@ def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str
         passed = os.environ.get(COMMAND_LINE_VARIABLE)
         command_line = json.loads(passed) if passed else sys.argv[1:]
     fixed = fixed_keys(command_line)
-    parts = ",".join(sorted(str(o) for o in task_overrides if split_override(str(o))[0] not in fixed))
+    named = [str(o) for o in task_overrides if not run_key(key := split_override(str(o))[0]) and key not in fixed]
+    parts = ",".join(sorted(named))
     name = re.sub(r"[/\\:*?\"<>|\s]+", "_", parts).strip("._") or f"job{job_num}"
     if parts and (name != parts or len(name) > 120):  # characters replaced: a digest of the values keeps names unique
         name = f"{name[:100]}_{hashlib.sha1(parts.encode()).hexdigest()[:8]}"
@@ -116,3 +117,13 @@ def folder_command(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("folder", type=Path, help="a sweep folder (outputs/sweeps/<time>) or a run folder")
     return parser
+
+
+def jobs_at_once() -> int:
+    """How many jobs a parallel launcher runs side by side on this machine (they share its memory)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return max(int(HydraConfig.get().launcher.get("n_jobs") or 1), 1)
+    except (ValueError, AttributeError, TypeError):  # not run by Hydra, or a launcher without n_jobs
+        return 1

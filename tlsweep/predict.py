@@ -61,6 +61,8 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
         record = json.loads(record_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TlsweepError(f"{record_file} is unreadable ({e}); re-export with python -m tlsweep.export") from e
+    if not isinstance(record, dict):
+        raise TlsweepError(f"{record_file} is not an export record; re-export with python -m tlsweep.export")
     version = record.get("version") if record.get("format") == FORMAT else None
     if version != FORMAT_VERSION:
         raise TlsweepError(
@@ -139,6 +141,8 @@ def image_paths(inputs: list[Path]) -> list[Path]:
             found += inside
         elif item.is_file():
             found.append(item)
+        elif item.exists():  # a pipe, a device, a socket: reading one could wait forever
+            raise TlsweepError(f"{item} is not an image file or a folder (a pipe or a device?); give image files")
         else:
             raise TlsweepError(f"{item} does not exist")
     return found
@@ -184,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", *(f"{name}_{j}" for j in range(1, k + 1) for name in ("class", "probability"))])
         writer.writerows(rows)
-        files.write_text(args.csv, buffer.getvalue())
+        try:
+            files.write_text(args.csv, buffer.getvalue())
+        except OSError as e:  # a read-only folder, a full disk: the predictions above are printed anyway
+            print(f"error: cannot write {args.csv} ({e.strerror or e}); choose another --csv path", file=sys.stderr)
+            return 1
         print(f"predictions of {len(rows)} images written to {args.csv}")
     return 1 if unreadable else 0
 

@@ -74,8 +74,8 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
     return value
 
 
-def _list(value: Any, name: str) -> list[Any]:
-    if value is None:
+def _list(value: Any, name: str, missing_ok: bool = True) -> list[Any]:
+    if value is None and missing_ok:
         return []
     if not isinstance(value, list):
         raise RecordError(f"{name} is {value!r}, not a list")
@@ -245,7 +245,7 @@ class RunRecord:
             budget_epochs=_whole(data.get("budget_epochs"), "budget_epochs"),
             initial_epoch=_whole(data.get("initial_epoch"), "initial_epoch", 0) or 0,
             continues=_text(data.get("continues")),
-            history=[Epoch.parse(e) for e in _list(data.get("history", []), "history")],
+            history=[Epoch.parse(e) for e in _list(data.get("history", []), "history", missing_ok=False)],
             best_epoch=_whole(data.get("best_epoch"), "best_epoch"),
             best_stage=_text(data.get("best_stage")),
             rolled_back=bool(data.get("rolled_back", False)),
@@ -341,6 +341,12 @@ class JobRecord:
     def get(self, key: str, default: Any = None) -> Any:
         """A value of the job's summary (``trials``, ``classes``, ``stopped_by_budget``, …)."""
         return self.summary.get(key, default)
+
+    def result(self) -> dict[str, Any]:
+        """What a sweeper reads of a job that ran: its status, its best value, on how many validation images."""
+        value = (self.get("best") or {}).get("value")
+        return {"job": self.job, "status": self.status, "value": value, "val_images": self.get("val_images"),
+                "trials": self.get("trials")}  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "summary"}

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from tlsweep import files
+from tlsweep.race import Race
 from tlsweep.records import (
     JobRecord,
     Objective,
@@ -98,10 +99,16 @@ class Sweep:
     jobs: list[Job]
     export: dict[str, Any] | None = None  # best/export.json, when the best model was exported
     evaluation: dict[str, Any] | None = None  # best/evaluation.json, its held-out test
+    race: Race | None = None  # race.json, when the race sweeper ran the sweep
 
     @property
     def trials(self) -> list[tuple[Job, Trial]]:
         return [(job, trial) for job in self.jobs for trial in job.trials]
+
+    def race_line(self, job: Job) -> str:
+        """What the race did with ``job`` (empty outside a race)."""
+        entry = next((e for e in self.race.entries if e.name == job.name), None) if self.race else None
+        return entry.line(self.race.rounds) if entry and self.race else ""
 
     @property
     def objective(self) -> Objective:
@@ -130,7 +137,8 @@ def load_sweep(root: Path) -> Sweep:
     root = Path(root)
     export = _optional_json(root / files.EXPORT_DIR / files.EXPORT_RECORD)
     evaluation = _optional_json(root / files.EXPORT_DIR / files.EVALUATION)
-    return Sweep(root, [load_job(path, root) for path in find_job_dirs(root)], export, evaluation)
+    jobs = [load_job(path, root) for path in find_job_dirs(root)]
+    return Sweep(root, jobs, export, evaluation, Race.load(root))
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +26,8 @@ from tlsweep.batches import Source
 from tlsweep.errors import TlsweepError, is_disk_full
 from tlsweep.logs import Fitted, TrialLog
 from tlsweep.model import Snapshot
-from tlsweep.records import RunRecord
+from tlsweep.progress import duration
+from tlsweep.records import RunRecord, read_runs
 from tlsweep.results import Winner, rank_key
 from tlsweep.spec import JobSpec
 from tlsweep.stopping import Pruner, StopRules
@@ -163,6 +166,7 @@ class Runner:
     deadline: float | None = None  # time.monotonic() after which no run starts and a running one stops (budget)
     refit_data: Callable[[], Source] | None = None  # training + validation images, for a refit
     kept: dict[str, tuple[RunRecord, Snapshot]] = field(default_factory=dict)  # weights of runs that may still win
+    started: float = field(default_factory=time.monotonic)
     _refit_source: Source | None = None
 
     @property
@@ -201,6 +205,12 @@ class Runner:
             self.kept[record.trial_id] = (record, self.trial.classifier.snapshot())
             self._trim()
         return Outcome(record, model)
+
+    def timing(self) -> str:
+        """How long the job has run, and about how long its runs still take (``time_left``)."""
+        left = time_left(self.spec, read_runs(self.job_dir))
+        so_far = f"{duration(time.monotonic() - self.started)} so far"
+        return so_far + (f", about {duration(left)} left" if left else "")
 
     def _trim(self) -> None:
         """Keep the weights of every finalist run, and of the search's runs of the ``finalists.top`` best
@@ -305,6 +315,32 @@ class Runner:
                 "its model cannot be rebuilt: start a new run"
             )
         return model
+
+
+def time_left(spec: JobSpec, runs: list[RunRecord]) -> float | None:
+    """Seconds the job's remaining runs should take, each at the median seconds its stages' epochs took so far
+    (stage 2 at each unfreeze depth on its own: a deep unfreeze costs far more); every run counted in full
+    (pruning and the budget only shorten it). None until an epoch of each stage has been timed."""
+    seconds: dict[tuple[str, Any], list[float]] = {}
+    for run in runs:
+        depth = run.hyperparameters.get("unfreeze_depth")
+        for epoch in run.history:
+            if epoch.seconds is not None:
+                seconds.setdefault((epoch.stage, None if epoch.stage == "head" else depth), []).append(epoch.seconds)
+    per_epoch = {key: statistics.median(values) for key, values in seconds.items()}
+    stage2 = [v for (stage, _), v in per_epoch.items() if stage == "finetune"]
+    if ("head", None) not in per_epoch or (spec.training.stage2_epochs and not stage2):
+        return None
+    depths = list(spec.search.depths) or [None]
+    depth_seconds = [per_epoch.get(("finetune", d), max(stage2, default=0.0)) for d in depths]
+    run_seconds = spec.training.head_epochs * per_epoch[("head", None)] + spec.training.stage2_epochs * (
+        statistics.fmean(depth_seconds) if stage2 else 0.0
+    )
+    planned = spec.trials_now() or len(spec.tuner.schedule(spec.training.total_epochs))
+    searched = sum(1 for r in runs if r.is_search and r.status != "running")
+    later = spec.workload().later_runs if spec.trials_now() is None else 0
+    done_later = sum(1 for r in runs if not r.is_search and r.status != "running")
+    return max(planned - searched, 0) * run_seconds + max(later - done_later, 0) * run_seconds
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -131,6 +131,13 @@ class DistributedConfig:
 
 
 @dataclass
+class RaceConfig:  # set by the race sweeper (hydra/sweeper=race) for each round; not by hand
+    round: int = 0  # this round (0: not in a race)
+    rounds: int = 0  # the race's rounds: the last runs every trial and the finalists
+    eta: int = 3  # each round keeps the best 1/eta of the jobs
+
+
+@dataclass
 class ReportConfig:
     enabled: bool = True
     top: int = 5
@@ -168,6 +175,7 @@ class Config:
     resume: Any = False  # false, true, or a run's or sweep's folder
     allow_data_change: bool = False
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    race: RaceConfig = field(default_factory=RaceConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 

@@ -27,6 +27,7 @@ from tlsweep.groups import (
     ExportSpec,
     FinalistsSpec,
     PruningSpec,
+    RaceSpec,
     ReportSpec,
     SearchSpace,
     TrainingSpec,
@@ -72,6 +73,7 @@ class JobSpec:
     distributed: DistributedSpec
     export: ExportSpec
     report: ReportSpec
+    race: RaceSpec
     optimizers: dict[str, dict[str, Any]] = field(compare=False)  # each optimizer's keyword arguments
     class_weight: str | dict[str, float] | None = field(default=None, compare=False)
     seed: int = 0
@@ -136,6 +138,20 @@ class JobSpec:
         searched = sum(end - first for plan in search for _, first, end in plan) / training.total_epochs
         return Workload(searched, later, epochs("head"), epochs("finetune"), read("head"), read("finetune"))
 
+    def hparams(self) -> dict[str, Any]:
+        """The job's fixed settings worth comparing across jobs in TensorBoard's HParams table."""
+        training = self.training
+        return {
+            "image_size": self.image_size, "batch_size": self.dataset.batch_size, "head_epochs": training.head_epochs,
+            "finetune_epochs": training.stage2_epochs, "lr_scale": training.lr_scale, "dropout": training.dropout,
+            "weights": str(self.backbone.weights), "seed": self.seed,
+        }  # fmt: skip
+
+    def trials_now(self) -> int | None:
+        """The trials the search may run by the end of this job's run: all (None), or fewer in a race's early
+        round (``tlsweep.race``), which then runs no finalists."""
+        return self.race.trials_now(len(self.tuner.schedule(self.training.total_epochs)))
+
     def check_depths(self, num_layers: int, backbone: str, unit: str = "layers") -> None:
         """Unfreeze depths must fit inside the backbone (``unit``: layers, or blocks)."""
         too_deep = [d for d in self.depths(num_layers) if d > num_layers]
@@ -161,7 +177,7 @@ class JobSpec:
         """The spec of a resolved config; TlsweepError naming the first invalid setting."""
         spec = cls._build(config)
         for group in (spec.backbone, spec.dataset, spec.augmentation, spec.training, spec.tuner, spec.pruning,
-                      spec.finalists, spec.cache, spec.device, spec.distributed, spec.export):  # fmt: skip
+                      spec.finalists, spec.cache, spec.device, spec.distributed, spec.export, spec.race):  # fmt: skip
             problem = group.problem()
             if problem:
                 raise TlsweepError(problem)
@@ -199,6 +215,7 @@ class JobSpec:
             distributed=part(DistributedSpec, config.get("distributed")),
             export=part(ExportSpec, config.get("export")),
             report=part(ReportSpec, config.get("report")),
+            race=part(RaceSpec, config.get("race")),
             optimizers=dict(config.get("optimizer") or {}),
             class_weight=config.get("class_weight"),
             seed=int(config.get("seed", 0)),

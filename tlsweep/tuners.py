@@ -99,7 +99,7 @@ class SweepTuner:
             raise StopSearch(str(e)) from None
         if outcome.failed:
             raise kt.errors.FailedTrialError(outcome.record.error)
-        _closing_line(plan.label, outcome.record, self.runner.best.read())
+        _closing_line(plan.label, outcome.record, self.runner.best.read(), self.runner.timing())
         return {self.oracle.objective.name: outcome.record.value}
 
     def _label(self, trial: kt.engine.trial.Trial) -> str:
@@ -109,14 +109,15 @@ class SweepTuner:
         return f"trial_{trial.trial_id} ({number} of {total})" if total and number else f"trial_{trial.trial_id}"
 
 
-def _closing_line(label: str, record: RunRecord, best: dict[str, Any]) -> None:
-    """The line that ends a trial: pruned and why, or its value, where it stopped, and the best so far."""
+def _closing_line(label: str, record: RunRecord, best: dict[str, Any], timing: str) -> None:
+    """The line that ends a trial: pruned and why, or its value, where it stopped, and the best so far; then
+    how long the job has run and about how long it still takes."""
     pruned = record.stop("pruned")
     if pruned is not None:  # KerasTuner counts it as completed with its best value so far: the oracle learns too
-        log.info("%s pruned at epoch %d (%s): %s", label, pruned.epoch, pruned.rule, pruned.why)
+        log.info("%s pruned at epoch %d (%s): %s; %s", label, pruned.epoch, pruned.rule, pruned.why, timing)
         return
     log.info(
-        "%s done in %.0fs: %s %.4f at epoch %d%s; best so far %.4f (trial_%s)",
+        "%s done in %.0fs: %s %.4f at epoch %d%s; best so far %.4f (trial_%s); %s",
         label,
         record.duration_s,
         record.objective,
@@ -125,6 +126,7 @@ def _closing_line(label: str, record: RunRecord, best: dict[str, Any]) -> None:
         _notes(record),
         best.get("value", float("nan")),
         best.get("trial_id", "?"),
+        timing,
     )
 
 
@@ -162,11 +164,22 @@ def kt_objective(objective: Objective) -> kt.Objective:
     return kt.Objective(objective.name, "min" if objective.minimise else "max")
 
 
+def quiet_keras_tuner() -> None:
+    """KerasTuner prints the traceback of every failed trial while its ``config.DEBUG`` is on, its default,
+    which it offers no public switch for. tlsweep says one line per failed trial and keeps the reason in the
+    trial's record (and an unexpected failure's traceback in the job's log): turn KerasTuner's printing off.
+    ``tests/test_tuners.py`` fails if KerasTuner moves the switch."""
+    from keras_tuner.src import config
+
+    config.DEBUG = False
+
+
 def make_tuner(runner: Runner, cap: int | None = None) -> kt.Tuner:
     """The tuner the spec names, running the job's trials through ``runner``, keeping its state in
     ``<job>/tuner`` (KerasTuner's own format). ``cap``: at most this many trials for now (a race's round)."""
     spec, job_dir = runner.spec, runner.job_dir
     tuner = spec.tuner
+    quiet_keras_tuner()
     kwargs: dict[str, Any] = dict(
         hypermodel=TrialModel(runner.trial),
         objective=kt_objective(spec.objective),

@@ -41,6 +41,7 @@ from tlsweep.cache.store import Store, entries, evict, gigabytes
 from tlsweep.data import ImageData
 from tlsweep.groups import AugmentationSpec
 from tlsweep.model import augmentation
+from tlsweep.progress import Progress
 from tlsweep.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -131,43 +132,53 @@ class FeatureCache:
         return {**self.fingerprint(), "depth": cut, "split": split, "view": view, "views": self.views}
 
     def _make(self, cuts: list[int], split: str, view: int) -> None:
-        """Load the tensors at ``cuts`` for one split and view, building the missing ones in one pass:
-        from the nearest cut already stored below them, or from the images."""
+        """Load the tensors at ``cuts`` for one split and view, building the missing ones in one pass: from
+        the nearest cut already stored below them, or from the images. A stored part found damaged when it
+        is loaded (its checksum) is removed by the store, and built again here."""
         cuts = sorted(set(cuts), reverse=True)  # nearest the images first
-        missing = [c for c in cuts if not self.store.has(self._fields(c, split, view))]
-        if missing:
-            stored = [c for c in self.depths if c > missing[0] and self.store.has(self._fields(c, split, view))]
-            start = min(stored, default=None)
-            source = self.store.load(self._fields(start, split, view), in_memory=False) if start is not None else None
-            if source is None:
-                start = None
-            n = len(self.data.y_train if split == "train" else self.data.y_val)
-            where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
-            started = time.monotonic()
-            with ExitStack() as stack:
-                writers = []
-                for c in missing:
-                    fields, about = self._fields(c, split, view), self._about(c, split, view)
-                    writers.append(stack.enter_context(self.store.write(fields, self._shapes(c, n), about)))
-                for outputs in self._run(missing, source, split, view, start):
-                    for cut_writers, arrays in zip(writers, outputs, strict=True):
-                        for writer, array in zip(cut_writers, arrays, strict=True):
-                            writer.append(array)
-            log.info(
-                "feature cache: %s, %s at depth %s: %d images in %.1fs",
-                where,
-                "cut" if len(missing) == 1 else "cuts",
-                ", ".join(str(self.backbone.unit_depth(c)) for c in missing),
-                n,
-                time.monotonic() - started,
-            )
-        for c in cuts:
-            arrays = self.store.load(self._fields(c, split, view), in_memory=self._in_memory(c))
-            if arrays is None:
-                raise OSError(f"the feature cache in {self.store.root} could not be read back")
-            if c not in missing:
-                self.store.reused += 1
+        built: set[int] = set()
+        for _ in range(2):  # a damaged part is built again once; damaged again means the disk is failing
+            missing = [c for c in cuts if not self.store.has(self._fields(c, split, view))]
+            if missing:
+                self._build(missing, split, view)
+                built.update(missing)
+            loaded = {c: self.store.load(self._fields(c, split, view), in_memory=self._in_memory(c)) for c in cuts}
+            damaged = [c for c, arrays in loaded.items() if arrays is None]
+            if not damaged:
+                break
+            log.warning("feature cache: %d damaged part(s) in %s removed; building them again", len(damaged),
+                        self.store.root)  # fmt: skip
+        else:
+            raise OSError(f"the feature cache in {self.store.root} could not be read back after it was rebuilt")
+        for c, arrays in loaded.items():
+            self.store.reused += c not in built
             self._memo[(c, split, view)] = arrays
+
+    def _build(self, missing: list[int], split: str, view: int) -> None:
+        """Compute and store the tensors at ``missing`` cuts (nearest the images first) in one pass."""
+        stored = [c for c in self.depths if c > missing[0] and self.store.has(self._fields(c, split, view))]
+        start = min(stored, default=None)
+        source = self.store.load(self._fields(start, split, view), in_memory=False) if start is not None else None
+        if source is None:
+            start = None
+        n = len(self.data.y_train if split == "train" else self.data.y_val)
+        where = f"view {view + 1}/{self.views}" if split == "train" and self.views > 1 else split
+        started = time.monotonic()
+        with ExitStack() as stack:
+            writers = []
+            for c in missing:
+                fields, about = self._fields(c, split, view), self._about(c, split, view)
+                writers.append(stack.enter_context(self.store.write(fields, self._shapes(c, n), about)))
+            progress = Progress(f"feature cache: {where}", n)
+            stack.callback(progress.close)
+            for outputs in self._run(missing, source, split, view, start):
+                for cut_writers, arrays in zip(writers, outputs, strict=True):
+                    for writer, array in zip(cut_writers, arrays, strict=True):
+                        writer.append(array)
+                progress.advance(len(outputs[0][0]))
+        cuts = ", ".join(str(self.backbone.unit_depth(c)) for c in missing)
+        log.info("feature cache: %s, %s at depth %s: %d images in %.1fs", where,
+                 "cut" if len(missing) == 1 else "cuts", cuts, n, time.monotonic() - started)  # fmt: skip
 
     def _in_memory(self, cut: int) -> bool:
         return self.plan is None or self.plan.where(cut) != "disk"

@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     except TlsweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a read-only folder, a full disk
+        print(f"error: cannot write the report into {args.folder} ({e.strerror or e}); make it writable",
+              file=sys.stderr)  # fmt: skip
+        return 1
     print(f"report written to {paths['html']} (also {paths['md'].name} and {paths['csv'].name})")
     return 0
 

@@ -64,6 +64,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
             "duration": _fmt(job.record.get("duration_s"), "duration_s"),
             "classes": _classes(job.classes),
             "error": job.error or "",
+            "race": sweep.race_line(job),
         }
         for job in sweep.jobs
     ]
@@ -92,7 +93,21 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         ],
         "logdir": shlex.quote(str(sweep.root.resolve())),
         "export": _export(sweep),
+        "race": _race(sweep),
     }
+
+
+def _race(sweep: Any) -> dict[str, Any] | None:
+    """The race, round by round: each job's trials and best value at the end of each round, and its fate."""
+    race = sweep.race
+    if race is None:
+        return None
+    rows = []
+    for entry in race.entries:
+        laps = {lap.round: f"{_fmt(lap.value)} ({lap.trials or 'all'} trials)" for lap in entry.laps}
+        rows.append({"name": entry.name, "laps": [laps.get(r, "") for r in range(1, race.rounds + 1)],
+                     "fate": entry.line(race.rounds)})  # fmt: skip
+    return {"rounds": race.rounds, "eta": race.eta, "rows": rows}
 
 
 def _recall(summary: Summary, top: int) -> dict[str, Any] | None:
@@ -278,6 +293,11 @@ def to_markdown(context: dict[str, Any]) -> str:
             for j in context["jobs"]
         ],
     )
+    if context["race"]:
+        race = context["race"]
+        lines += ["", f"## Race: {race['rounds']} rounds, each keeping the best 1/{race['eta']} of the jobs", ""]
+        header = ["job", *(f"round {r}" for r in range(1, race["rounds"] + 1)), "what the race did"]
+        lines += _md_table(header, [[r["name"], *r["laps"], r["fate"]] for r in race["rows"]])
     if context["finalists"]:
         lines += ["", f"## Finalists: the best configurations over several seeds ({context['metric']})", ""]
         lines += _md_table(

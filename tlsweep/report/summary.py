@@ -10,10 +10,9 @@ import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tlsweep.config import split_override
+from tlsweep.config import run_key, split_override
 from tlsweep.records import Epoch, Objective, best_epoch_of
 from tlsweep.results import Group, Job, Sweep, Trial, Winner, finalist_groups, rank_key, ranking, winner
 
@@ -34,12 +33,13 @@ METRIC_COLUMNS = (
     "stage2",
     "epochs",
     "stopped",  # why a trial ended early: pruned (and by which rule), the budget, a stage's patience
-    "seed",
+    "trial_seed",  # the run's own seed (a swept ``seed`` is a column of its own)
     "finalist_of",  # a finalist run: the search trial whose configuration it repeats with another seed
     "mean_over_seeds",  # a finalist's runs: their mean, and the 95% interval of that mean
     "interval_low",
     "interval_high",
     "duration_s",
+    "race",  # in a race: what it did with the trial's job (the same line as the report's and the terminal's)
     "overfitting",
     "error",
     "tensorboard",
@@ -149,7 +149,7 @@ def summarize(sweep: Sweep) -> Summary:
     metric = METRIC_OF_OBJECTIVE.get(objective.name, "val_accuracy")
     maximize = not objective.minimise
     varying = _varying_overrides(sweep.jobs)
-    rows = [_row(job, trial, objective, varying, sweep.root) for job, trial in sweep.trials]
+    rows = [_row(job, trial, objective, varying, sweep) for job, trial in sweep.trials]
     groups = [g for job in sweep.jobs for g in finalist_groups(job, objective)]
     _add_group_columns(rows, groups)
     ranks = {(job.name, trial.trial_id): n for n, (job, trial, _) in enumerate(ranking(sweep, objective), 1)}
@@ -233,7 +233,7 @@ def _mark_noise(effects: list[Effect], noise: float | None) -> list[Effect]:
     return effects
 
 
-def _row(job: Job, trial: Trial, objective: Objective, varying: list[str], root: Path) -> dict[str, Any]:
+def _row(job: Job, trial: Trial, objective: Objective, varying: list[str], sweep: Sweep) -> dict[str, Any]:
     run, history = trial.run, trial.run.history
     completed = trial.status == "completed"
     best = run.kept() or Epoch(0)
@@ -263,12 +263,15 @@ def _row(job: Job, trial: Trial, objective: Objective, varying: list[str], root:
         "stage2": _stage2(trial),
         "epochs": len(history),
         "stopped": _stopped(trial),
-        "seed": run.seed,
+        "trial_seed": run.seed,
         "finalist_of": run.finalist_of or run.refit_of,
         "duration_s": run.duration_s,
+        "race": sweep.race_line(job) or None,
         "overfitting": overfitting(history),
         "error": trial.error,
-        "tensorboard": str((trial.path.parent.parent / run.tensorboard).relative_to(root)) if run.tensorboard else None,
+        "tensorboard": str((trial.path.parent.parent / run.tensorboard).relative_to(sweep.root))
+        if run.tensorboard
+        else None,
     }
 
 
@@ -362,7 +365,7 @@ def _varying_overrides(jobs: list[Job]) -> list[str]:
         for key in {*values, *overrides}:
             values.setdefault(key, set()).add(overrides.get(key, "(default)"))
     groups = {k for job in jobs for k in job.record.choices} | set(CHOICE_ORDER)
-    return sorted(k for k, v in values.items() if len(v) > 1 and k not in groups and not k.startswith("hydra."))
+    return sorted(k for k, v in values.items() if len(v) > 1 and k not in groups and not run_key(k))
 
 
 def _ordered(keys: Iterable[str], first: Iterable[str]) -> list[str]:

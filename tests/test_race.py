@@ -1,0 +1,101 @@
+"""The race sweeper: a multirun raced as successive halving, from its decisions to whole races on the demo."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, start_cli, stop_when
+
+from tlsweep.race import Race, Result, decide, noise, rounds_for, trials_in_round
+from tlsweep.records import Objective
+from tlsweep.results import load_sweep, winner
+
+ACCURACY, LOSS = Objective("val_accuracy"), Objective("val_loss")
+
+
+def test_rounds_halve_the_jobs_until_one_is_left() -> None:
+    assert [rounds_for(n, 3) for n in (1, 2, 3, 4, 8, 9, 27)] == [1, 2, 2, 2, 3, 3, 4]
+    assert [rounds_for(n, 2) for n in (2, 4, 8)] == [2, 3, 4]
+    # 10 trials over 3 rounds: 2 (10/9, at least 2), then 4 (10/3), then all 10; never more than there are
+    assert [trials_in_round(10, r, 3, 3) for r in (1, 2, 3)] == [2, 4, 10]
+    assert trials_in_round(1, 1, 3, 3) == 1
+
+
+def test_the_best_third_goes_on_and_so_does_a_job_within_noise_of_the_cut() -> None:
+    results = [Result("a", 0.90, 400), Result("b", 0.70, 400), Result("c", 0.89, 400), Result("d", 0.60, 400),
+               Result("e", 0.75, 400), Result("f", None)]  # fmt: skip
+    verdicts = {v.name: v for v in decide(results, ACCURACY, 3)}
+    # five scored jobs keep one (5 // 3); c is 0.01 behind a, within 1.96·√2·√(0.9·0.1/400) = 0.042 of it
+    assert [n for n, v in verdicts.items() if v.goes_on] == ["a", "c"]
+    assert "within seed noise of the cut 0.9000" in verdicts["c"].why
+    assert "behind the cut 0.9000 by more than seed noise" in verdicts["b"].why
+    assert verdicts["f"].why.startswith("failed") and not verdicts["f"].goes_on
+    on_few_images = {v.name for v in decide([Result("a", 0.9, 20), Result("b", 0.8, 20)], ACCURACY, 3) if v.goes_on}
+    assert on_few_images == {"a", "b"}  # 20 images cannot tell 0.9 from 0.8
+    losses = decide([Result("a", 0.30), Result("b", 0.50), Result("c", 0.305)], LOSS, 3)  # lower is better
+    assert [v.goes_on for v in losses] == [True, False, True]  # c is within 1.96·√2·2% of 0.30 of a
+    assert noise(LOSS, 0.5, None) == pytest.approx(0.01)
+
+
+# Four jobs: the demo's pretrained backbone, or the same network from random weights, on all or half the images.
+RACE = ["-m", "hydra/sweeper=race", "backbone.weights=bundled,null", "dataset.fraction=1.0,0.5"]
+TINY = ["finetune.head_epochs=3", "finetune.finetune_epochs=1", "search.learning_rate.min=1e-3", "tuner.max_trials=3",
+        "search.optimizers=[adam]", "search.unfreeze_depths=[0,5]", "finalists.top=1", "finalists.seeds=2",
+        "verbose=false"]  # fmt: skip
+
+
+def check_race(root: Path, output: str) -> Race:
+    """A finished race: the jobs of random weights were stopped in round 1 and kept as they were; the race's
+    winner ran everything; the report, trials.csv and the terminal say what the race did."""
+    race = Race.load(root)
+    assert race is not None and race.rounds == 2 and race.round == 3, race
+    fates = {e.name: e.fate for e in race.entries}
+    random_weights = [name for name in fates if "weights=null" in name]
+    assert len(random_weights) == 2 and {fates[name] for name in random_weights} == {"stopped"}
+    slow = random_weights[0]
+    sweep = load_sweep(root)
+    jobs = {j.name: j for j in sweep.jobs}
+    assert jobs[slow].status == "stopped" and len([t for t in jobs[slow].trials if t.run.is_search]) == 2
+    found = winner(sweep)
+    assert fates[found.job.name] == "finished" and found.group is not None  # its finalists ran
+    assert jobs[found.job.name].status == "completed" and len(jobs[found.job.name].trials) >= 3
+    stopped_line = race.entries[[e.name for e in race.entries].index(slow)].line(race.rounds)
+    assert f"{slow}: {stopped_line}" in output  # the terminal
+    assert stopped_line in (root / "report.md").read_text() and "## Race: 2 rounds" in (root / "report.md").read_text()
+    assert stopped_line in (root / "trials.csv").read_text()
+    assert "Traceback" not in output and "error:" not in output
+    return race
+
+
+@pytest.mark.slow
+def test_a_race_killed_between_rounds_resumes_in_the_round_it_was_in(tmp_path: Path) -> None:
+    process = start_cli([*RACE, *TINY], tmp_path)
+
+    def round_two() -> bool:
+        race = next(iter(tmp_path.glob("outputs/sweeps/*/race.json")), None)
+        return race is not None and json.loads(race.read_text())["round"] == 2
+
+    stop_when(process, round_two, signal.SIGKILL)
+    (root,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    trials_before = {p: p.stat().st_mtime for p in root.glob("*/trials/trial_*.json")}
+    result = run_cli([*RACE, *TINY, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stdout
+    race = check_race(root, result.stdout)
+    assert all(len(e.laps) == (2 if e.fate == "finished" else 1) for e in race.entries)  # round 1 ran once
+    stopped = {e.name for e in race.entries if e.fate == "stopped"}
+    for path, mtime in trials_before.items():  # the stopped jobs' trials were not run again
+        if path.parent.parent.name in stopped:
+            assert path.stat().st_mtime == mtime
+
+
+@pytest.mark.slow
+def test_a_race_under_the_parallel_launcher_stops_the_weak_jobs_after_their_first_round(tmp_path: Path) -> None:
+    launcher = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "threads=1"]
+    result = run_cli([*RACE, *TINY, *launcher], tmp_path)
+    assert result.returncode == 0, result.stdout
+    (root,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    check_race(root, result.stdout)
+    assert f"best: {winner(load_sweep(root)).job.name} " in result.stdout

@@ -1,0 +1,207 @@
+"""The race: successive halving over the jobs of a multirun, decided from what each job returns.
+
+Round 1 runs every job with a few trials and no finalists; after each round the best ``1/eta`` of
+the jobs (at least one) go on with more trials — and so does a job within measurement noise of the
+cut —, and the last round's jobs finish their ``tuner.max_trials`` and their finalists. The Hydra
+sweeper (``hydra_plugins/tlsweep_race_sweeper``) hands each round to the configured launcher; this
+module decides, from the jobs' results alone, so its decisions are unit-tested on made-up results.
+Its state (``race.json`` in the sweep's folder) lets ``resume=true`` continue a race in its round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlsweep import files
+from tlsweep.records import Objective, RecordError, read_job, read_json, write_job
+
+RACE_RECORD = "race.json"
+BOUNDED = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "accuracy")  # objectives that are proportions
+LOSS_NOISE = 0.02  # a loss's measurement noise, relative: losses have no binomial yardstick
+Z = 1.96  # 95%
+
+
+def rounds_for(jobs: int, eta: int) -> int:
+    """How many rounds ``jobs`` need: each keeps the best ``1/eta`` (at least one) until one is left."""
+    rounds = 1
+    while jobs > 1:
+        jobs, rounds = max(1, jobs // eta), rounds + 1
+    return rounds
+
+
+def trials_in_round(total: int, round_: int, rounds: int, eta: int) -> int:
+    """The trials a job has run by the end of ``round_``: ``total / eta`` per round left, at least two."""
+    return min(total, max(2, math.ceil(total / eta ** (rounds - round_))))
+
+
+def noise(objective: Objective, value: float, images: int | None) -> float:
+    """The standard error of one measurement of ``objective`` at ``value``: for a proportion on ``images``
+    validation images, √(p(1−p)/n); for a loss, ``LOSS_NOISE`` of it."""
+    if objective.name in BOUNDED and images:
+        p = min(max(value, 0.0), 1.0)
+        return math.sqrt(max(p * (1 - p), 1.0 / images) / images)
+    return LOSS_NOISE * abs(value)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a job returned at the end of a round: its best trial's value, on how many validation images."""
+
+    name: str
+    value: float | None  # None: the job failed
+    images: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    goes_on: bool
+    why: str
+
+
+def decide(results: list[Result], objective: Objective, eta: int) -> list[Verdict]:
+    """Which jobs go on: the best ``len/eta`` (at least one), and any job within noise of the cut — two
+    measurements differ by more than 1.96·√2·σ only one time in twenty (σ: ``noise`` at the cut)."""
+    scored = sorted((r for r in results if r.value is not None), key=lambda r: objective.key(r.value))  # type: ignore
+    keep = max(1, len(scored) // eta)
+    verdicts = [Verdict(r.name, False, "failed: it returned no result") for r in results if r.value is None]
+    if not scored:
+        return verdicts
+    cut = scored[keep - 1]
+    margin = Z * math.sqrt(2) * noise(objective, float(cut.value), cut.images)  # type: ignore[arg-type]
+    for rank, result in enumerate(scored, 1):
+        value = float(result.value)  # type: ignore[arg-type]
+        if rank <= keep:
+            verdicts.append(Verdict(result.name, True, f"{value:.4f}, in the top {keep} of {len(scored)}"))
+        elif abs(value - float(cut.value)) <= margin:  # type: ignore[arg-type]
+            why = f"{value:.4f}, within seed noise of the cut {cut.value:.4f} (±{margin:.4f})"
+            verdicts.append(Verdict(result.name, True, why))
+        else:
+            why = f"{value:.4f}, behind the cut {cut.value:.4f} by more than seed noise (±{margin:.4f})"
+            verdicts.append(Verdict(result.name, False, why))
+    return sorted(verdicts, key=lambda v: [r.name for r in results].index(v.name))
+
+
+@dataclass
+class Lap:
+    """One round of one job: the trials it had run by its end, and its best value then."""
+
+    round: int
+    trials: int | None
+    value: float | None
+    why: str = ""
+
+
+@dataclass
+class Entry:
+    """A job in the race: its overrides, its folder, its rounds, and its fate."""
+
+    name: str
+    overrides: list[str]
+    laps: list[Lap] = field(default_factory=list)
+    fate: str = "racing"  # racing | stopped (by the race) | finished (ran the last round) | failed
+
+    @property
+    def stopped_in(self) -> int | None:
+        return self.laps[-1].round if self.fate in ("stopped", "failed") and self.laps else None
+
+    def line(self, rounds: int) -> str:
+        """What happened to the job, in one line: the report, trials.csv and the terminal say the same."""
+        if not self.laps:
+            return "not run yet"
+        lap = self.laps[-1]
+        trials = f"{lap.trials} trials" if lap.trials else "all its trials"
+        if self.fate == "finished":
+            return f"ran all {rounds} rounds: {trials} and its finalists"
+        state = {"stopped": "stopped", "failed": "failed", "racing": "racing"}[self.fate]
+        return f"{state} after round {lap.round} of {rounds} ({trials}): {lap.why}".rstrip(": ")
+
+
+@dataclass
+class Race:
+    """The race's state, written to ``race.json`` after every round."""
+
+    eta: int
+    rounds: int
+    objective: str
+    round: int = 1  # the round running, or next
+    entries: list[Entry] = field(default_factory=list)
+
+    def racing(self) -> list[Entry]:
+        return [e for e in self.entries if e.fate == "racing"]
+
+    def save(self, root: Path) -> None:
+        files.write_json(Path(root) / RACE_RECORD, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, root: Path) -> Race | None:
+        """The race in ``root``; None if there is none (or its file cannot be read: say why)."""
+        try:
+            data = read_json(Path(root) / RACE_RECORD)
+        except RecordError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        entries = [
+            Entry(e["name"], list(e["overrides"]), [Lap(**lap) for lap in e.get("laps", [])], e.get("fate", "racing"))
+            for e in data.get("entries", [])
+        ]
+        return cls(int(data["eta"]), int(data["rounds"]), str(data["objective"]), int(data["round"]), entries)
+
+    def lines(self) -> list[str]:
+        return [f"{e.name}: {e.line(self.rounds)}" for e in self.entries]
+
+    def finish_round(self, racing: list[Entry], returned: list[dict[str, Any] | None], root: Path) -> None:
+        """Record what the round's jobs returned and decide which go on; a job the race stops says so in its
+        ``job.json`` (status ``stopped``), and is kept as it is."""
+        last = self.round >= self.rounds
+        for entry, summary in zip(racing, returned, strict=True):
+            entry.name = str((summary or {}).get("job") or entry.name)  # the job's own name for its folder
+        results = [job_result(summary, entry.name) for entry, summary in zip(racing, returned, strict=True)]
+        verdicts = {} if last else {v.name: v for v in decide(results, Objective(self.objective), self.eta)}
+        for entry, result, summary in zip(racing, results, returned, strict=True):
+            trials = None if last else (summary or {}).get("trials")
+            verdict = verdicts.get(entry.name)
+            entry.laps.append(Lap(self.round, trials, result.value, verdict.why if verdict else ""))
+            if result.value is None:
+                entry.fate = "failed"
+            elif last:
+                entry.fate = "finished"
+            elif not verdict.goes_on:  # type: ignore[union-attr]
+                entry.fate = "stopped"
+                stop_job(Path(root) / entry.name, entry.line(self.rounds))
+        self.round += 1
+
+
+def finished_round(job_dir: Path, round_: int) -> dict[str, Any] | None:
+    """What a job returned in ``round_`` if it already ran that round (a race killed mid-round), else None."""
+    try:
+        record = read_job(job_dir)
+    except RecordError:
+        return None
+    if record is None or record.status != "paused" or (record.get("race") or {}).get("round") != round_:
+        return None
+    return record.result()
+
+
+def stop_job(job_dir: Path, why: str) -> None:
+    """Mark a job the race stopped: kept as it is (records, TensorBoard runs), its status ``stopped``."""
+    try:
+        record = read_job(job_dir)
+    except RecordError:
+        return
+    if record is not None:
+        record.status = "stopped"
+        record.summary["race"] = {**(record.get("race") or {}), "stopped": why}
+        write_job(job_dir, record)
+
+
+def job_result(summary: dict[str, Any] | None, name: str) -> Result:
+    """A job's result as the sweeper receives it (the job's return value; None if it failed)."""
+    if not isinstance(summary, dict) or summary.get("value") is None or summary.get("status") == "failed":
+        return Result(name, None)
+    return Result(name, float(summary["value"]), summary.get("val_images"))
