@@ -133,7 +133,9 @@ def test_hyperband_counts_its_schedule_in_the_cache_plan_and_the_budget() -> Non
 def job(tmp_path: Path, *overrides: str):
     from tlsweep.job import run_job
 
-    images = make_image_folder(tmp_path / "images")
+    images = tmp_path / "images"
+    if not images.exists():
+        make_image_folder(images)
     fast = [o for o in FAST if not o.startswith("finalists")]
     spec = make_spec(["dataset=folder", f"dataset.path={images}", *fast, *overrides])
     return run_job(spec, tmp_path / "job", CHOICES)
@@ -196,3 +198,17 @@ def test_a_finalist_the_budget_cuts_still_leaves_the_winner_exported(tmp_path: P
     found = winner(load_sweep(tmp_path / "job"))
     assert record["trial"] == found.model.trial_id
     assert record["finalist"] is None or record["finalist"]["mean"] == pytest.approx(found.value)
+
+
+def test_a_resumed_job_rebuilds_its_winners_model_exactly_as_recorded(tmp_path: Path) -> None:
+    """Killed after its finalists ran and before its model was kept: the winner's run is trained again, checked
+    against its record (same kept epoch and value), and exported as the records name it."""
+    job(tmp_path, "tuner.max_trials=2", "finalists.top=1", "finalists.seeds=3")
+    folder = tmp_path / "job"
+    found = winner(load_sweep(folder))
+    record = json.loads((folder / "job.json").read_text())
+    (folder / "job.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    for name in ("best.keras", "best.json"):  # as if the process died before keeping the winner's model
+        (folder / name).unlink()
+    job(tmp_path, "tuner.max_trials=2", "finalists.top=1", "finalists.seeds=3", f"resume={folder}")
+    assert exported(tmp_path)["trial"] == found.model.trial_id == winner(load_sweep(folder)).model.trial_id

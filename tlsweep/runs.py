@@ -15,7 +15,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -265,12 +265,17 @@ class Runner:
             model.load_weights(checkpoint)
         return model
 
-    def _fit(self, plan: RunPlan, hp: Any, model: keras.Model, trial_log: TrialLog | None, seed: int) -> Fitted:
+    def _fit(
+        self, plan: RunPlan, hp: Any, model: keras.Model, trial_log: TrialLog | None, seed: int, again: bool = False
+    ) -> Fitted:
+        """Train ``plan``'s run; ``again``: as it was recorded, so neither pruning (its peers changed since)
+        nor the budget may stop it (the runs that can win were neither pruned nor cut short)."""
         if plan.refit_of is not None:
             return self.trial.refit(hp, model, self.refit_source(), plan.refit_epochs, trial_log, seed)
-        rules = StopRules(self.pruner if plan.searching else None, self.deadline, self.job_dir, plan.run_id)
-        epochs = plan.budget_epochs
-        return self.trial.fit(hp, model, trial_log, seed, epochs, plan.initial_epoch, rules)
+        rules = StopRules() if again else StopRules(
+            self.pruner if plan.searching else None, self.deadline, self.job_dir, plan.run_id
+        )  # fmt: skip
+        return self.trial.fit(hp, model, trial_log, seed, plan.budget_epochs, plan.initial_epoch, rules)
 
     def _failure(self, error: Exception, trial_log: TrialLog) -> str:
         """Why a run failed, in one line; a full disk stops the job instead (every later run would fail too)."""
@@ -300,14 +305,14 @@ class Runner:
             return self.trial.classifier.restore(self.kept[record.trial_id][1])
         log.info("training trial_%s again: this process did not keep its weights (a resumed job)", record.trial_id)
         plan = RunPlan(
-            record.trial_id, f"trial_{record.trial_id}", record.hyperparameters, record.replicate,
+            record.trial_id, "", record.hyperparameters, record.replicate,
             record.budget_epochs, record.initial_epoch, record.continues, record.finalist_of,
             record.refit_of, record.refit_from, record.best_epoch or 0,
         )  # fmt: skip
         if record.continues is not None:
             raise TlsweepError(f"trial_{record.trial_id} continued another trial's checkpoint and cannot be retrained")
         model = self._build(Chosen(record.hyperparameters), int(record.seed or 0), None)
-        fitted = self._fit(replace(plan, label=""), Chosen(record.hyperparameters), model, None, int(record.seed or 0))
+        fitted = self._fit(plan, Chosen(record.hyperparameters), model, None, int(record.seed or 0), again=True)
         if (fitted.best_epoch, fitted.value) != (record.best_epoch, record.value):
             raise TlsweepError(
                 f"trial_{record.trial_id} trained again kept epoch {fitted.best_epoch} ({fitted.value}), not epoch "
