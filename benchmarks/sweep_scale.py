@@ -17,7 +17,8 @@ re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20
 
 For each run it prints the peak resident memory of the job's process tree, the cache folder's
 size on disk, the wall time and the best validation accuracy (the whole job's: its winner's mean over
-seeds). Finalists are off (``finalists.top=0``) but in the whole job: there the searches alone are compared.
+seeds). Finalists and pruning are off (``finalists.top=0 pruning=none``) but in the whole job: there the
+searches alone are compared, every trial to its end.
 
     python benchmarks/sweep_scale.py [--sizes 3000 20000] [--work DIR]
 """
@@ -71,8 +72,9 @@ def build_dataset(size: int, folder: Path, seed: int = 0) -> None:
 
 
 def preset(dataset: Path, trials: int, head: int, finetune: int, finalists: bool = False) -> list[str]:
-    """The flowers preset's search on a folder, with the shared weights; with ``finalists``, the whole job as
-    its defaults run it (the top 3 configurations over 3 seeds)."""
+    """The flowers preset's search on a folder, with the shared weights, every trial to its end (the cache's
+    effect alone); with ``finalists``, the whole job as its defaults run it (ASHA pruning, then the top 3
+    configurations over 3 seeds)."""
     return [
         "dataset=folder",
         f"dataset.path={dataset}",
@@ -83,7 +85,7 @@ def preset(dataset: Path, trials: int, head: int, finetune: int, finalists: bool
         f"tuner.max_trials={trials}",
         f"finetune.head_epochs={head}",
         f"finetune.finetune_epochs={finetune}",
-        *([] if finalists else ["finalists.top=0"]),
+        *([] if finalists else ["finalists.top=0", "pruning=none"]),
         "verbose=false",
         "report.enabled=false",
         "export.enabled=false",

@@ -9,7 +9,8 @@ import pytest
 from conftest import FAST, make_image_folder, make_spec
 
 from tlsweep.groups import ExportSpec, hyperband_schedule
-from tlsweep.records import Objective
+from tlsweep.records import Objective, RunRecord
+from tlsweep.report.summary import summarize
 from tlsweep.results import Sweep, finalist_groups, load_job, load_sweep, winner
 
 ACCURACY = Objective("val_accuracy")
@@ -31,8 +32,6 @@ def completed_job(job: Path, config: dict | None = None) -> None:
 
 def test_a_refit_ships_for_its_configuration_and_the_answer_stays_the_configurations_mean(tmp_path: Path) -> None:
     """finalists.refit=true crashed the report: the refit, which holds nothing out, was taken as the answer."""
-    from tlsweep.report.summary import summarize
-
     job = tmp_path / "job"
     hp = {"learning_rate": 0.01}
     write_run(job, "0", 0.90, hp)
@@ -212,3 +211,44 @@ def test_a_resumed_job_rebuilds_its_winners_model_exactly_as_recorded(tmp_path: 
         (folder / name).unlink()
     job(tmp_path, "tuner.max_trials=2", "finalists.top=1", "finalists.seeds=3", f"resume={folder}")
     assert exported(tmp_path)["trial"] == found.model.trial_id == winner(load_sweep(folder)).model.trial_id
+
+
+def test_finalists_run_side_by_side_and_stop_a_configuration_clearly_behind(tmp_path: Path) -> None:
+    """Every finalist's second seed runs before any third; one whose interval is already below the leader's
+    gets no more seeds (its verdict, behind the best, is settled)."""
+    from tlsweep.finalists import run_finalists
+    from tlsweep.runs import Outcome
+
+    folder = tmp_path / "job"
+    values = {"0": [0.990, 0.988, 0.989], "1": [0.985, 0.990, 0.980], "2": [0.912, 0.909, 0.920]}
+    for trial_id, runs in values.items():
+        write_run(folder, trial_id, runs[0], {"learning_rate": float(trial_id) + 1})
+    completed_job(folder)
+    ran: list[str] = []
+
+    class Runner:  # what run_finalists asks of the job's runner; each run scores as made up above
+        spec = make_spec(["finalists.top=3", "finalists.seeds=3"])
+        job_dir = folder
+
+        def out_of_time(self) -> bool:
+            return False
+
+        def timing(self) -> str:
+            return ""
+
+        def run(self, plan) -> Outcome:
+            ran.append(plan.run_id)
+            value = values[plan.finalist_of][plan.replicate]
+            write_run(folder, plan.run_id, value, plan.hyperparameters, finalist_of=plan.finalist_of,
+                      replicate=plan.replicate)  # fmt: skip
+            return Outcome(RunRecord.parse(json.loads((folder / "trials" / f"trial_{plan.run_id}.json").read_text())))
+
+        def settle(self, keep: set[str]) -> None:
+            pass
+
+        kept: dict = {}
+
+    run_finalists(Runner())
+    assert ran == ["0.s1", "1.s1", "2.s1", "0.s2", "1.s2"]  # trial_2 is clearly behind after two seeds
+    verdicts = {f.trial: f.verdict for f in summarize(load_sweep(folder)).finalists}
+    assert verdicts == {"0": "best", "1": "within noise of the best", "2": "behind the best"}

@@ -34,7 +34,10 @@ def chosen(runner: Runner) -> list[Trial]:
 
 
 def run_finalists(runner: Runner) -> None:
-    """Train the extra seeds of the job's top configurations (none if the budget is spent)."""
+    """Train the extra seeds of the job's top configurations, side by side: every configuration's next seed
+    before any configuration's seed after it. A configuration whose interval is already entirely below the
+    leader's gets no more seeds: they could not make it the best, and its verdict, behind the best, is
+    settled. (None runs once the budget is spent.)"""
     spec = runner.spec
     if not spec.finalists.enabled:
         return
@@ -45,26 +48,52 @@ def run_finalists(runner: Runner) -> None:
     done = {t.trial_id for t in job.trials if t.status in ("completed", "failed")}
     seeds = spec.finalists.seeds
     log.info("finalists: the top %d configurations, each over %d seeds", len(top), seeds)
+    plans = []
     for rank, original in enumerate(top, 1):
         own = [t for t in job.trials if t.run.configuration == original.run.configuration and t.run.comparable]
-        replicates = [r for r in range(seeds) if r or not any(t.run.replicate == 0 for t in own)]
-        for replicate in replicates:
-            run_id = f"{original.trial_id}.s{replicate}"
-            if run_id in done:
-                continue
-            if runner.out_of_time():
-                log.info("finalists: the budget is spent; the winner is chosen from the runs done")
-                return
-            label = f"trial_{run_id} (finalist {rank} of {len(top)}, seed {replicate + 1} of {seeds})"
-            outcome = runner.run(
-                RunPlan(run_id, label, original.run.hyperparameters, replicate, finalist_of=original.trial_id)
-            )
-            if not outcome.failed:
-                cut = outcome.record.stop("budget") is not None
-                note = " (cut short by the budget: not counted in its mean)" if cut else ""
-                value = outcome.record.value
-                log.info("trial_%s done: %s %.4f%s; %s", run_id, spec.objective.name, value, note, runner.timing())
-        _settle(runner)
+        for replicate in range(seeds):
+            if replicate or not any(t.run.replicate == 0 for t in own):  # Hyperband's own seed, again in full
+                label = f"(finalist {rank} of {len(top)}, seed {replicate + 1} of {seeds})"
+                plans.append((replicate, rank, original, label))
+    settled: set[str] = set()
+    for replicate, _, original, label in sorted(plans, key=lambda p: p[:2]):
+        run_id = f"{original.trial_id}.s{replicate}"
+        if run_id in done or original.trial_id in settled:
+            continue
+        if runner.out_of_time():
+            log.info("finalists: the budget is spent; the winner is chosen from the runs done")
+            break
+        behind = _clearly_behind(runner, original.trial_id)
+        if behind:
+            log.info("finalists: trial_%s %s; its other seeds are not run", original.trial_id, behind)
+            settled.add(original.trial_id)
+            continue
+        plan = RunPlan(run_id, f"trial_{run_id} {label}", original.run.hyperparameters, replicate,
+                       finalist_of=original.trial_id)  # fmt: skip
+        outcome = runner.run(plan)
+        if not outcome.failed:
+            cut = outcome.record.stop("budget") is not None
+            note = " (cut short by the budget: not counted in its mean)" if cut else ""
+            value = outcome.record.value
+            log.info("trial_%s done: %s %.4f%s; %s", run_id, spec.objective.name, value, note, runner.timing())
+    _settle(runner)
+
+
+def _clearly_behind(runner: Runner, name: str) -> str:
+    """Why configuration ``name`` can no longer be the best, in words: its 95% interval (over at least two
+    seeds) lies entirely below the leader's; empty while it can."""
+    groups = finalist_groups(load_job(runner.job_dir), runner.spec.objective)
+    group = next((g for g in groups if g.name == name), None)
+    if group is None or group is groups[0] or min(len(group.values), len(groups[0].values)) < 2:
+        return ""  # one seed has no interval: its value alone says nothing about seed noise
+    (low, high), (lead_low, lead_high) = group.interval, groups[0].interval
+    minimise = runner.spec.objective.minimise
+    if (high < lead_low) if not minimise else (low > lead_high):
+        return (
+            f"is behind the best beyond seed noise after {len(group.values)} seeds ({group.mean:.4f}, 95% interval "
+            f"{low:.4f}–{high:.4f}, against trial_{groups[0].name}'s {lead_low:.4f}–{lead_high:.4f})"
+        )
+    return ""
 
 
 def _settle(runner: Runner) -> None:
