@@ -30,13 +30,18 @@ def completed_job(job: Path, config: dict | None = None) -> None:
     (job / "job.json").write_text(json.dumps({"status": "completed", "config": config or {}}))
 
 
+def three_seeds(job: Path, hp: dict) -> None:
+    """trial_0 and its two finalist seeds: 0.90, 0.80 and 0.85 (mean 0.85, closest to it: trial_0.s2)."""
+    write_run(job, "0", 0.90, hp)
+    write_run(job, "0.s1", 0.80, hp, finalist_of="0", replicate=1)
+    write_run(job, "0.s2", 0.85, hp, finalist_of="0", replicate=2)
+
+
 def test_a_refit_ships_for_its_configuration_and_the_answer_stays_the_configurations_mean(tmp_path: Path) -> None:
     """finalists.refit=true crashed the report: the refit, which holds nothing out, was taken as the answer."""
     job = tmp_path / "job"
     hp = {"learning_rate": 0.01}
-    write_run(job, "0", 0.90, hp)
-    write_run(job, "0.s1", 0.80, hp, finalist_of="0", replicate=1)
-    write_run(job, "0.s2", 0.85, hp, finalist_of="0", replicate=2)
+    three_seeds(job, hp)
     write_run(job, "0.refit", None, hp, refit_of="0", refit_from="0.s2", train_images=120)
     completed_job(job)
     found = winner(Sweep(job, [load_job(job)]), ACCURACY)
@@ -51,9 +56,7 @@ def test_a_refit_ships_for_its_configuration_and_the_answer_stays_the_configurat
 def test_a_refit_of_another_run_does_not_stand_for_the_winner(tmp_path: Path) -> None:
     job = tmp_path / "job"
     hp = {"learning_rate": 0.01}
-    write_run(job, "0", 0.90, hp)
-    write_run(job, "0.s1", 0.80, hp, finalist_of="0", replicate=1)
-    write_run(job, "0.s2", 0.85, hp, finalist_of="0", replicate=2)
+    three_seeds(job, hp)
     write_run(job, "0.refit", None, hp, refit_of="0", refit_from="0")  # made before the seeds changed the choice
     completed_job(job)
     found = winner(Sweep(job, [load_job(job)]), ACCURACY)
