@@ -4,6 +4,7 @@ budget's disk path, the cache folder's size limit, and ``python -m tlsweep.cache
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from tlsweep.cache.plan import GB, Cut, available_memory, make_plan, memory_budg
 from tlsweep.cache.store import Store, entries, evict
 from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
+from tlsweep.model import build_classifier, unfreeze_top, weights_bytes
 
 MB = 2**20
 
@@ -159,3 +161,23 @@ def test_the_default_budget_is_half_the_free_memory_shared_by_parallel_jobs() ->
     assert alone == pytest.approx(available_memory() / 2, rel=0.2)
     assert shared == pytest.approx(alone / 2, rel=0.2)
     assert memory_budget(4, 2) == 4 * GB  # a budget set by hand is the job's own
+
+
+def test_the_plan_sets_memory_aside_for_the_weights_of_runs_that_may_still_win(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    base = ["dataset=folder", f"dataset.path={image_folder}", *FAST, f"feature_cache.dir={tmp_path / 'c'}"]
+    base.append("search.unfreeze_depths=[0,6]")
+    finalists = make_spec([*base, "finalists.top=3", "finalists.seeds=3", "finalists.refit=true"])
+    assert finalists.kept_runs == 3 + 3 * 2 + 1  # the search's best run of each, two more seeds each, the refit
+    data, backbone = load_dataset(finalists.dataset, 32), load_backbone(finalists.backbone, 32)
+    network = backbone.build()
+    deepest = weights_bytes(network, backbone, 6)
+    model = build_classifier(network, backbone.rescaling, 2, 0.2, None)
+    unfreeze_top(model, backbone, 6)
+    trained = sum(math.prod(v.shape) * 4 for v in model.get_layer("backbone").trainable_variables)
+    assert 0 < trained <= deepest  # a kept run's weights fit in what is set aside for it
+    plan = plan_cache(finalists, backbone, data, network, 8 * GB).plan
+    assert plan.kept == 10 * deepest and "kept for the weights of runs that may still win" in plan.line()
+    alone = plan_cache(make_spec(base), backbone, data, network, 8 * GB).plan
+    assert alone.kept == 0 and alone.memory_bytes - plan.memory_bytes == pytest.approx(plan.kept, abs=64 * MB)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tlsweep.errors import TlsweepError, first_line
@@ -35,14 +36,16 @@ def split_override(override: str) -> tuple[str, str]:
 
 def hydra_quoted(value: str) -> str:
     """``value`` as a Hydra override's value that parses back to it, whatever a folder's name holds (spaces,
-    commas, ``=``, ``$(…)``, quotes): as it is when Hydra reads it so, else quoted (Hydra escapes only the
+    commas, ``=``, ``$(…)``, ``${…}``, quotes): as it is when Hydra reads it so, else quoted (Hydra escapes only the
     backslashes before a quote or the end)."""
+    literal = value.replace("${", "\\${")  # Hydra's values are interpolated, quoted or not: ``\${`` is a literal ``${``
     try:
-        if OverridesParser.create().parse_override(f"key={value}").value() == value:
-            return value
-    except (OverrideParseException, HydraException):
+        parsed = OverridesParser.create().parse_override(f"key={literal}").value()
+        if isinstance(parsed, str) and OmegaConf.create({"key": parsed}).key == value:
+            return literal
+    except (OverrideParseException, HydraException, OmegaConfBaseException):
         pass
-    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), literal)
     return f"'{escaped}'"
 
 

@@ -9,6 +9,7 @@ A job builds its classifier once (``SharedClassifier``) and resets it for every 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -227,6 +228,16 @@ class Snapshot:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.backbone.values()) + sum(a.nbytes for a in self.head)
+
+
+def weights_bytes(network: keras.Model, backbone: Backbone, depth: int) -> int:
+    """At most what one ``Snapshot`` of a run at unfreeze ``depth`` takes: the variables of the units
+    ``unfreeze_top`` makes trainable (the head's, a few kilobytes, aside). The cache's plan reserves it."""
+    if depth <= 0:
+        return 0
+    layers = backbone_layers(network)
+    trained = layers if hub_layer(network) is not None else layers[len(layers) - backbone.cut_depth(depth) :]
+    return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for layer in trained for v in layer.weights)
 
 
 class SharedClassifier:

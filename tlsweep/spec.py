@@ -118,6 +118,13 @@ class JobSpec:
         longer = max(self.training.head_epochs, self.training.stage2_epochs, 1)
         return min(longer, max(2, math.ceil(longer / EPOCHS_PER_VIEW)))
 
+    @property
+    def kept_runs(self) -> int:
+        """The most runs whose trained weights the job holds in memory at once (``runs.Runner.kept``): with
+        finalists, the search's best run of each top configuration and every later run; else a refit's."""
+        later = self.workload().later_runs
+        return later + self.finalists.top if self.finalists.enabled else later
+
     def workload(self) -> Workload:
         """What the job trains: its search (on the tuner's schedule), then its finalists' runs and refit on
         the full one. Hyperband re-runs a finalist's own seed when its search run had a smaller budget."""

@@ -40,7 +40,7 @@ from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_
 from tlsweep.cache.store import Store, entries, evict, gigabytes
 from tlsweep.data import ImageData
 from tlsweep.groups import AugmentationSpec
-from tlsweep.model import augmentation
+from tlsweep.model import augmentation, weights_bytes
 from tlsweep.progress import Progress
 from tlsweep.spec import JobSpec
 
@@ -362,13 +362,14 @@ def plan_cache(spec: JobSpec, backbone: Backbone, data: ImageData, network: Any,
     held = sum(e.bytes for e in found)
     free = shutil.disk_usage(folder).free
     images = data.x_train.nbytes + data.x_val.nbytes  # the plain way's pipeline copy, for depths trained from images
-    memory = budget - resident_memory() - TRAINING_RESERVE - images
+    kept = spec.kept_runs * weights_bytes(network, backbone, max(spec.depths(backbone.num_layers), default=0))
+    memory = budget - resident_memory() - TRAINING_RESERVE - images - kept
     itemsize = np.dtype(settings.dtype).itemsize
     cuts = plan_cuts(spec, backbone, network)
     plan = make_plan(
         cuts, len(data.y_train), len(data.y_val), spec.views, itemsize, max(memory, 0), min(limit, free + held)
     )
-    plan.budget = budget
+    plan.budget, plan.kept = budget, kept
     check_head_fits(plan, folder, free, float(settings.max_disk_gb))
     log.info(plan.line())
     cache = make_cache(spec, backbone, data, plan)

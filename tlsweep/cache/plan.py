@@ -50,6 +50,7 @@ class CachePlan:
     memory_bytes: float  # what the arrays could take in memory
     disk_bytes: float  # what they could take on disk
     budget: float = 0.0  # the job's whole memory budget, of which memory_bytes is the arrays' share
+    kept: float = 0.0  # of the budget, what the weights of runs that may still win take (``runs.Runner.kept``)
 
     def where(self, cut: int) -> str:
         return next((d.where for d in self.decisions if d.cut.cut == cut), "memory")
@@ -73,6 +74,8 @@ class CachePlan:
             f" (memory budget {gigabytes(self.budget)} for the job, {gigabytes(self.memory_bytes)} of it for the "
             f"cache; {gigabytes(self.disk_bytes)} on disk)"
         )
+        if self.kept:
+            line = line[:-1] + f"; {gigabytes(self.kept)} kept for the weights of runs that may still win)"
         skipped = [d for d in self.decisions if d.where == "images"]
         if skipped:
             line += "; " + "; ".join(f"depth {_depths(d.cut)} trains from images: {d.why}" for d in skipped)
