@@ -65,6 +65,21 @@ def test_the_best_mean_wins_not_the_luckiest_draw(tmp_path: Path) -> None:
     assert summary.best["trial"] == "1" and verdicts == ["best", "within noise of the best", "behind the best"]
 
 
+def test_seeds_that_tie_on_an_image_count_do_not_make_one_image_a_verdict(tmp_path: Path) -> None:
+    """Accuracies move in steps of one validation image: two configurations whose seeds tie, one image apart,
+    are within noise of each other, and a tie is never reported as an interval of zero width."""
+    job = tmp_path / "job"
+    for trial_id, correct in (("0", 583), ("1", 582)):
+        hp = {"learning_rate": float(trial_id) + 1}
+        write_trial(job, trial_id, correct / 584, hp)
+        write_trial(job, f"{trial_id}.s1", correct / 584, hp, finalist_of=trial_id, replicate=1)
+    (job / "job.json").write_text(json.dumps({"status": "completed", "val_images": 584}))
+    groups = finalist_groups(load_job(job, job), ACCURACY)
+    assert all(high - low > 1 / 584 for low, high in (g.interval for g in groups))
+    verdicts = [f.verdict for f in summarize(Sweep(job, [load_job(job, job)])).finalists]
+    assert verdicts == ["best", "within noise of the best"]
+
+
 @pytest.mark.slow
 def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(tmp_path: Path) -> None:
     images = make_image_folder(tmp_path / "images")

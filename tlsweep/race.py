@@ -20,7 +20,6 @@ from tlsweep import files
 from tlsweep.records import Objective, RecordError, read_job, read_json, write_job
 
 RACE_RECORD = "race.json"
-BOUNDED = ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "accuracy")  # objectives that are proportions
 LOSS_NOISE = 0.02  # a loss's measurement noise, relative: losses have no binomial yardstick
 Z = 1.96  # 95%
 
@@ -41,7 +40,7 @@ def trials_in_round(total: int, round_: int, rounds: int, eta: int) -> int:
 def noise(objective: Objective, value: float, images: int | None) -> float:
     """The standard error of one measurement of ``objective`` at ``value``: for a proportion on ``images``
     validation images, √(p(1−p)/n); for a loss, ``LOSS_NOISE`` of it."""
-    if objective.name in BOUNDED and images:
+    if objective.proportion and images:
         p = min(max(value, 0.0), 1.0)
         return math.sqrt(max(p * (1 - p), 1.0 / images) / images)
     return LOSS_NOISE * abs(value)

@@ -33,6 +33,11 @@ class Objective:
     def minimise(self) -> bool:
         return self.name.endswith("loss")
 
+    @property
+    def proportion(self) -> bool:
+        """Whether the metric is a share of the validation images (it moves in steps of one image), not a loss."""
+        return self.name in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "accuracy")
+
     def better(self, value: float, than: float) -> bool:
         return value < than if self.minimise else value > than
 

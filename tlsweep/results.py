@@ -242,13 +242,19 @@ class Group:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The 95% interval of the mean over seeds (Student's t): where the configuration's mean lies."""
+        """The 95% interval of the mean over seeds (Student's t): where the configuration's mean lies.
+
+        An accuracy moves in steps of one validation image, so seeds often tie; their spread is then
+        taken as at least a step's rounding noise (step/√12), never zero: two runs at 0.9983 do not
+        make a configuration's mean known to be 0.9983 exactly, nor one image fewer clearly worse."""
         n = len(self.values)
         if n < 2:
             return (self.mean, self.mean)
         from scipy.stats import t
 
-        half = float(t.ppf(0.975, n - 1)) * statistics.stdev(self.values) / math.sqrt(n)
+        images = self.job.val_images if self.job.objective.proportion else None
+        spread = max(statistics.stdev(self.values), 1 / images / math.sqrt(12) if images else 0.0)
+        half = float(t.ppf(0.975, n - 1)) * spread / math.sqrt(n)
         return (self.mean - half, self.mean + half)
 
     def closest_to_mean(self) -> Trial:
