@@ -24,6 +24,7 @@ def test_a_chief_and_two_workers_run_every_trial_once_and_report_them_all(tmp_pa
     common = [f"hydra.run.dir={folder}", f"distributed.chief=localhost:{free_port()}", *FAST, "tuner.max_trials=4"]
     # pruning reads the trials both workers write into the shared folder
     common += ["finetune.head_epochs=3", "pruning=median", "pruning.warmup_epochs=1", "pruning.min_trials=1"]
+    common += ["finalists.top=2"]  # workers keep their best runs' weights while they search, and let go at the end
     chief = start_cli(["distributed.role=chief", *common, "threads=1"], tmp_path)
     workers = [start_cli(["distributed.role=worker", *common, "threads=1"], tmp_path) for _ in range(2)]
     outputs = [process.communicate(timeout=400)[0] for process in (*workers, chief)]
@@ -44,4 +45,4 @@ def test_a_chief_and_two_workers_run_every_trial_once_and_report_them_all(tmp_pa
     assert json.loads((folder / "best.json").read_text())["trial_id"] == best["trial_id"]
     report = (folder / "trials.csv").read_text().splitlines()
     assert len(report) == 5 and "report written to" in outputs[2]
-    assert (folder / "best" / "model.keras").is_file()
+    assert (folder / "best" / "model.keras").is_file() and not (folder / "kept").exists()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FAST, make_image_folder, make_spec
 
@@ -255,3 +257,35 @@ def test_finalists_run_side_by_side_and_stop_a_configuration_clearly_behind(tmp_
     assert ran == ["0.s1", "1.s1", "2.s1", "0.s2", "1.s2"]  # trial_2 is clearly behind after two seeds
     verdicts = {f.trial: f.verdict for f in summarize(load_sweep(folder)).finalists}
     assert verdicts == {"0": "best", "1": "within noise of the best", "2": "behind the best"}
+
+
+def test_a_race_round_keeps_its_runs_weights_on_disk_so_the_next_round_need_not_train_them_again(
+    tmp_path: Path, caplog
+) -> None:
+    settings = ["tuner.max_trials=2", "finalists.top=1", "finalists.seeds=2"]
+    job(tmp_path, *settings, "race.round=1", "race.rounds=2")  # an early round: the search, no finalists yet
+    folder = tmp_path / "job"
+    kept = [p.name for p in (folder / "kept").glob("trial_*.npz")]
+    assert len(kept) == 1  # the best configuration's search run: only it may still win
+    for name in ("best.keras", "best.json"):  # so the winner's model must come from the kept weights
+        (folder / name).unlink()
+    with caplog.at_level(logging.INFO, logger="tlsweep"):
+        job(tmp_path, *settings, "race.round=2", "race.rounds=2", f"resume={folder}")
+    found = winner(load_sweep(folder))
+    assert kept == [f"trial_{found.model.trial_id}.npz"]  # its two seeds tie for closest to the mean: the first wins
+    assert "again" not in caplog.text, caplog.text  # restored, not trained again
+    assert exported(tmp_path)["trial"] == found.model.trial_id and not (folder / "kept").exists()
+
+
+def test_kept_weights_are_read_back_only_for_the_run_they_were_saved_for(tmp_path: Path) -> None:
+    from tlsweep.model import Snapshot
+
+    snapshot = Snapshot({3: np.arange(6, dtype="float32").reshape(2, 3)}, [np.ones(4, "float32")])
+    tag = {"trial_id": "2", "seed": 7, "best_epoch": 4, "value": 0.8125}
+    snapshot.save(tmp_path / "trial_2.npz", tag)
+    back = Snapshot.load(tmp_path / "trial_2.npz", tag)
+    np.testing.assert_array_equal(back.backbone[3], snapshot.backbone[3])
+    np.testing.assert_array_equal(back.head[0], snapshot.head[0])
+    assert Snapshot.load(tmp_path / "trial_2.npz", {**tag, "value": 0.8}) is None  # trained again since: another run
+    (tmp_path / "trial_2.npz").write_bytes((tmp_path / "trial_2.npz").read_bytes()[:100])  # cut off
+    assert Snapshot.load(tmp_path / "trial_2.npz", tag) is None

@@ -129,6 +129,7 @@ def keep_winner(runner: Runner) -> Winner | None:
         )
     held = runner.best.read().get("trial_id") == winner.model.trial_id  # e.g. the search's best, offered
     runner.best.keep(winner, None if held else runner.model_of(winner.model.run))
+    runner.settle(set())  # the answer is in best.keras: no other run's weights are needed
     return winner
 
 

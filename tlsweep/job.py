@@ -85,6 +85,7 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     if stopped == "budget":
         log.info("stopped by the budget after %d trials", len(tuner.oracle.trials))
     if role == "worker":
+        runner.settle(set())  # the chief runs no finalists: no run of this worker's is needed again
         log.info("worker done: the chief reports the search")
         return {}
     winner = None
@@ -119,7 +120,9 @@ def _runner(
     if best.read():
         log.info("resuming: finished trials are kept (best so far trial_%s)", best.read()["trial_id"])
     refit = partial(PlainData, data.merged(), batch) if spec.finalists.refit else None
-    return Runner(spec, trial, context, best, make_pruner(spec.pruning), refit_data=refit)
+    runner = Runner(spec, trial, context, best, make_pruner(spec.pruning), refit_data=refit)
+    runner.recover()  # a resumed job (or a race's next round) holds again the weights it kept
+    return runner
 
 
 def _summary(

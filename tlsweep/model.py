@@ -8,15 +8,19 @@ A job builds its classifier once (``SharedClassifier``) and resets it for every 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from tlsweep import files
 from tlsweep.augment import RandomAffine
 from tlsweep.backbones import (
     Backbone,
@@ -228,6 +232,30 @@ class Snapshot:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.backbone.values()) + sum(a.nbytes for a in self.head)
+
+    def save(self, path: Path, tag: dict[str, Any]) -> None:
+        """Write it to ``path`` (atomically), tagged with what run it is of: a resumed job reads it back."""
+        arrays = {f"backbone_{i}": a for i, a in self.backbone.items()}
+        arrays.update({f"head_{j}": a for j, a in enumerate(self.head)})
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, tag=np.array(json.dumps(tag, sort_keys=True)), **arrays)
+
+        files.atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: Path, tag: dict[str, Any]) -> Snapshot | None:
+        """The snapshot saved at ``path`` if it is of the run ``tag`` names; None if missing, damaged or another's."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if json.loads(str(data["tag"])) != json.loads(json.dumps(tag, sort_keys=True)):
+                    return None
+                backbone = {int(k.split("_")[1]): data[k] for k in data.files if k.startswith("backbone_")}
+                head = [data[f"head_{j}"] for j in range(sum(k.startswith("head_") for k in data.files))]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
+        return cls(backbone, head)
 
 
 def weights_bytes(network: keras.Model, backbone: Backbone, depth: int) -> int:

@@ -34,6 +34,8 @@ from tlsweep.stopping import Pruner, StopRules
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
+
+KEPT = "kept"  # a job's folder of the weights of runs that may still win (``Runner.kept``)
 tracebacks = logging.getLogger("tlsweep.tracebacks")  # to the job log only (conf/hydra/job_logging)
 
 
@@ -154,6 +156,11 @@ class BestModel:
         return best
 
 
+def _tag(record: RunRecord) -> dict[str, Any]:
+    """What identifies a run's kept weights: a record trained again (another seed, epoch or value) is another run."""
+    return {"trial_id": record.trial_id, "seed": record.seed, "best_epoch": record.best_epoch, "value": record.value}
+
+
 @dataclass
 class Runner:
     """Runs the configurations of one job, each the same way (``run``), and keeps what may win."""
@@ -202,9 +209,32 @@ class Runner:
             trial_log.fail(self._failure(e, trial_log))
             return Outcome(record)
         if record.status == "completed" and (plan.refit_of or self.spec.finalists.enabled):
-            self.kept[record.trial_id] = (record, self.trial.classifier.snapshot())
-            self._trim()
+            self._keep(record)
         return Outcome(record, model)
+
+    def _keep(self, record: RunRecord) -> None:
+        """Hold the run's weights while it may still win: in memory, and on disk for a resumed job (or a race's
+        next round), which then need not train it again."""
+        snapshot = self.trial.classifier.snapshot()
+        self.kept[record.trial_id] = (record, snapshot)
+        try:
+            snapshot.save(self.job_dir / KEPT / f"trial_{record.trial_id}.npz", _tag(record))
+        except OSError as e:
+            why = f"trial_{record.trial_id}'s weights are not kept on disk ({e}): a resumed job trains it again"
+            log.warning(why)
+        self._trim()
+
+    def recover(self) -> None:
+        """Hold again the weights an earlier process of this job kept on disk, of the runs recorded as they were."""
+        folder = self.job_dir / KEPT
+        runs = {r.trial_id: r for r in read_runs(self.job_dir)} if folder.is_dir() else {}
+        for path in sorted(folder.glob("trial_*.npz")) if runs else []:
+            record = runs.get(path.stem.removeprefix("trial_"))
+            snapshot = Snapshot.load(path, _tag(record)) if record else None
+            if record is None or snapshot is None:
+                path.unlink(missing_ok=True)  # another run's, or damaged: training again is the way
+            else:
+                self.kept[record.trial_id] = (record, snapshot)
 
     def timing(self) -> str:
         """How long the job has run, and about how long its runs still take (``time_left``)."""
@@ -297,6 +327,10 @@ class Runner:
         """Let go of the kept weights of every run but ``kept_ids``: they can no longer win."""
         for run_id in [r for r in self.kept if r not in kept_ids]:
             del self.kept[run_id]
+            (self.job_dir / KEPT / f"trial_{run_id}.npz").unlink(missing_ok=True)
+        if not self.kept:
+            with contextlib.suppress(OSError):
+                (self.job_dir / KEPT).rmdir()
 
     def model_of(self, record: RunRecord) -> keras.Model:
         """The model of a recorded run at its kept epoch: from the weights kept in memory, else trained again
