@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, start_cli, stop_when
 
+from tlsweep import files
 from tlsweep.race import Race, Result, decide, noise, rounds_for, trials_in_round
 from tlsweep.records import Objective
 from tlsweep.results import load_sweep, winner
@@ -67,6 +68,8 @@ def check_race(root: Path, output: str) -> Race:
     assert stopped_line in (root / "report.md").read_text() and "## Race: 2 rounds" in (root / "report.md").read_text()
     assert stopped_line in (root / "trials.csv").read_text()
     assert "Traceback" not in output and "error:" not in output
+    assert "did not keep its weights" not in output  # the winner's earlier rounds kept them on disk
+    assert not list(root.glob(f"*/{files.KEPT_DIR}"))  # let go: by a stopped job, and once the winner is saved
     return race
 
 

@@ -20,6 +20,7 @@ TENSORBOARD_DIR = "tensorboard"  # trial_<id>/, one TensorBoard run per trial
 TUNER_DIR = "tuner"  # KerasTuner's own project
 BEST_MODEL = "best.keras"
 BEST_RECORD = "best.json"  # which trial best.keras holds: shared by every process of a distributed search
+KEPT_DIR = "kept"  # trial_<id>.npz: the weights of runs that may still win, until the job's model is saved
 LABELS = "labels.txt"
 
 # Inside a run's or sweep's folder, the exported best model (tlsweep.export):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,9 @@ def finished_round(job_dir: Path, round_: int) -> dict[str, Any] | None:
 
 
 def stop_job(job_dir: Path, why: str) -> None:
-    """Mark a job the race stopped: kept as it is (records, TensorBoard runs), its status ``stopped``."""
+    """Mark a job the race stopped: kept as it is (records, TensorBoard runs, its best model), its status
+    ``stopped``; only the weights it kept for finalists go, which no longer run."""
+    shutil.rmtree(Path(job_dir) / files.KEPT_DIR, ignore_errors=True)
     try:
         record = read_job(job_dir)
     except RecordError:

@@ -35,7 +35,6 @@ from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
 
-KEPT = "kept"  # a job's folder of the weights of runs that may still win (``Runner.kept``)
 tracebacks = logging.getLogger("tlsweep.tracebacks")  # to the job log only (conf/hydra/job_logging)
 
 
@@ -218,7 +217,7 @@ class Runner:
         snapshot = self.trial.classifier.snapshot()
         self.kept[record.trial_id] = (record, snapshot)
         try:
-            snapshot.save(self.job_dir / KEPT / f"trial_{record.trial_id}.npz", _tag(record))
+            snapshot.save(self.job_dir / files.KEPT_DIR / f"trial_{record.trial_id}.npz", _tag(record))
         except OSError as e:
             why = f"trial_{record.trial_id}'s weights are not kept on disk ({e}): a resumed job trains it again"
             log.warning(why)
@@ -226,7 +225,7 @@ class Runner:
 
     def recover(self) -> None:
         """Hold again the weights an earlier process of this job kept on disk, of the runs recorded as they were."""
-        folder = self.job_dir / KEPT
+        folder = self.job_dir / files.KEPT_DIR
         runs = {r.trial_id: r for r in read_runs(self.job_dir)} if folder.is_dir() else {}
         for path in sorted(folder.glob("trial_*.npz")) if runs else []:
             record = runs.get(path.stem.removeprefix("trial_"))
@@ -327,10 +326,10 @@ class Runner:
         """Let go of the kept weights of every run but ``kept_ids``: they can no longer win."""
         for run_id in [r for r in self.kept if r not in kept_ids]:
             del self.kept[run_id]
-            (self.job_dir / KEPT / f"trial_{run_id}.npz").unlink(missing_ok=True)
+            (self.job_dir / files.KEPT_DIR / f"trial_{run_id}.npz").unlink(missing_ok=True)
         if not self.kept:
             with contextlib.suppress(OSError):
-                (self.job_dir / KEPT).rmdir()
+                (self.job_dir / files.KEPT_DIR).rmdir()
 
     def model_of(self, record: RunRecord) -> keras.Model:
         """The model of a recorded run at its kept epoch: from the weights kept in memory, else trained again
