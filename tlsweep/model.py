@@ -249,7 +249,7 @@ class Snapshot:
         """The snapshot saved at ``path`` if it is of the run ``tag`` names; None if missing, damaged or another's."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                if json.loads(str(data["tag"])) != json.loads(json.dumps(tag, sort_keys=True)):
+                if json.loads(str(data["tag"])) != json.loads(json.dumps(tag)):  # as JSON reads it back
                     return None
                 backbone = {int(k.split("_")[1]): data[k] for k in data.files if k.startswith("backbone_")}
                 head = [data[f"head_{j}"] for j in range(sum(k.startswith("head_") for k in data.files))]

@@ -34,7 +34,6 @@ from tlsweep.stopping import Pruner, StopRules
 from tlsweep.trial import TrialFailed, TwoStageTrial, seed_keras, trial_seed
 
 log = logging.getLogger(__name__)
-
 tracebacks = logging.getLogger("tlsweep.tracebacks")  # to the job log only (conf/hydra/job_logging)
 
 
@@ -216,18 +215,23 @@ class Runner:
         next round), which then need not train it again."""
         snapshot = self.trial.classifier.snapshot()
         self.kept[record.trial_id] = (record, snapshot)
+        self._trim()
+        if record.trial_id not in self.kept:  # it cannot win: nothing to write
+            return
         try:
-            snapshot.save(self.job_dir / files.KEPT_DIR / f"trial_{record.trial_id}.npz", _tag(record))
+            snapshot.save(self._kept_file(record.trial_id), _tag(record))
         except OSError as e:
             why = f"trial_{record.trial_id}'s weights are not kept on disk ({e}): a resumed job trains it again"
             log.warning(why)
-        self._trim()
+
+    def _kept_file(self, run_id: str) -> Path:
+        return self.job_dir / files.KEPT_DIR / f"trial_{run_id}.npz"
 
     def recover(self) -> None:
         """Hold again the weights an earlier process of this job kept on disk, of the runs recorded as they were."""
         folder = self.job_dir / files.KEPT_DIR
         runs = {r.trial_id: r for r in read_runs(self.job_dir)} if folder.is_dir() else {}
-        for path in sorted(folder.glob("trial_*.npz")) if runs else []:
+        for path in sorted(folder.glob(self._kept_file("*").name)) if runs else []:
             record = runs.get(path.stem.removeprefix("trial_"))
             snapshot = Snapshot.load(path, _tag(record)) if record else None
             if record is None or snapshot is None:
@@ -326,7 +330,7 @@ class Runner:
         """Let go of the kept weights of every run but ``kept_ids``: they can no longer win."""
         for run_id in [r for r in self.kept if r not in kept_ids]:
             del self.kept[run_id]
-            (self.job_dir / files.KEPT_DIR / f"trial_{run_id}.npz").unlink(missing_ok=True)
+            self._kept_file(run_id).unlink(missing_ok=True)
         if not self.kept:
             with contextlib.suppress(OSError):
                 (self.job_dir / files.KEPT_DIR).rmdir()
