@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, start_cli, stop_when
 
 from tlsweep import files
-from tlsweep.race import Race, Result, decide, noise, rounds_for, trials_in_round
+from tlsweep.race import Race, Result, decide, rounds_for, trials_in_round
 from tlsweep.records import Objective
 from tlsweep.results import load_sweep, winner
 
@@ -29,7 +29,7 @@ def test_the_best_third_goes_on_and_so_does_a_job_within_noise_of_the_cut() -> N
     results = [Result("a", 0.90, 400), Result("b", 0.70, 400), Result("c", 0.89, 400), Result("d", 0.60, 400),
                Result("e", 0.75, 400), Result("f", None)]  # fmt: skip
     verdicts = {v.name: v for v in decide(results, ACCURACY, 3)}
-    # five scored jobs keep one (5 // 3); c is 0.01 behind a, within 1.96·√2·√(0.9·0.1/400) = 0.042 of it
+    # five scored jobs keep one (5 // 3); c is 0.01 behind a, within 1.96·√(0.9·0.1/400 + 0.89·0.11/400) = 0.042
     assert [n for n, v in verdicts.items() if v.goes_on] == ["a", "c"]
     assert "within seed noise of the cut 0.9000" in verdicts["c"].why
     assert "behind the cut 0.9000 by more than seed noise" in verdicts["b"].why
@@ -37,8 +37,8 @@ def test_the_best_third_goes_on_and_so_does_a_job_within_noise_of_the_cut() -> N
     on_few_images = {v.name for v in decide([Result("a", 0.9, 20), Result("b", 0.8, 20)], ACCURACY, 3) if v.goes_on}
     assert on_few_images == {"a", "b"}  # 20 images cannot tell 0.9 from 0.8
     losses = decide([Result("a", 0.30), Result("b", 0.50), Result("c", 0.305)], LOSS, 3)  # lower is better
-    assert [v.goes_on for v in losses] == [True, False, True]  # c is within 1.96·√2·2% of 0.30 of a
-    assert noise(LOSS, 0.5, None) == pytest.approx(0.01)
+    assert [v.goes_on for v in losses] == [True, False, True]  # c is within 1.96·√(0.006² + 0.0061²) of a
+    assert LOSS.noise(0.5, None) == pytest.approx(0.01)
 
 
 # Four jobs: the demo's pretrained backbone, or the same network from random weights, on all or half the images.

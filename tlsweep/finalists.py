@@ -1,8 +1,8 @@
 """Finalists: a job's best configurations trained again with more seeds, so its answer outlasts seed noise.
 
 One draw per configuration ranks luck as much as choices. After the search, the top
-``finalists.top`` configurations each run ``finalists.seeds - 1`` more times with other seeds, on
-the same features and splits, through the job's ``Runner`` like every run
+``finalists.top`` configurations within noise of the best each run ``finalists.seeds - 1`` more
+times with other seeds, on the same features and splits, through the job's ``Runner`` like every run
 (``trials/trial_<id>.s<n>.json``; a resumed job skips the runs already recorded). Every run of a
 mean trains the full schedule: under Hyperband, whose search runs train on epoch budgets, a
 finalist's own seed runs again in full (``.s0``). Then ``keep_winner`` makes the job's model the
@@ -21,16 +21,31 @@ from tlsweep.spec import JobSpec
 log = logging.getLogger(__name__)
 
 
-def chosen(runner: Runner) -> list[Trial]:
-    """The configurations that become finalists: the top ``finalists.top`` distinct ones of the search."""
+def chosen(runner: Runner) -> tuple[list[Trial], list[str]]:
+    """The configurations that become finalists: of the search's top ``finalists.top`` distinct ones, those
+    within noise of its best (``Objective.margin``); and, in words, why each other one is not. Seeds decide
+    between configurations noise cannot tell apart; one whose run lies beyond noise below the best is
+    already ranked by it, and its seeds (minutes each at a deep unfreeze) could not change the verdict."""
     job = load_job(runner.job_dir)
+    objective, images = runner.spec.objective, job.val_images
     seen: set[str] = set()
-    found = []
-    for _, trial, _ in ranking(Sweep(job.path, [job]), runner.spec.objective):
+    top: list[Trial] = []
+    for _, trial, _ in ranking(Sweep(job.path, [job]), objective):
         if trial.run.is_search and trial.run.configuration not in seen:
             seen.add(trial.run.configuration)
-            found.append(trial)
-    return found[: runner.spec.finalists.top]
+            top.append(trial)
+    found, left_out = [], []
+    for trial in top[: runner.spec.finalists.top]:
+        lead, value = float(top[0].value), float(trial.value)  # type: ignore[arg-type]
+        margin = objective.margin(value, lead, images)
+        if abs(value - lead) <= margin or not (trial.run.comparable and top[0].run.comparable):
+            found.append(trial)  # a run on a shorter schedule (Hyperband's budget, pruned) is not a measure of it
+        else:
+            left_out.append(
+                f"trial_{trial.trial_id} ({value:.4f}) is behind trial_{top[0].trial_id} ({lead:.4f}) by more than "
+                f"noise (±{margin:.4f}{f' on {images} images' if images and objective.proportion else ''})"
+            )
+    return found, left_out
 
 
 def run_finalists(runner: Runner) -> None:
@@ -41,13 +56,16 @@ def run_finalists(runner: Runner) -> None:
     spec = runner.spec
     if not spec.finalists.enabled:
         return
-    top = chosen(runner)
+    top, left_out = chosen(runner)
     if not top:
         return
     job = load_job(runner.job_dir)
     done = {t.trial_id for t in job.trials if t.status in ("completed", "failed")}
     seeds = spec.finalists.seeds
-    log.info("finalists: the top %d configurations, each over %d seeds", len(top), seeds)
+    which = f"the top {len(top)} configurations, each" if len(top) > 1 else "the best configuration"
+    log.info("finalists: %s over %d seeds", which, seeds)
+    for why in left_out:
+        log.info("finalists: %s: not a finalist, its seeds could not make it the best", why)
     plans = []
     for rank, original in enumerate(top, 1):
         own = [t for t in job.trials if t.run.configuration == original.run.configuration and t.run.comparable]

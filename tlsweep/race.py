@@ -21,8 +21,6 @@ from tlsweep import files
 from tlsweep.records import Objective, RecordError, read_job, read_json, write_job
 
 RACE_RECORD = "race.json"
-LOSS_NOISE = 0.02  # a loss's measurement noise, relative: losses have no binomial yardstick
-Z = 1.96  # 95%
 
 
 def rounds_for(jobs: int, eta: int) -> int:
@@ -36,15 +34,6 @@ def rounds_for(jobs: int, eta: int) -> int:
 def trials_in_round(total: int, round_: int, rounds: int, eta: int) -> int:
     """The trials a job has run by the end of ``round_``: ``total / eta`` per round left, at least two."""
     return min(total, max(2, math.ceil(total / eta ** (rounds - round_))))
-
-
-def noise(objective: Objective, value: float, images: int | None) -> float:
-    """The standard error of one measurement of ``objective`` at ``value``: for a proportion on ``images``
-    validation images, √(p(1−p)/n); for a loss, ``LOSS_NOISE`` of it."""
-    if objective.proportion and images:
-        p = min(max(value, 0.0), 1.0)
-        return math.sqrt(max(p * (1 - p), 1.0 / images) / images)
-    return LOSS_NOISE * abs(value)
 
 
 @dataclass(frozen=True)
@@ -65,16 +54,16 @@ class Verdict:
 
 def decide(results: list[Result], objective: Objective, eta: int) -> list[Verdict]:
     """Which jobs go on: the best ``len/eta`` (at least one), and any job within noise of the cut — two
-    measurements differ by more than 1.96·√2·σ only one time in twenty (σ: ``noise`` at the cut)."""
+    measurements differ by more than ``Objective.margin`` only one time in twenty."""
     scored = sorted((r for r in results if r.value is not None), key=lambda r: objective.key(r.value))  # type: ignore
     keep = max(1, len(scored) // eta)
     verdicts = [Verdict(r.name, False, "failed: it returned no result") for r in results if r.value is None]
     if not scored:
         return verdicts
     cut = scored[keep - 1]
-    margin = Z * math.sqrt(2) * noise(objective, float(cut.value), cut.images)  # type: ignore[arg-type]
     for rank, result in enumerate(scored, 1):
         value = float(result.value)  # type: ignore[arg-type]
+        margin = objective.margin(value, float(cut.value), result.images, cut.images)  # type: ignore[arg-type]
         if rank <= keep:
             verdicts.append(Verdict(result.name, True, f"{value:.4f}, in the top {keep} of {len(scored)}"))
         elif abs(value - float(cut.value)) <= margin:  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from typing import Any
 from tlsweep import files
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
+LOSS_NOISE = 0.02  # a loss's measurement noise, relative: losses have no binomial yardstick
+Z = 1.96  # 95%, two-sided
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,22 @@ class Objective:
 
     def better(self, value: float, than: float) -> bool:
         return value < than if self.minimise else value > than
+
+    def noise(self, value: float, images: int | None) -> float:
+        """One measurement's standard error at ``value``: for a share of ``images`` validation images
+        √(p(1−p)/n), at least one image's worth; for a loss, ``LOSS_NOISE`` of it."""
+        if self.proportion and images:
+            p = min(max(value, 0.0), 1.0)
+            return math.sqrt(max(p * (1 - p), 1.0 / images) / images)
+        return LOSS_NOISE * abs(value)
+
+    def margin(self, value: float, other: float, images: int | None, other_images: int | None = None) -> float:
+        """How far two single measurements (one run each) can lie apart by noise alone: 1.96·√(σ₁² + σ₂²).
+
+        The one rule for "clearly behind" on one draw: the race's cut between jobs and the finalists' entry
+        both use it. A seed's run is a fresh draw of the validation errors, so its spread is about this noise."""
+        other_images = images if other_images is None else other_images
+        return Z * math.hypot(self.noise(value, images), self.noise(other, other_images))
 
     def key(self, value: float) -> float:
         """A sort key that puts the best value first."""
