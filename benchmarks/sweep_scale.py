@@ -20,7 +20,7 @@ size on disk, the wall time and the best validation accuracy (the whole job's: i
 seeds). Finalists and pruning are off (``finalists.top=0 pruning=none``) but in the whole job: there the
 searches alone are compared, every trial to its end.
 
-    python benchmarks/sweep_scale.py [--sizes 3000 20000] [--work DIR]
+    python benchmarks/sweep_scale.py [--sizes 3000 20000] [--work DIR] [--whole-job]
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 20000])
     parser.add_argument("--work", type=Path, default=None, help="where datasets and runs go (default: a temp folder)")
+    parser.add_argument("--whole-job", action="store_true", help="3,000 images: only the whole job and the plain way")
     parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)  # the floor's own process
     options = parser.parse_args()
     if options.floor:
@@ -197,7 +198,9 @@ def main() -> None:
         runs = work / f"runs-{size}"
         shutil.rmtree(runs, ignore_errors=True)
         runs.mkdir()
-        if size <= 5000:
+        if size <= 5000 and options.whole_job:
+            whole_job(dataset, runs)
+        elif size <= 5000:
             args = preset(dataset, 10, 5, 5)
             # the machine's speed drifts by a third over an hour: the floor is measured between the runs compared
             floors = [floor_pass(dataset)]
@@ -254,6 +257,26 @@ def main() -> None:
             small = run("memory_gb_4", [*args, "feature_cache.memory_gb=4"], runs, cache=reuse)
             print(line("cache=true, 3 trials, memory_gb=4", small), flush=True)
             print(f"    {small['plan']}", flush=True)
+
+
+def whole_job(dataset: Path, runs: Path) -> None:
+    """The whole job (cache, search, finalists) against 10 plain trials, the floor measured around each."""
+    floors = [floor_pass(dataset)]
+    whole = run("whole_job", preset(dataset, 10, 5, 5, finalists=True), runs)
+    print(line("the whole job: 10 trials, finalists", whole), flush=True)
+    floors.append(floor_pass(dataset))
+    plain = run("plain", [*preset(dataset, 2, 5, 5), "cache=false"], runs)
+    print(line("cache=false, 2 trials", plain), flush=True)
+    floors.append(floor_pass(dataset))
+    plain10 = plain["search"] * 10 / plain["trials"]
+    print(f"  the plain way scaled to 10 trials: search {plain10:.0f} s")
+    print("  floor before, between and after: " + ", ".join(f"{f:.1f} s" for f in floors))
+    scaled = floor_units(plain10, floors, 1) / floor_units(whole["search"], floors, 0)
+    print(
+        f"  the whole job against 10 plain trials: {plain10 / whole['search']:.1f}x, {scaled:.1f}x in units of the "
+        f"floor around each; its winner {whole['best']:.4f}",
+        flush=True,
+    )
 
 
 def _machine() -> str:

@@ -49,6 +49,10 @@ def test_time_left_counts_each_unfreeze_depth_at_its_own_speed() -> None:
     # two trials left, each 2 head epochs (1 s) and 3 stage-2 epochs at a depth drawn from 0 (1 s) and 20 (9 s)
     assert time_left(spec, [run("0", 0, 1.0), run("1", 20, 9.0)]) == pytest.approx(2 * (2 + 3 * 5))
     assert time_left(spec, []) is None  # nothing timed yet: no guess
+    # the finalists' runs, once chosen, each at its own depth; a run already done counts no more
+    done = [run(str(i), 0, 1.0) for i in range(3)] + [run("3", 20, 9.0), run("3.s1", 20, 9.0)]
+    planned = {"3.s1": 20, "3.s2": 20, "0.s1": 0}
+    assert time_left(spec, done, planned) == pytest.approx((2 + 3 * 9) + (2 + 3 * 1))
 
 
 def test_a_damaged_feature_cache_is_rebuilt_and_the_job_goes_on(image_folder: Path, tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def chosen(runner: Runner) -> tuple[list[Trial], list[str]]:
     """The configurations that become finalists: of the search's top ``finalists.top`` distinct ones, those
     within noise of its best (``Objective.margin``); and, in words, why each other one is not. Seeds decide
     between configurations noise cannot tell apart; one whose run lies beyond noise below the best is
-    already ranked by it, and its seeds (minutes each at a deep unfreeze) could not change the verdict."""
+    already told apart by it, as the ones below the top are, and its seeds (minutes each at a deep
+    unfreeze) would be spent on a verdict one run gave."""
     job = load_job(runner.job_dir)
     objective, images = runner.spec.objective, job.val_images
     seen: set[str] = set()
@@ -65,7 +66,7 @@ def run_finalists(runner: Runner) -> None:
     which = f"the top {len(top)} configurations, each" if len(top) > 1 else "the best configuration"
     log.info("finalists: %s over %d seeds", which, seeds)
     for why in left_out:
-        log.info("finalists: %s: not a finalist, its seeds could not make it the best", why)
+        log.info("finalists: %s: not a finalist", why)
     plans = []
     for rank, original in enumerate(top, 1):
         own = [t for t in job.trials if t.run.configuration == original.run.configuration and t.run.comparable]
@@ -74,7 +75,9 @@ def run_finalists(runner: Runner) -> None:
                 label = f"(finalist {rank} of {len(top)}, seed {replicate + 1} of {seeds})"
                 plans.append((replicate, rank, original, label))
     settled: set[str] = set()
-    for replicate, _, original, label in sorted(plans, key=lambda p: p[:2]):
+    plans.sort(key=lambda p: p[:2])
+    runner.planned = {f"{o.trial_id}.s{r}": o.run.hyperparameters.get("unfreeze_depth") for r, _, o, _ in plans}
+    for replicate, _, original, label in plans:
         run_id = f"{original.trial_id}.s{replicate}"
         if run_id in done or original.trial_id in settled:
             continue
@@ -85,6 +88,7 @@ def run_finalists(runner: Runner) -> None:
         if behind:
             log.info("finalists: trial_%s %s; its other seeds are not run", original.trial_id, behind)
             settled.add(original.trial_id)
+            runner.planned = {k: v for k, v in runner.planned.items() if not k.startswith(f"{original.trial_id}.")}
             continue
         plan = RunPlan(run_id, f"trial_{run_id} {label}", original.run.hyperparameters, replicate,
                        finalist_of=original.trial_id)  # fmt: skip
@@ -94,6 +98,7 @@ def run_finalists(runner: Runner) -> None:
             note = " (cut short by the budget: not counted in its mean)" if cut else ""
             value = outcome.record.value
             log.info("trial_%s done: %s %.4f%s; %s", run_id, spec.objective.name, value, note, runner.timing())
+    runner.planned = {}
     _settle(runner)
 
 

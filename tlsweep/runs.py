@@ -171,6 +171,7 @@ class Runner:
     deadline: float | None = None  # time.monotonic() after which no run starts and a running one stops (budget)
     refit_data: Callable[[], Source] | None = None  # training + validation images, for a refit
     kept: dict[str, tuple[RunRecord, Snapshot]] = field(default_factory=dict)  # weights of runs that may still win
+    planned: dict[str, Any] | None = None  # the finalists' runs still to come (id: unfreeze depth), once known
     started: float = field(default_factory=time.monotonic)
     _refit_source: Source | None = None
 
@@ -241,7 +242,7 @@ class Runner:
 
     def timing(self) -> str:
         """How long the job has run, and about how long its runs still take (``time_left``)."""
-        left = time_left(self.spec, read_runs(self.job_dir))
+        left = time_left(self.spec, read_runs(self.job_dir), self.planned)
         so_far = f"{duration(time.monotonic() - self.started)} so far"
         return so_far + (f", about {duration(left)} left" if left else "")
 
@@ -359,10 +360,12 @@ class Runner:
         return model
 
 
-def time_left(spec: JobSpec, runs: list[RunRecord]) -> float | None:
+def time_left(spec: JobSpec, runs: list[RunRecord], planned: dict[str, Any] | None = None) -> float | None:
     """Seconds the job's remaining runs should take, each at the median seconds its stages' epochs took so far
     (stage 2 at each unfreeze depth on its own: a deep unfreeze costs far more); every run counted in full
-    (pruning and the budget only shorten it). None until an epoch of each stage has been timed."""
+    (pruning and the budget only shorten it). ``planned``: the later runs known by id and unfreeze depth (the
+    finalists once chosen), else as many as the spec allows at an average depth. None until an epoch of each
+    stage has been timed."""
     seconds: dict[tuple[str, Any], list[float]] = {}
     for run in runs:
         depth = run.hyperparameters.get("unfreeze_depth")
@@ -373,16 +376,25 @@ def time_left(spec: JobSpec, runs: list[RunRecord]) -> float | None:
     stage2 = [v for (stage, _), v in per_epoch.items() if stage == "finetune"]
     if ("head", None) not in per_epoch or (spec.training.stage2_epochs and not stage2):
         return None
-    depths = list(spec.search.depths) or [None]
-    depth_seconds = [per_epoch.get(("finetune", d), max(stage2, default=0.0)) for d in depths]
-    run_seconds = spec.training.head_epochs * per_epoch[("head", None)] + spec.training.stage2_epochs * (
-        statistics.fmean(depth_seconds) if stage2 else 0.0
+    average = statistics.fmean(
+        [per_epoch.get(("finetune", d), max(stage2, default=0.0)) for d in list(spec.search.depths) or [None]]
     )
-    planned = spec.trials_now() or len(spec.tuner.schedule(spec.training.total_epochs))
+
+    def run_seconds(depth: Any = None) -> float:
+        finetune = per_epoch.get(("finetune", depth), average) if depth is not None else average
+        return spec.training.head_epochs * per_epoch[("head", None)] + spec.training.stage2_epochs * (
+            finetune if stage2 else 0.0
+        )
+
+    planned_trials = spec.trials_now() or len(spec.tuner.schedule(spec.training.total_epochs))
     searched = sum(1 for r in runs if r.is_search and r.status != "running")
-    later = spec.workload().later_runs if spec.trials_now() is None else 0
-    done_later = sum(1 for r in runs if not r.is_search and r.status != "running")
-    return max(planned - searched, 0) * run_seconds + max(later - done_later, 0) * run_seconds
+    if planned is not None:
+        finished = {r.trial_id for r in runs if r.status != "running"}
+        later = sum(run_seconds(depth) for run_id, depth in planned.items() if run_id not in finished)
+    else:
+        count = spec.workload().later_runs if spec.trials_now() is None else 0
+        later = max(count - sum(1 for r in runs if not r.is_search and r.status != "running"), 0) * run_seconds()
+    return max(planned_trials - searched, 0) * run_seconds() + later
 
 
 def _out_of_memory(error: BaseException) -> bool:
