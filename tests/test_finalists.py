@@ -94,6 +94,14 @@ def test_a_configuration_beyond_noise_below_the_best_is_not_a_finalist(tmp_path:
     found, left_out = chosen(runner)  # type: ignore[arg-type]
     assert [t.trial_id for t in found] == ["0", "1"]
     assert left_out == ["trial_2 (0.9110) is behind trial_0 (0.9897) by more than noise (±0.0245 on 584 images)"]
+    # the report says why trial_2 ran no seeds, as the log does
+    for trial_id in ("0", "1"):
+        write_trial(job, f"{trial_id}.s1", 0.98, {"learning_rate": float(trial_id) + 1}, finalist_of=trial_id,
+                    replicate=1)  # fmt: skip
+    (job / "job.json").write_text(json.dumps({"status": "completed", "val_images": 584,
+                                              "config": {"finalists": {"top": 3}}}))  # fmt: skip
+    summary = summarize(Sweep(job, [load_job(job, job)]))
+    assert [f.trial for f in summary.finalists] == ["0", "1"] and summary.not_finalists == left_out
     # on 60 images nothing that close can be told apart: all three are finalists
     (job / "job.json").write_text(json.dumps({"status": "running", "val_images": 60}))
     assert [t.trial_id for t in chosen(runner)[0]] == ["0", "1", "2"]  # type: ignore[arg-type]

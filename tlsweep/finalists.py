@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from tlsweep.results import Sweep, Trial, Winner, finalist_groups, job_winner, load_job, ranking
+from tlsweep.results import Trial, Winner, finalist_candidates, finalist_groups, job_winner, load_job
 from tlsweep.runs import Runner, RunPlan
 from tlsweep.spec import JobSpec
 
@@ -22,31 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def chosen(runner: Runner) -> tuple[list[Trial], list[str]]:
-    """The configurations that become finalists: of the search's top ``finalists.top`` distinct ones, those
-    within noise of its best (``Objective.margin``); and, in words, why each other one is not. Seeds decide
-    between configurations noise cannot tell apart; one whose run lies beyond noise below the best is
-    already told apart by it, as the ones below the top are, and its seeds (minutes each at a deep
-    unfreeze) would be spent on a verdict one run gave."""
-    job = load_job(runner.job_dir)
-    objective, images = runner.spec.objective, job.val_images
-    seen: set[str] = set()
-    top: list[Trial] = []
-    for _, trial, _ in ranking(Sweep(job.path, [job]), objective):
-        if trial.run.is_search and trial.run.configuration not in seen:
-            seen.add(trial.run.configuration)
-            top.append(trial)
-    found, left_out = [], []
-    for trial in top[: runner.spec.finalists.top]:
-        lead, value = float(top[0].value), float(trial.value)  # type: ignore[arg-type]
-        margin = objective.margin(value, lead, images)
-        if abs(value - lead) <= margin or not (trial.run.comparable and top[0].run.comparable):
-            found.append(trial)  # a run on a shorter schedule (Hyperband's budget, pruned) is not a measure of it
-        else:
-            left_out.append(
-                f"trial_{trial.trial_id} ({value:.4f}) is behind trial_{top[0].trial_id} ({lead:.4f}) by more than "
-                f"noise (±{margin:.4f}{f' on {images} images' if images and objective.proportion else ''})"
-            )
-    return found, left_out
+    """The job's finalists, and why each other configuration of its top is not one (``finalist_candidates``)."""
+    return finalist_candidates(load_job(runner.job_dir), runner.spec.objective, runner.spec.finalists.top)
 
 
 def run_finalists(runner: Runner) -> None:

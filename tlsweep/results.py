@@ -76,6 +76,11 @@ class Job:
         return Objective(str(self.config.get("tuner", {}).get("objective", "val_accuracy")))
 
     @property
+    def finalists_top(self) -> int:
+        """How many configurations the job's finalists could take (``finalists.top``)."""
+        return int((self.config.get("finalists") or {}).get("top") or 0)
+
+    @property
     def classes(self) -> list[str]:
         data = self.record.get("classes") or next((t.run.data.get("classes") for t in self.trials if t.run.data), [])
         return [str(c) for c in data or []]
@@ -261,6 +266,36 @@ class Group:
         """The run nearest the mean (the lowest seed of equals): the model that stands for the configuration."""
         pairs = zip(self.runs, self.values, strict=True)
         return min(pairs, key=lambda pair: (abs(pair[1] - self.mean), pair[0].run.replicate))[0]
+
+
+def finalist_candidates(job: Job, objective: Objective, top: int) -> tuple[list[Trial], list[str]]:
+    """The configurations that become finalists: of the search's ``top`` best distinct ones, those within noise
+    of its best (``Objective.margin``); and, in words, why each other one is not.
+
+    Seeds decide between configurations noise cannot tell apart; one whose run lies beyond noise below
+    the best is already told apart by it, as the ones below the top are, and its seeds (minutes each at
+    a deep unfreeze) would be spent on a verdict one run gave. A run on a shorter schedule (pruned, a
+    Hyperband budget) does not measure its configuration, so it enters as ranked."""
+    seen: set[str] = set()
+    ranked: list[Trial] = []
+    for _, trial, _ in ranking(Sweep(job.path, [job]), objective):
+        if trial.run.is_search and trial.run.configuration not in seen:
+            seen.add(trial.run.configuration)
+            ranked.append(trial)
+    found, left_out = [], []
+    images = job.val_images if objective.proportion else None
+    for trial in ranked[:top]:
+        lead, value = float(ranked[0].value), float(trial.value)  # type: ignore[arg-type]
+        margin = objective.margin(value, lead, images)
+        if abs(value - lead) <= margin or not (trial.run.comparable and ranked[0].run.comparable):
+            found.append(trial)
+        else:
+            on = f" on {images} images" if images else ""
+            left_out.append(
+                f"trial_{trial.trial_id} ({value:.4f}) is behind trial_{ranked[0].trial_id} ({lead:.4f}) by more "
+                f"than noise (±{margin:.4f}{on})"
+            )
+    return found, left_out
 
 
 def finalist_groups(job: Job, objective: Objective) -> list[Group]:

@@ -79,6 +79,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         "trial_counts": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "none yet",
         "effects": summary.effects,
         "finalists": [{**f.__dict__, "name": _name(summary, f.job, f.trial)} for f in summary.finalists],
+        "not_finalists": summary.not_finalists,
         "noise_told": any(e.noise for e in summary.effects),
         "warnings": summary.warnings,
         "columns": summary.shown_columns,
@@ -307,6 +308,8 @@ def to_markdown(context: dict[str, Any]) -> str:
                 for f in context["finalists"]
             ],
         )
+        if context["not_finalists"]:
+            lines += ["", f"Not finalists, one run beyond noise below the best: {'; '.join(context['not_finalists'])}."]
     if context["effects"]:
         lines += ["", f"## Effect of each choice ({context['metric']})", ""]
         noise = ["vs the group's best"] if context["noise_told"] else []

@@ -14,7 +14,18 @@ from typing import Any
 
 from tlsweep.config import run_key, split_override
 from tlsweep.records import Epoch, Objective, best_epoch_of
-from tlsweep.results import Group, Job, Sweep, Trial, Winner, finalist_groups, rank_key, ranking, winner
+from tlsweep.results import (
+    Group,
+    Job,
+    Sweep,
+    Trial,
+    Winner,
+    finalist_candidates,
+    finalist_groups,
+    rank_key,
+    ranking,
+    winner,
+)
 
 CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
 HIDDEN_CHOICES = ("optimizer",)  # the loaded optimizers; the one a trial used is a hyperparameter
@@ -107,6 +118,7 @@ class Summary:
     effects: list[Effect]
     warnings: list[str]
     finalists: list[Finalist] = field(default_factory=list)  # best mean first: the first is the answer
+    not_finalists: list[str] = field(default_factory=list)  # why a configuration of a job's top is not a finalist
     winner: Winner | None = None  # the answer (``tlsweep.results.winner``)
 
     @property
@@ -180,6 +192,7 @@ def summarize(sweep: Sweep) -> Summary:
         effects,
         warnings,
         _finalists(groups, objective),
+        _not_finalists(sweep, groups, objective),
         winner(sweep, objective),
     )
 
@@ -191,6 +204,17 @@ def _add_group_columns(rows: list[dict[str, Any]], groups: list[Group]) -> None:
         group = by_run.get((row["job"], row["trial"]))
         low, high = group.interval if group else (None, None)
         row.update(mean_over_seeds=group.mean if group else None, interval_low=low, interval_high=high)
+
+
+def _not_finalists(sweep: Sweep, groups: list[Group], objective: Objective) -> list[str]:
+    """Why each configuration of a job's top that ran no seeds is not a finalist (the log says the same)."""
+    jobs = [job for job in sweep.jobs if any(g.job is job for g in groups)]
+    prefix = len(sweep.jobs) > 1
+    return [
+        f"{job.name} {why}" if prefix else why
+        for job in jobs
+        for why in finalist_candidates(job, objective, job.finalists_top)[1]
+    ]
 
 
 def _finalists(groups: list[Group], objective: Objective) -> list[Finalist]:
