@@ -105,6 +105,10 @@ def test_a_configuration_beyond_noise_below_the_best_is_not_a_finalist(tmp_path:
     # on 60 images nothing that close can be told apart: all three are finalists
     (job / "job.json").write_text(json.dumps({"status": "running", "val_images": 60}))
     assert [t.trial_id for t in chosen(runner)[0]] == ["0", "1", "2"]  # type: ignore[arg-type]
+    # a run on a Hyperband epoch budget does not measure its configuration: it enters as ranked
+    (job / "job.json").write_text(json.dumps({"status": "running", "val_images": 584}))
+    write_trial(job, "2", 532 / 584, {"learning_rate": 3.0}, budget_epochs=1)
+    assert [t.trial_id for t in chosen(runner)[0]] == ["0", "1", "2"]  # type: ignore[arg-type]
 
 
 def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(tmp_path: Path) -> None:

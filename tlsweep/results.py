@@ -274,8 +274,9 @@ def finalist_candidates(job: Job, objective: Objective, top: int) -> tuple[list[
 
     Seeds decide between configurations noise cannot tell apart; one whose run lies beyond noise below
     the best is already told apart by it, as the ones below the top are, and its seeds (minutes each at
-    a deep unfreeze) would be spent on a verdict one run gave. A run on a shorter schedule (pruned, a
-    Hyperband budget) does not measure its configuration, so it enters as ranked."""
+    a deep unfreeze) would be spent on a verdict one run gave. Without a yardstick for one run's noise
+    (a loss; validation images unknown), or for a run on a shorter schedule (pruned, a Hyperband budget),
+    which does not measure its configuration, every configuration of the top enters, as ranked."""
     seen: set[str] = set()
     ranked: list[Trial] = []
     for _, trial, _ in ranking(Sweep(job.path, [job]), objective):
@@ -287,13 +288,13 @@ def finalist_candidates(job: Job, objective: Objective, top: int) -> tuple[list[
     for trial in ranked[:top]:
         lead, value = float(ranked[0].value), float(trial.value)  # type: ignore[arg-type]
         margin = objective.margin(value, lead, images)
-        if abs(value - lead) <= margin or not (trial.run.comparable and ranked[0].run.comparable):
+        measured = images is not None and trial.run.comparable and ranked[0].run.comparable
+        if not measured or abs(value - lead) <= margin:
             found.append(trial)
         else:
-            on = f" on {images} images" if images else ""
             left_out.append(
                 f"trial_{trial.trial_id} ({value:.4f}) is behind trial_{ranked[0].trial_id} ({lead:.4f}) by more "
-                f"than noise (±{margin:.4f}{on})"
+                f"than noise (±{margin:.4f} on {images} images)"
             )
     return found, left_out
 
