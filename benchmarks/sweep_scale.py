@@ -208,12 +208,7 @@ def main() -> None:
             print(line("cache=true, 10 trials", cached), flush=True)
             print(f"    {cached['plan']}", flush=True)
             floors.append(floor_pass(dataset))
-            whole = run("whole_job", preset(dataset, 10, 5, 5, finalists=True), runs)
-            print(line("the whole job: 10 trials, finalists", whole), flush=True)
-            floors.append(floor_pass(dataset))
-            plain = run("plain", [*preset(dataset, 2, 5, 5), "cache=false"], runs)
-            print(line("cache=false, 2 trials", plain), flush=True)
-            floors.append(floor_pass(dataset))
+            whole, plain = whole_and_plain(dataset, runs, floors)
             head_only = run("head_only", [*args, "search.unfreeze_depths=[0]"], runs)
             print(line("cache=true, head only, 10 trials", head_only), flush=True)
             print(f"    {head_only['plan']}", flush=True)
@@ -259,15 +254,21 @@ def main() -> None:
             print(f"    {small['plan']}", flush=True)
 
 
-def whole_job(dataset: Path, runs: Path) -> None:
-    """The whole job (cache, search, finalists) against 10 plain trials, the floor measured around each."""
-    floors = [floor_pass(dataset)]
+def whole_and_plain(dataset: Path, runs: Path, floors: list[float]) -> tuple[dict, dict]:
+    """The whole job as its defaults run it, then the plain way on 2 trials, each followed by a floor."""
     whole = run("whole_job", preset(dataset, 10, 5, 5, finalists=True), runs)
     print(line("the whole job: 10 trials, finalists", whole), flush=True)
     floors.append(floor_pass(dataset))
     plain = run("plain", [*preset(dataset, 2, 5, 5), "cache=false"], runs)
     print(line("cache=false, 2 trials", plain), flush=True)
     floors.append(floor_pass(dataset))
+    return whole, plain
+
+
+def whole_job(dataset: Path, runs: Path) -> None:
+    """The whole job (cache, search, finalists) against 10 plain trials, the floor measured around each."""
+    floors = [floor_pass(dataset)]
+    whole, plain = whole_and_plain(dataset, runs, floors)
     plain10 = plain["search"] * 10 / plain["trials"]
     print(f"  the plain way scaled to 10 trials: search {plain10:.0f} s")
     print("  floor before, between and after: " + ", ".join(f"{f:.1f} s" for f in floors))
