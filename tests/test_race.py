@@ -67,6 +67,7 @@ def check_race(root: Path, output: str) -> Race:
     assert f"{slow}: {stopped_line}" in output  # the terminal
     assert stopped_line in (root / "report.md").read_text() and "## Race: 2 rounds" in (root / "report.md").read_text()
     assert stopped_line in (root / "trials.csv").read_text()
+    assert stopped_line in (root / files.LOG_FILE).read_text()  # the sweep's log keeps the race's lines, timed
     assert "Traceback" not in output and "error:" not in output
     assert "did not keep its weights" not in output  # the winner's earlier rounds kept them on disk
     assert not list(root.glob(f"*/{files.KEPT_DIR}"))  # let go: by a stopped job, and once the winner is saved

@@ -106,28 +106,36 @@ LIBRARIES = ("tensorflow", "absl", "py.warnings")  # their lines belong in a log
 @contextlib.contextmanager
 def own_lines(log_file: Path | None = None) -> Iterator[None]:
     """tlsweep's lines as its own, plain ones, in a multirun's main process (which logs in Hydra's format,
-    ``[time][HYDRA]``); with ``log_file``, the libraries' lines (TensorFlow's C++ and Python ones, warnings)
-    go there: a launcher that ran the jobs elsewhere leaves this process's output unrouted."""
-    handlers = {"tlsweep": logging.StreamHandler(sys.stdout)}
-    handlers["tlsweep"].setFormatter(logging.Formatter("%(message)s"))
+    ``[time][HYDRA]``); with ``log_file``, they are also kept there with their times, and the libraries'
+    lines (TensorFlow's C++ and Python ones, warnings) go there only: a launcher that ran the jobs
+    elsewhere leaves this process's output unrouted."""
+    to_terminal = logging.StreamHandler(sys.stdout)
+    to_terminal.setFormatter(logging.Formatter("%(message)s"))
+    handlers: dict[str, list[logging.Handler]] = {"tlsweep": [to_terminal]}
     if log_file is not None:
         native_stderr_to(log_file)
         to_file = logging.FileHandler(log_file, encoding="utf-8")
         to_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
-        handlers.update({name: to_file for name in LIBRARIES})
+        handlers["tlsweep"].append(to_file)
+        handlers.update({name: [to_file] for name in LIBRARIES})
     saved = {name: (logging.getLogger(name).propagate, logging.getLogger(name).level) for name in handlers}
-    for name, handler in handlers.items():
+    for name, added in handlers.items():
         logger = logging.getLogger(name)
-        logger.addHandler(handler)
+        for handler in added:
+            logger.addHandler(handler)
         logger.propagate = False
         logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        for name, handler in handlers.items():
+        for name, added in handlers.items():
             logger = logging.getLogger(name)
-            logger.removeHandler(handler)
+            for handler in added:
+                logger.removeHandler(handler)
+                handler.flush()
             logger.propagate, logger.level = saved[name]
+        if log_file is not None:
+            to_file.close()
 
 
 def winner_line(root: Path) -> str | None:

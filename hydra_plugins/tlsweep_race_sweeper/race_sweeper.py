@@ -58,6 +58,7 @@ class RaceSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from tlsweep.callbacks import own_lines
         from tlsweep.config import hydra_quoted
+        from tlsweep.files import LOG_FILE
         from tlsweep.paths import job_dir_name
         from tlsweep.race import Entry, Race, finished_round, rounds_for
 
@@ -82,7 +83,7 @@ class RaceSweeper(Sweeper):
             race_keys = [f"race.round={race.round}", f"race.rounds={race.rounds}", f"race.eta={race.eta}"]
             batch = [[*e.overrides, *race_keys, resume] for e in to_run]
             ran = len(racing) - len(to_run)
-            with own_lines():
+            with own_lines(root / LOG_FILE):
                 log.info("race round %d of %d: %d job(s)%s%s", race.round, race.rounds, len(racing),
                          "" if race.round < race.rounds else ", every trial and the finalists",
                          f" ({ran} ran it before the race was stopped)" if ran else "")  # fmt: skip
@@ -93,7 +94,7 @@ class RaceSweeper(Sweeper):
                 done.update({e.name: _returned(r) for e, r in zip(to_run, results, strict=True)})
             race.finish_round(racing, [done[e.name] for e in racing], root)
             race.save(root)
-            with own_lines():
+            with own_lines(root / LOG_FILE):
                 for entry in racing:
                     log.info("  %s: %s", entry.name, entry.line(race.rounds))
         return returns
