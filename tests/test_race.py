@@ -103,3 +103,20 @@ def test_a_race_under_the_parallel_launcher_stops_the_weak_jobs_after_their_firs
     (root,) = (tmp_path / "outputs" / "sweeps").iterdir()
     check_race(root, result.stdout)
     assert f"best: {winner(load_sweep(root)).job.name} " in result.stdout
+
+
+@pytest.mark.slow
+def test_a_round_that_would_add_no_trials_runs_no_job(tmp_path: Path) -> None:
+    """With 2 trials and 3 rounds (eta 2), round 2 allows no more trials than round 1: its jobs are decided on
+    their round-1 results instead of being started again to return the same values."""
+    result = run_cli([*RACE, *TINY, "tuner.max_trials=2", "hydra.sweeper.eta=2"], tmp_path)
+    assert result.returncode == 0, result.stdout
+    (root,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    race = Race.load(root)
+    assert race is not None and race.rounds == 3 and race.round == 4, race
+    assert "race round 2 of 3: 2 job(s) (2 would run no more trials: decided on their last results)" in result.stdout
+    logs = "".join(p.read_text() for p in root.glob(f"*/{files.LOG_FILE}"))
+    assert "race round 1 of 3 done" in logs and "race round 2 of 3 done" not in logs
+    finished = [e for e in race.entries if e.fate == "finished"]
+    assert finished and all([lap.round for lap in e.laps] == [1, 2, 3] for e in finished)
+    assert winner(load_sweep(root)).group is not None  # the last round ran the winner's finalists

@@ -177,6 +177,16 @@ def finished_round(job_dir: Path, round_: int) -> dict[str, Any] | None:
     return record.result()
 
 
+def adds_trials(summary: dict[str, Any] | None) -> bool:
+    """Whether a job that returned ``summary`` at the end of a round would run more trials in the next (not the
+    last): with few trials and many rounds, a round can allow no more than the one before, and running the job
+    again would only return the same value."""
+    if not isinstance(summary, dict) or summary.get("status") != "paused":
+        return True
+    more, ran = summary.get("next_trials"), summary.get("trials")
+    return more is None or ran is None or int(more) > int(ran)
+
+
 def stop_job(job_dir: Path, why: str) -> None:
     """Mark a job the race stopped: kept as it is (records, TensorBoard runs, its best model), its status
     ``stopped``; only the weights it kept for finalists go, which no longer run."""

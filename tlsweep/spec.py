@@ -159,6 +159,10 @@ class JobSpec:
         round (``tlsweep.race``), which then runs no finalists."""
         return self.race.trials_now(len(self.tuner.schedule(self.training.total_epochs)))
 
+    def trials_next(self) -> int | None:
+        """In a race's early round, the trials the search may run by the end of the next (not the last) round."""
+        return self.race.trials_next(len(self.tuner.schedule(self.training.total_epochs)))
+
     def check_depths(self, num_layers: int, backbone: str, unit: str = "layers") -> None:
         """Unfreeze depths must fit inside the backbone (``unit``: layers, or blocks)."""
         too_deep = [d for d in self.depths(num_layers) if d > num_layers]

@@ -60,7 +60,7 @@ class RaceSweeper(Sweeper):
         from tlsweep.config import hydra_quoted
         from tlsweep.files import LOG_FILE
         from tlsweep.paths import job_dir_name
-        from tlsweep.race import Entry, Race, finished_round, rounds_for
+        from tlsweep.race import Entry, Race, adds_trials, finished_round, rounds_for
 
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -78,15 +78,23 @@ class RaceSweeper(Sweeper):
         while race.round <= race.rounds:
             racing = race.racing()
             done = {e.name: finished_round(root / e.name, race.round) for e in racing}  # a race killed mid-round
+            idle = []  # a job this round would give no more trials is decided on its last result
+            for entry in racing:
+                before = finished_round(root / entry.name, race.round - 1) if race.round < race.rounds else None
+                if done[entry.name] is None and before is not None and not adds_trials(before):
+                    done[entry.name] = before
+                    idle.append(entry.name)
             to_run = [e for e in racing if done[e.name] is None]
             resume = f"resume={hydra_quoted(str(root))}"  # every round continues the jobs in their folders
             race_keys = [f"race.round={race.round}", f"race.rounds={race.rounds}", f"race.eta={race.eta}"]
             batch = [[*e.overrides, *race_keys, resume] for e in to_run]
-            ran = len(racing) - len(to_run)
+            ran = len(racing) - len(to_run) - len(idle)
             with own_lines(root / LOG_FILE):
-                log.info("race round %d of %d: %d job(s)%s%s", race.round, race.rounds, len(racing),
+                log.info("race round %d of %d: %d job(s)%s%s%s", race.round, race.rounds, len(racing),
                          "" if race.round < race.rounds else ", every trial and the finalists",
-                         f" ({ran} ran it before the race was stopped)" if ran else "")  # fmt: skip
+                         f" ({ran} ran it before the race was stopped)" if ran else "",
+                         f" ({len(idle)} would run no more trials: decided on their last results)" if idle else "",
+                         )  # fmt: skip
             if batch:
                 self.validate_batch_is_legal(batch)
                 results = self.launcher.launch(batch, initial_job_idx=0)
