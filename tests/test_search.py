@@ -131,8 +131,10 @@ def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
         val = EventAccumulator(str(run_dir / "validation")).Reload()
         assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= set(train.Tags()["tensors"])
         assert {"epoch_loss", "epoch_accuracy"} <= set(val.Tags()["tensors"])
-        # one point per epoch; each stage's fit writes its own event file, which TensorBoard may read in either order
-        assert sorted(e.step for e in val.Tensors("epoch_accuracy")) == [0, 1]
+        # one point per epoch, in order, in one event file per split for both stages (tlsweep.logs.RunBoard)
+        assert [e.step for e in val.Tensors("epoch_accuracy")] == [0, 1]
+        event_files = [list((run_dir / split).glob("events.out.tfevents.*")) for split in ("train", "validation")]
+        assert [len(found) for found in event_files] == [1, 1]
         session = hparams_session(run_dir)
         values = session["values"]
         assert values["backbone"] == "tiny" and values["augmentation"] == "light"

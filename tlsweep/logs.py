@@ -54,6 +54,30 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class RunBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, writing both stages' ``fit`` of a run into one event file per split.
+
+    Keras makes new writers at every ``fit`` (``set_model``) and closes them at its end, so each stage
+    got its own event file; files made in the same second sort by a counter as text ("…10" before
+    "…9"), and TensorBoard, reading a run's files in name order, then drops the points of a step it
+    has passed: stage 1's curves could vanish. Relies on Keras' private ``_writers`` (the one place:
+    ``tests/test_search.py`` fails when it changes); ``close`` ends the run's writing."""
+
+    def set_model(self, model: Any) -> None:
+        writers = getattr(self, "_writers", {})
+        super().set_model(model)
+        self._writers = writers  # the run's writers, kept from its first fit
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        for writer in self._writers.values():
+            writer.flush()  # a stage's points are on disk when it ends; the writers stay open for the next
+
+    def close(self) -> None:
+        for writer in getattr(self, "_writers", {}).values():
+            writer.close()
+        self._writers = {}
+
+
 class TrialLog(keras.callbacks.Callback):
     """Records one run on disk and in TensorBoard, and prints its progress.
 
@@ -91,11 +115,9 @@ class TrialLog(keras.callbacks.Callback):
         return [self, self.tensorboard]
 
     @property
-    def tensorboard(self) -> keras.callbacks.TensorBoard:
+    def tensorboard(self) -> RunBoard:
         if not hasattr(self, "_tensorboard"):
-            self._tensorboard = keras.callbacks.TensorBoard(
-                log_dir=str(self.tensorboard_dir), write_graph=False, profile_batch=0
-            )
+            self._tensorboard = RunBoard(log_dir=str(self.tensorboard_dir), write_graph=False, profile_batch=0)
         return self._tensorboard
 
     def begin_stage(self, stage: str, total_epochs: int) -> None:
@@ -142,12 +164,14 @@ class TrialLog(keras.callbacks.Callback):
         metrics = {k: v for k in METRICS if kept is not None and (v := kept.metric(k)) is not None}
         # HParams' session statuses know no "pruned": two metrics say it, and where the run stopped
         metrics.update(pruned=float(pruned), epochs_trained=float(len(self.record.history)))
+        self.tensorboard.close()
         self._end_session(True, metrics)
 
     def fail(self, reason: str) -> None:
         """Mark the run failed with the reason (one line in the terminal; the record keeps all of it)."""
         self.record.status, self.record.error = "failed", reason
         self._save(final=True)
+        self.tensorboard.close()
         self._end_session(False, {})
         log.warning("%s failed: %s", self.label, reason.splitlines()[0] if reason else "?")
 
