@@ -7,15 +7,13 @@ import json
 import re
 import shlex
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from conftest import FAST, make_image_folder, run_cli
 
-from tlsweep.finalists import chosen
 from tlsweep.records import Objective
 from tlsweep.report.summary import summarize
-from tlsweep.results import Sweep, finalist_groups, load_job, winner
+from tlsweep.results import Sweep, finalist_candidates, finalist_groups, load_job, winner
 
 ACCURACY = Objective("val_accuracy")
 
@@ -90,8 +88,11 @@ def test_a_configuration_beyond_noise_below_the_best_is_not_a_finalist(tmp_path:
     for trial_id, correct in (("0", 578), ("1", 575), ("2", 532)):  # 0.9897, 0.9846, 0.9110
         write_trial(job, trial_id, correct / 584, {"learning_rate": float(trial_id) + 1})
     (job / "job.json").write_text(json.dumps({"status": "running", "val_images": 584}))
-    runner = SimpleNamespace(job_dir=job, spec=SimpleNamespace(objective=ACCURACY, finalists=SimpleNamespace(top=3)))
-    found, left_out = chosen(runner)  # type: ignore[arg-type]
+
+    def chosen() -> tuple[list, list[str]]:
+        return finalist_candidates(load_job(job), ACCURACY, 3)
+
+    found, left_out = chosen()
     assert [t.trial_id for t in found] == ["0", "1"]
     assert left_out == ["trial_2 (0.9110) is behind trial_0 (0.9897) by more than noise (±0.0245 on 584 images)"]
     # the report says why trial_2 ran no seeds, as the log does
@@ -104,11 +105,11 @@ def test_a_configuration_beyond_noise_below_the_best_is_not_a_finalist(tmp_path:
     assert [f.trial for f in summary.finalists] == ["0", "1"] and summary.not_finalists == left_out
     # on 60 images nothing that close can be told apart: all three are finalists
     (job / "job.json").write_text(json.dumps({"status": "running", "val_images": 60}))
-    assert [t.trial_id for t in chosen(runner)[0]] == ["0", "1", "2"]  # type: ignore[arg-type]
+    assert [t.trial_id for t in chosen()[0]] == ["0", "1", "2"]
     # a run on a Hyperband epoch budget does not measure its configuration: it enters as ranked
     (job / "job.json").write_text(json.dumps({"status": "running", "val_images": 584}))
     write_trial(job, "2", 532 / 584, {"learning_rate": 3.0}, budget_epochs=1)
-    assert [t.trial_id for t in chosen(runner)[0]] == ["0", "1", "2"]  # type: ignore[arg-type]
+    assert [t.trial_id for t in chosen()[0]] == ["0", "1", "2"]
 
 
 def test_finalists_run_more_seeds_and_the_reports_command_reproduces_its_number(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_cli, start_cli, stop_when
 
 from tlsweep import files
-from tlsweep.race import Race, Result, decide, rounds_for, trials_in_round
-from tlsweep.records import Objective
+from tlsweep.race import Entry, Race, Result, decide, rounds_for, trials_in_round
+from tlsweep.records import JobRecord, Objective, write_job
 from tlsweep.results import load_sweep, winner
 
 ACCURACY, LOSS = Objective("val_accuracy"), Objective("val_loss")
@@ -39,6 +39,28 @@ def test_the_best_third_goes_on_and_so_does_a_job_within_noise_of_the_cut() -> N
     losses = decide([Result("a", 0.30), Result("b", 0.50), Result("c", 0.305)], LOSS, 3)  # lower is better
     assert [v.goes_on for v in losses] == [True, False, True]  # c is within 1.96·√(0.006² + 0.0061²) of a
     assert LOSS.noise(0.5, None) == pytest.approx(0.01)
+
+
+def test_a_round_runs_only_the_jobs_that_would_add_trials_or_have_not_run_it(tmp_path: Path) -> None:
+    """Made-up job records: a job that ran this round before the race was stopped is not run again, and a job
+    this round would give no more trials is decided on its last result — in two idle rounds in a row too."""
+
+    def paused(name: str, round_: int, trials: int, total: int, value: float = 0.9) -> None:
+        race = {"round": round_, "rounds": 4, "trials": trials, "search_trials": total}
+        summary = {"best": {"value": value}, "val_images": 100, "trials": trials, "race": race}
+        write_job(tmp_path / name, JobRecord(name, "paused", summary=summary))
+
+    # 2 trials over 4 rounds of eta 2: rounds 1-3 all allow 2; 20 trials: 3, then 5, then 10
+    race = Race(2, 4, "val_accuracy", 3, [Entry(n, []) for n in ("idle", "grows", "ran", "killed", "new")])
+    paused("idle", 1, 2, 2)  # last ran in round 1, idle in round 2, and round 3 still adds nothing
+    paused("grows", 2, 5, 20)  # round 3 allows 10
+    paused("ran", 3, 10, 20)  # ran round 3 before the race was stopped
+    write_job(tmp_path / "killed", JobRecord("killed", "running"))  # stopped mid-round: runs it again
+    known, idle = race.known_results(tmp_path)
+    assert sorted(known) == ["idle", "ran"] and idle == ["idle"]
+    assert known["idle"]["value"] == 0.9 and known["ran"]["trials"] == 10
+    race.round = 4  # the last round runs every job still racing: all its trials and its finalists
+    assert race.known_results(tmp_path) == ({}, [])
 
 
 # Four jobs: the demo's pretrained backbone, or the same network from random weights, on all or half the images.

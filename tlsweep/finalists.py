@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import logging
 
-from tlsweep.results import Trial, Winner, finalist_candidates, finalist_groups, job_winner, load_job
+from tlsweep.results import Winner, finalist_candidates, finalist_groups, job_winner, load_job
 from tlsweep.runs import Runner, RunPlan
 from tlsweep.spec import JobSpec
 
 log = logging.getLogger(__name__)
-
-
-def chosen(runner: Runner) -> tuple[list[Trial], list[str]]:
-    """The job's finalists, and why each other configuration of its top is not one (``finalist_candidates``)."""
-    return finalist_candidates(load_job(runner.job_dir), runner.spec.objective, runner.spec.finalists.top)
 
 
 def run_finalists(runner: Runner) -> None:
@@ -34,10 +29,10 @@ def run_finalists(runner: Runner) -> None:
     spec = runner.spec
     if not spec.finalists.enabled:
         return
-    top, left_out = chosen(runner)
+    job = load_job(runner.job_dir)
+    top, left_out = finalist_candidates(job, spec.objective, spec.finalists.top)
     if not top:
         return
-    job = load_job(runner.job_dir)
     done = {t.trial_id for t in job.trials if t.status in ("completed", "failed")}
     seeds = spec.finalists.seeds
     which = f"the top {len(top)} configurations, each" if len(top) > 1 else "the best configuration"

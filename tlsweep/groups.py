@@ -388,12 +388,6 @@ class RaceSpec:
             return None
         return trials_in_round(total, self.round, self.rounds, self.eta)
 
-    def trials_next(self, total: int) -> int | None:
-        """The trials the job may have run by the end of the next round; None when that is the last (or none)."""
-        if self.round == 0 or self.round + 1 >= self.rounds:
-            return None
-        return trials_in_round(total, self.round + 1, self.rounds, self.eta)
-
     def problem(self) -> str | None:
         if self.round < 0 or self.eta < 2 or (self.round and self.round > self.rounds):
             return f"race.round={self.round}, rounds={self.rounds} and eta={self.eta} are the race sweeper's to set"

@@ -146,6 +146,6 @@ def _summary(
         log.info("race round %d of %d done: %s; best %s; the race decides whether this job goes on",
                  race.round, race.rounds, trials, answer)  # fmt: skip
         summary["race"] = {"round": race.round, "rounds": race.rounds, "trials": len(search),
-                           "next_trials": spec.trials_next()}  # fmt: skip
+                           "search_trials": spec.search_trials()}  # fmt: skip
     log.info("outputs in %s; compare trials: tensorboard --logdir %s", job_dir, paths.shown(runner.context.logdir))
     return {**summary, **({"stopped_by_budget": True} if stopped == "budget" else {})}

@@ -144,6 +144,30 @@ class Race:
     def lines(self) -> list[str]:
         return [f"{e.name}: {e.line(self.rounds)}" for e in self.entries]
 
+    def known_results(self, root: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The racing jobs this round need not run, with what they returned: a job that ran this round before the
+        race was stopped, and one this round would give no more trials than it has run (with few trials and many
+        rounds a round can allow no more than the one before: it is decided on its last result, and named in the
+        list that comes second)."""
+        known: dict[str, dict[str, Any]] = {}
+        idle: list[str] = []
+        for entry in self.racing():
+            last = last_result(Path(root) / entry.name)
+            if last is None:
+                continue
+            if last.get("round") == self.round:
+                known[entry.name] = last
+            elif self.round < self.rounds and not self._adds_trials(last):
+                known[entry.name] = last
+                idle.append(entry.name)
+        return known, idle
+
+    def _adds_trials(self, last: dict[str, Any]) -> bool:
+        total, ran = last.get("search_trials"), last.get("trials")
+        if total is None or ran is None:
+            return True
+        return trials_in_round(int(total), self.round, self.rounds, self.eta) > int(ran)
+
     def finish_round(self, racing: list[Entry], returned: list[dict[str, Any] | None], root: Path) -> None:
         """Record what the round's jobs returned and decide which go on; a job the race stops says so in its
         ``job.json`` (status ``stopped``), and is kept as it is."""
@@ -166,25 +190,13 @@ class Race:
         self.round += 1
 
 
-def finished_round(job_dir: Path, round_: int) -> dict[str, Any] | None:
-    """What a job returned in ``round_`` if it already ran that round (a race killed mid-round), else None."""
+def last_result(job_dir: Path) -> dict[str, Any] | None:
+    """What a job returned at the end of its last early round (its ``job.json``, status ``paused``), else None."""
     try:
         record = read_job(job_dir)
     except RecordError:
         return None
-    if record is None or record.status != "paused" or (record.get("race") or {}).get("round") != round_:
-        return None
-    return record.result()
-
-
-def adds_trials(summary: dict[str, Any] | None) -> bool:
-    """Whether a job that returned ``summary`` at the end of a round would run more trials in the next (not the
-    last): with few trials and many rounds, a round can allow no more than the one before, and running the job
-    again would only return the same value."""
-    if not isinstance(summary, dict) or summary.get("status") != "paused":
-        return True
-    more, ran = summary.get("next_trials"), summary.get("trials")
-    return more is None or ran is None or int(more) > int(ran)
+    return record.result() if record is not None and record.status == "paused" else None
 
 
 def stop_job(job_dir: Path, why: str) -> None:

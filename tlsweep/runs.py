@@ -386,7 +386,7 @@ def time_left(spec: JobSpec, runs: list[RunRecord], planned: dict[str, Any] | No
             finetune if stage2 else 0.0
         )
 
-    planned_trials = spec.trials_now() or len(spec.tuner.schedule(spec.training.total_epochs))
+    planned_trials = spec.trials_now() or spec.search_trials()
     searched = sum(1 for r in runs if r.is_search and r.status != "running")
     if planned is not None:
         finished = {r.trial_id for r in runs if r.status != "running"}

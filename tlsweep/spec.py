@@ -154,14 +154,14 @@ class JobSpec:
             "weights": str(self.backbone.weights), "seed": self.seed,
         }  # fmt: skip
 
+    def search_trials(self) -> int:
+        """The trials the whole search runs: ``tuner.max_trials``, or the length of Hyperband's schedule."""
+        return len(self.tuner.schedule(self.training.total_epochs))
+
     def trials_now(self) -> int | None:
         """The trials the search may run by the end of this job's run: all (None), or fewer in a race's early
         round (``tlsweep.race``), which then runs no finalists."""
-        return self.race.trials_now(len(self.tuner.schedule(self.training.total_epochs)))
-
-    def trials_next(self) -> int | None:
-        """In a race's early round, the trials the search may run by the end of the next (not the last) round."""
-        return self.race.trials_next(len(self.tuner.schedule(self.training.total_epochs)))
+        return self.race.trials_now(self.search_trials())
 
     def check_depths(self, num_layers: int, backbone: str, unit: str = "layers") -> None:
         """Unfreeze depths must fit inside the backbone (``unit``: layers, or blocks)."""

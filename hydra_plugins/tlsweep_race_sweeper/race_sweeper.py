@@ -60,7 +60,7 @@ class RaceSweeper(Sweeper):
         from tlsweep.config import hydra_quoted
         from tlsweep.files import LOG_FILE
         from tlsweep.paths import job_dir_name
-        from tlsweep.race import Entry, Race, adds_trials, finished_round, rounds_for
+        from tlsweep.race import Entry, Race, rounds_for
 
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -77,14 +77,8 @@ class RaceSweeper(Sweeper):
         returns = []
         while race.round <= race.rounds:
             racing = race.racing()
-            done = {e.name: finished_round(root / e.name, race.round) for e in racing}  # a race killed mid-round
-            idle = []  # a job this round would give no more trials is decided on its last result
-            for entry in racing:
-                before = finished_round(root / entry.name, race.round - 1) if race.round < race.rounds else None
-                if done[entry.name] is None and before is not None and not adds_trials(before):
-                    done[entry.name] = before
-                    idle.append(entry.name)
-            to_run = [e for e in racing if done[e.name] is None]
+            done, idle = race.known_results(root)  # ran this round before the race was stopped, or would add nothing
+            to_run = [e for e in racing if e.name not in done]
             resume = f"resume={hydra_quoted(str(root))}"  # every round continues the jobs in their folders
             race_keys = [f"race.round={race.round}", f"race.rounds={race.rounds}", f"race.eta={race.eta}"]
             batch = [[*e.overrides, *race_keys, resume] for e in to_run]
@@ -100,7 +94,7 @@ class RaceSweeper(Sweeper):
                 results = self.launcher.launch(batch, initial_job_idx=0)
                 returns.append(results)
                 done.update({e.name: _returned(r) for e, r in zip(to_run, results, strict=True)})
-            race.finish_round(racing, [done[e.name] for e in racing], root)
+            race.finish_round(racing, [done.get(e.name) for e in racing], root)
             race.save(root)
             with own_lines(root / LOG_FILE):
                 for entry in racing:
