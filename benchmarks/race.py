@@ -66,6 +66,8 @@ def sweep(name: str, args: list[str], work: Path) -> dict:
         "value": found.value,
         "interval": (low, high),
         "race": result.race.lines() if result.race else [],
+        "job_seconds": {job.name: job.record.duration_s or 0.0 for job in result.jobs},  # a raced job's: last round
+        "finished": [e.name for e in result.race.entries if e.fate == "finished"] if result.race else [],
     }
 
 
@@ -99,6 +101,9 @@ def main() -> None:
     in_floors = floor_units(raced["wall"], floors, 1) / floor_units(full["wall"], floors, 0)
     print(f"  floor before, between and after: {', '.join(f'{f:.1f} s' for f in floors)}")
     print(f"  the race took {share:.0%} of the full sweep's time ({in_floors:.0%} in units of the floor around each)")
+    kept = sum(full["job_seconds"].get(name, 0.0) for name in raced["finished"])
+    print(f"  the {len(raced['finished'])} job(s) the race ran to the end took {kept:.0f} s in the full sweep, "
+          f"{kept / full['wall']:.0%} of it: no race that keeps them can take less")  # fmt: skip
     low, high = full["interval"]
     same = raced["winner"] == full["winner"]
     within = low <= raced["value"] <= high
