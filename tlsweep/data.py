@@ -130,9 +130,7 @@ def class_weights(setting: Any, labels: np.ndarray, class_names: list[str]) -> d
     return {i: given.get(name, 1.0) for i, name in enumerate(class_names)}
 
 
-def load_for_job(
-    cfg: DatasetSpec, image_size: int, objective: str, store: Store | None, max_bytes: float
-) -> ImageData:
+def load_for_job(cfg: DatasetSpec, image_size: int, objective: str, store: Store | None, max_bytes: float) -> ImageData:
     """The job's dataset, with what it is and its class warnings in the job's log."""
     data = load_dataset(cfg, image_size, store, max_bytes)
     log.info(data.summary())

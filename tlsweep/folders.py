@@ -153,5 +153,3 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
         for path in (Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)):
             (found if path.is_file() else others).append(path)  # is_file follows links to files
     return found, [str(p) for p in others]
-
-

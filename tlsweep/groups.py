@@ -420,5 +420,3 @@ def budget_seconds(budget: Any) -> float | None:
     if seconds <= 0:
         raise ValueError(budget)
     return seconds
-
-

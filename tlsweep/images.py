@@ -126,5 +126,3 @@ def decode_image(path: Path, image_size: int, max_pixels: int = MAX_PIXELS) -> n
 def resize(im: Image.Image, image_size: int) -> np.ndarray:
     rgb = im.convert("RGB")  # grayscale, palette, RGBA and CMYK all become RGB
     return np.asarray(rgb.resize((image_size, image_size), Image.BILINEAR), dtype=np.uint8)
-
-

@@ -225,8 +225,6 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return found
 
 
-
-
 def job_spec(cfg: DictConfig) -> JobSpec:
     """The typed spec of a composed config, checked: raises TlsweepError naming the first invalid setting."""
     unknown = unknown_keys(cfg)

@@ -266,7 +266,9 @@ def to_markdown(context: dict[str, Any]) -> str:
     if h:
         lines += [
             f"**Best: {_md(h['name'])} — {context['metric']} {_fmt(h['value'])}"
-            + (f" {h['over']}" if h["over"] else "") + "**" + (f" ({h['interval']})" if h["interval"] else ""),
+            + (f" {h['over']}" if h["over"] else "")
+            + "**"
+            + (f" ({h['interval']})" if h["interval"] else ""),
             "",
             *([f"- {_md(h['shipped'])}"] if h["shipped"] else []),
             *[f"- {_md(k)}: {_md(_fmt(v))}" for k, v in {**h["setup"], **h["hyperparameters"]}.items()],
