@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_cli, start_cli, stop_when
 
 from tlsweep import files
-from tlsweep.race import Entry, Race, Result, decide, rounds_for, trials_in_round
+from tlsweep.race import Entry, Lap, Race, Result, decide, rounds_for, trials_in_round
 from tlsweep.records import JobRecord, Objective, write_job
 from tlsweep.results import load_sweep, winner
 
@@ -45,9 +46,9 @@ def test_a_round_runs_only_the_jobs_that_would_add_trials_or_have_not_run_it(tmp
     """Made-up job records: a job that ran this round before the race was stopped is not run again, and a job
     this round would give no more trials is decided on its last result — in two idle rounds in a row too."""
 
-    def paused(name: str, round_: int, trials: int, total: int, value: float = 0.9) -> None:
+    def paused(name: str, round_: int, trials: int, total: int, **more: Any) -> None:
         race = {"round": round_, "rounds": 4, "trials": trials, "search_trials": total}
-        summary = {"best": {"value": value}, "val_images": 100, "trials": trials, "race": race}
+        summary = {"best": {"value": 0.9}, "val_images": 100, "trials": trials, "race": race, **more}
         write_job(tmp_path / name, JobRecord(name, "paused", summary=summary))
 
     # 2 trials over 4 rounds of eta 2: rounds 1-3 all allow 2; 20 trials: 3, then 5, then 10
@@ -56,11 +57,25 @@ def test_a_round_runs_only_the_jobs_that_would_add_trials_or_have_not_run_it(tmp
     paused("grows", 2, 5, 20)  # round 3 allows 10
     paused("ran", 3, 10, 20)  # ran round 3 before the race was stopped
     write_job(tmp_path / "killed", JobRecord("killed", "running"))  # stopped mid-round: runs it again
+    paused("spent", 2, 3, 20, stopped_by_budget=True)  # its time budget stopped its search: no more trials
+    race.entries.append(Entry("spent", []))
     known, idle = race.known_results(tmp_path)
-    assert sorted(known) == ["idle", "ran"] and idle == ["idle"]
+    assert sorted(known) == ["idle", "ran", "spent"] and idle == ["idle", "spent"]
     assert known["idle"]["value"] == 0.9 and known["ran"]["trials"] == 10
     race.round = 4  # the last round runs every job still racing: all its trials and its finalists
     assert race.known_results(tmp_path) == ({}, [])
+
+
+def test_a_finished_job_says_how_many_trials_it_ran_and_whether_its_budget_stopped_it(tmp_path: Path) -> None:
+    race = Race(3, 2, "val_accuracy", 2, [Entry("a", [], [Lap(1, 2, 0.8)]), Entry("b", [], [Lap(1, 2, 0.7)])])
+    last = {"status": "completed", "val_images": 100, "search_trials": 6}
+    returned = [{**last, "job": "a", "value": 0.9, "trials": 2, "stopped_by_budget": True},
+                {**last, "job": "b", "value": 0.8, "trials": 6}]  # fmt: skip
+    race.finish_round(race.racing(), returned, tmp_path)
+    assert race.lines() == [
+        "a: ran all 2 rounds: 2 trials and its finalists; the budget stopped it at 2 of 6 trials",
+        "b: ran all 2 rounds: 6 trials and its finalists",
+    ]
 
 
 # Four jobs: the demo's pretrained backbone, or the same network from random weights, on all or half the images.

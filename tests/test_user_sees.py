@@ -53,6 +53,9 @@ def test_time_left_counts_each_unfreeze_depth_at_its_own_speed() -> None:
     done = [run(str(i), 0, 1.0) for i in range(3)] + [run("3", 20, 9.0), run("3.s1", 20, 9.0)]
     planned = {"3.s1": 20, "3.s2": 20, "0.s1": 0}
     assert time_left(spec, done, planned) == pytest.approx((2 + 3 * 9) + (2 + 3 * 1))
+    # a time budget ends the job sooner: it stops the runs it would not leave time for
+    assert time_left(spec, done, planned, budget_left=12.0) == 12.0
+    assert time_left(spec, done, planned, budget_left=-3.0) == 0.0
 
 
 def test_a_damaged_feature_cache_is_rebuilt_and_the_job_goes_on(image_folder: Path, tmp_path: Path) -> None:

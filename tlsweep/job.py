@@ -28,6 +28,7 @@ from tlsweep.errors import TlsweepError
 from tlsweep.finalists import keep_winner, run_finalists
 from tlsweep.identity import claim
 from tlsweep.model import SharedClassifier, augmentation
+from tlsweep.progress import count
 from tlsweep.records import JobRecord, read_runs, spent_in_runs
 from tlsweep.results import Winner
 from tlsweep.runs import BestModel, RunContext, Runner
@@ -83,7 +84,7 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     runner.deadline = started + spec.budget_s * spec.workload().search_share if spec.budget_s else None
     stopped = run_search(tuner)
     if stopped == "budget":
-        log.info("stopped by the budget after %d trials", len(tuner.oracle.trials))
+        log.info("stopped by the budget after %s", count(len(tuner.oracle.trials), "trial"))
     if role == "worker":
         runner.settle(set())  # the chief runs no finalists: no run of this worker's is needed again
         log.info("worker done: the chief reports the search")
@@ -139,12 +140,13 @@ def _summary(
     trials = f"{completed} of {len(search)} trials completed{f', {pruned} pruned' if pruned else ''}"
     summary = {"trials": len(search), "completed_trials": completed, "pruned_trials": pruned, "best": best}
     summary.update(data.facts(), skipped_images=data.skipped, search_s=round(seconds, 1))
+    race = spec.race
     if spec.trials_now() is None:
         log.info("job done: %s; best %s", trials, answer)
     else:
-        race = spec.race
         log.info("race round %d of %d done: %s; best %s; the race decides whether this job goes on",
                  race.round, race.rounds, trials, answer)  # fmt: skip
+    if race.round:  # where the job is in its race, for the race sweeper
         summary["race"] = {"round": race.round, "rounds": race.rounds, "trials": len(search),
                            "search_trials": spec.search_trials()}  # fmt: skip
     log.info("outputs in %s; compare trials: tensorboard --logdir %s", job_dir, paths.shown(runner.context.logdir))

@@ -26,6 +26,11 @@ def duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
+def count(n: Any, noun: str) -> str:
+    """``1 trial``, ``2 trials``: a number and its noun, as a person writes them."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class Progress:
     """``total`` units of work called ``what``; ``advance`` as they are done, ``close`` at the end."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsweep import files
+from tlsweep.progress import count
 from tlsweep.records import Objective, RecordError, read_job, read_json, write_job
 
 RACE_RECORD = "race.json"
@@ -103,9 +104,9 @@ class Entry:
         if not self.laps:
             return "not run yet"
         lap = self.laps[-1]
-        trials = f"{lap.trials} trials" if lap.trials else "all its trials"
+        trials = count(lap.trials, "trial") if lap.trials else "all its trials"
         if self.fate == "finished":
-            return f"ran all {rounds} rounds: {trials} and its finalists"
+            return f"ran all {rounds} rounds: {trials} and its finalists" + (f"; {lap.why}" if lap.why else "")
         state = {"stopped": "stopped", "failed": "failed", "racing": "racing"}[self.fate]
         return f"{state} after round {lap.round} of {rounds} ({trials}): {lap.why}".rstrip(": ")
 
@@ -148,7 +149,7 @@ class Race:
         """The racing jobs this round need not run, with what they returned: a job that ran this round before the
         race was stopped, and one this round would give no more trials than it has run (with few trials and many
         rounds a round can allow no more than the one before: it is decided on its last result, and named in the
-        list that comes second)."""
+        list that comes second; so is one whose time budget stopped its search: it would run no more trials)."""
         known: dict[str, dict[str, Any]] = {}
         idle: list[str] = []
         for entry in self.racing():
@@ -157,7 +158,7 @@ class Race:
                 continue
             if last.get("round") == self.round:
                 known[entry.name] = last
-            elif self.round < self.rounds and not self._adds_trials(last):
+            elif self.round < self.rounds and (last.get("stopped_by_budget") or not self._adds_trials(last)):
                 known[entry.name] = last
                 idle.append(entry.name)
         return known, idle
@@ -177,9 +178,9 @@ class Race:
         results = [job_result(summary, entry.name) for entry, summary in zip(racing, returned, strict=True)]
         verdicts = {} if last else {v.name: v for v in decide(results, Objective(self.objective), self.eta)}
         for entry, result, summary in zip(racing, results, returned, strict=True):
-            trials = None if last else (summary or {}).get("trials")
             verdict = verdicts.get(entry.name)
-            entry.laps.append(Lap(self.round, trials, result.value, verdict.why if verdict else ""))
+            why = "; ".join(w for w in (verdict.why if verdict else "", _budget_note(summary)) if w)
+            entry.laps.append(Lap(self.round, (summary or {}).get("trials"), result.value, why))
             if result.value is None:
                 entry.fate = "failed"
             elif last:
@@ -197,6 +198,14 @@ def last_result(job_dir: Path) -> dict[str, Any] | None:
     except RecordError:
         return None
     return record.result() if record is not None and record.status == "paused" else None
+
+
+def _budget_note(summary: dict[str, Any] | None) -> str:
+    """Why a job ran fewer trials than the round allowed, if its time budget (``budget``) stopped its search."""
+    if not isinstance(summary, dict) or not summary.get("stopped_by_budget"):
+        return ""
+    total = summary.get("search_trials")
+    return f"the budget stopped it at {summary.get('trials')}{f' of {total}' if total else ''} trials"
 
 
 def stop_job(job_dir: Path, why: str) -> None:

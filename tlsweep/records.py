@@ -369,8 +369,8 @@ class JobRecord:
         """What a sweeper reads of a job that ran: its status, its best value, on how many validation images."""
         value, race = (self.get("best") or {}).get("value"), self.get("race") or {}
         return {"job": self.job, "status": self.status, "value": value, "val_images": self.get("val_images"),
-                "trials": self.get("trials"), "round": race.get("round"),
-                "search_trials": race.get("search_trials")}  # fmt: skip
+                "trials": self.get("trials"), "round": race.get("round"), "search_trials": race.get("search_trials"),
+                "stopped_by_budget": bool(self.get("stopped_by_budget"))}  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "summary"}

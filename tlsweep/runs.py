@@ -242,7 +242,8 @@ class Runner:
 
     def timing(self) -> str:
         """How long the job has run, and about how long its runs still take (``time_left``)."""
-        left = time_left(self.spec, read_runs(self.job_dir), self.planned)
+        budget_left = self.deadline - time.monotonic() if self.deadline is not None else None
+        left = time_left(self.spec, read_runs(self.job_dir), self.planned, budget_left)
         so_far = f"{duration(time.monotonic() - self.started)} so far"
         return so_far + (f", about {duration(left)} left" if left else "")
 
@@ -360,12 +361,14 @@ class Runner:
         return model
 
 
-def time_left(spec: JobSpec, runs: list[RunRecord], planned: dict[str, Any] | None = None) -> float | None:
+def time_left(
+    spec: JobSpec, runs: list[RunRecord], planned: dict[str, Any] | None = None, budget_left: float | None = None
+) -> float | None:
     """Seconds the job's remaining runs should take, each at the median seconds its stages' epochs took so far
     (stage 2 at each unfreeze depth on its own: a deep unfreeze costs far more); every run counted in full
     (pruning and the budget only shorten it). ``planned``: the later runs known by id and unfreeze depth (the
-    finalists once chosen), else as many as the spec allows at an average depth. None until an epoch of each
-    stage has been timed."""
+    finalists once chosen), else as many as the spec allows at an average depth; never more than the time
+    budget leaves (``budget_left`` seconds). None until an epoch of each stage has been timed."""
     seconds: dict[tuple[str, Any], list[float]] = {}
     for run in runs:
         depth = run.hyperparameters.get("unfreeze_depth")
@@ -394,7 +397,8 @@ def time_left(spec: JobSpec, runs: list[RunRecord], planned: dict[str, Any] | No
     else:
         count = spec.workload().later_runs if spec.trials_now() is None else 0
         later = max(count - sum(1 for r in runs if not r.is_search and r.status != "running"), 0) * run_seconds()
-    return max(planned_trials - searched, 0) * run_seconds() + later
+    left = max(planned_trials - searched, 0) * run_seconds() + later
+    return left if budget_left is None else min(left, max(budget_left, 0.0))
 
 
 def _out_of_memory(error: BaseException) -> bool:

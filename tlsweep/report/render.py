@@ -16,6 +16,7 @@ import jinja2
 from tlsweep import files
 from tlsweep.data import imbalance_warning
 from tlsweep.export import reproduce_command
+from tlsweep.progress import count
 from tlsweep.report import plots
 from tlsweep.report.summary import Summary, accuracy_interval
 
@@ -57,7 +58,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
             "name": job.name,
             "state": job.status,  # the row's style
             "status": job.status
-            + (f", stopped by the budget after {_trials(job.record.get('trials'))}" if _budget_stop(job) else ""),
+            + (f", stopped by the budget after {count(job.record.get('trials'), 'trial')}" if _stopped(job) else ""),
             "trials": len(job.trials),
             "completed": sum(t.status == "completed" for t in job.trials),
             "best": _fmt(next((r[summary.metric] for r in summary.ranked if r["job"] == job.name), None)),
@@ -127,11 +128,8 @@ def _recall(summary: Summary, top: int) -> dict[str, Any] | None:
     return {"classes": classes if all(r["classes"] == classes for r in rows) else None, "rows": rows}
 
 
-def _trials(n: Any) -> str:
-    return f"{n} trial" if n == 1 else f"{n} trials"
-
-
-def _budget_stop(job: Any) -> bool:
+def _stopped(job: Any) -> bool:
+    """Whether the job's time budget stopped its search."""
     return bool(job.record.get("stopped_by_budget"))
 
 
