@@ -73,8 +73,8 @@ def test_a_finished_job_says_how_many_trials_it_ran_and_whether_its_budget_stopp
                 {**last, "job": "b", "value": 0.8, "trials": 6}]  # fmt: skip
     race.finish_round(race.racing(), returned, tmp_path)
     assert race.lines() == [
-        "a: ran all 2 rounds: 2 trials and its finalists; the budget stopped it at 2 of 6 trials",
-        "b: ran all 2 rounds: 6 trials and its finalists",
+        "a: ran to the end (2 rounds, 2 trials); the budget stopped it at 2 of 6 trials",
+        "b: ran to the end (2 rounds, 6 trials)",
     ]
 
 

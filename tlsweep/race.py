@@ -106,7 +106,7 @@ class Entry:
         lap = self.laps[-1]
         trials = count(lap.trials, "trial") if lap.trials else "all its trials"
         if self.fate == "finished":
-            return f"ran all {rounds} rounds: {trials} and its finalists" + (f"; {lap.why}" if lap.why else "")
+            return f"ran to the end ({count(rounds, 'round')}, {trials})" + (f"; {lap.why}" if lap.why else "")
         state = {"stopped": "stopped", "failed": "failed", "racing": "racing"}[self.fate]
         return f"{state} after round {lap.round} of {rounds} ({trials}): {lap.why}".rstrip(": ")
 
