@@ -146,10 +146,10 @@ class Race:
         return [f"{e.name}: {e.line(self.rounds)}" for e in self.entries]
 
     def known_results(self, root: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """The racing jobs this round need not run, with what they returned: a job that ran this round before the
-        race was stopped, and one this round would give no more trials than it has run (with few trials and many
-        rounds a round can allow no more than the one before: it is decided on its last result, and named in the
-        list that comes second; so is one whose time budget stopped its search: it would run no more trials)."""
+        """The racing jobs this round need not start, with what they returned, and which of them are idle: a job
+        that ran this round before the race was stopped; and, idle, one this round would give no more trials (a
+        round can allow no more than the one before: few trials, many rounds) or whose time budget stopped its
+        search. An idle job is decided on its last result."""
         known: dict[str, dict[str, Any]] = {}
         idle: list[str] = []
         for entry in self.racing():
