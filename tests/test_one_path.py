@@ -239,7 +239,7 @@ def test_finalists_run_side_by_side_and_stop_a_configuration_clearly_behind(tmp_
         def out_of_time(self) -> bool:
             return False
 
-        def timing(self) -> str:
+        def timing(self, planned: dict | None = None) -> str:
             return ""
 
         def run(self, plan) -> Outcome:

@@ -48,7 +48,12 @@ def run_finalists(runner: Runner) -> None:
                 plans.append((replicate, rank, original, label))
     settled: set[str] = set()
     plans.sort(key=lambda p: p[:2])
-    runner.planned = {f"{o.trial_id}.s{r}": o.run.hyperparameters.get("unfreeze_depth") for r, _, o, _ in plans}
+
+    def planned() -> dict[str, object]:
+        """The finalists' runs still to come, by id and unfreeze depth, for the time left (done ones count no more)."""
+        later = [(r, o) for r, _, o, _ in plans if o.trial_id not in settled]
+        return {f"{o.trial_id}.s{r}": o.run.hyperparameters.get("unfreeze_depth") for r, o in later}
+
     for replicate, _, original, label in plans:
         run_id = f"{original.trial_id}.s{replicate}"
         if run_id in done or original.trial_id in settled:
@@ -60,7 +65,6 @@ def run_finalists(runner: Runner) -> None:
         if behind:
             log.info("finalists: trial_%s %s; its other seeds are not run", original.trial_id, behind)
             settled.add(original.trial_id)
-            runner.planned = {k: v for k, v in runner.planned.items() if not k.startswith(f"{original.trial_id}.")}
             continue
         plan = RunPlan(run_id, f"trial_{run_id} {label}", original.run.hyperparameters, replicate,
                        finalist_of=original.trial_id)  # fmt: skip
@@ -69,8 +73,7 @@ def run_finalists(runner: Runner) -> None:
             cut = outcome.record.stop("budget") is not None
             note = " (cut short by the budget: not counted in its mean)" if cut else ""
             value = outcome.record.value
-            log.info("trial_%s done: %s %.4f%s; %s", run_id, spec.objective.name, value, note, runner.timing())
-    runner.planned = {}
+            log.info("trial_%s done: %s %.4f%s; %s", run_id, spec.objective.name, value, note, runner.timing(planned()))
     _settle(runner)
 
 

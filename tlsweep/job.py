@@ -147,7 +147,6 @@ def _summary(
         log.info("race round %d of %d done: %s; best %s; the race decides whether this job goes on",
                  race.round, race.rounds, trials, answer)  # fmt: skip
     if race.round:  # where the job is in its race, for the race sweeper
-        summary["race"] = {"round": race.round, "rounds": race.rounds, "trials": len(search),
-                           "search_trials": spec.search_trials()}  # fmt: skip
+        summary["race"] = {"round": race.round, "rounds": race.rounds, "search_trials": spec.search_trials()}
     log.info("outputs in %s; compare trials: tensorboard --logdir %s", job_dir, paths.shown(runner.context.logdir))
     return {**summary, **({"stopped_by_budget": True} if stopped == "budget" else {})}

@@ -104,11 +104,13 @@ class Entry:
         if not self.laps:
             return "not run yet"
         lap = self.laps[-1]
-        trials = count(lap.trials, "trial") if lap.trials else "all its trials"
+        trials = [count(lap.trials, "trial")] if lap.trials else []  # unknown when the job failed
         if self.fate == "finished":
-            return f"ran to the end ({count(rounds, 'round')}, {trials})" + (f"; {lap.why}" if lap.why else "")
+            ran = ", ".join([count(rounds, "round"), *trials])
+            return f"ran to the end ({ran})" + (f"; {lap.why}" if lap.why else "")
         state = {"stopped": "stopped", "failed": "failed", "racing": "racing"}[self.fate]
-        return f"{state} after round {lap.round} of {rounds} ({trials}): {lap.why}".rstrip(": ")
+        ran = "".join(f" ({t})" for t in trials)
+        return f"{state} after round {lap.round} of {rounds}{ran}: {lap.why}".rstrip(": ")
 
 
 @dataclass
@@ -158,13 +160,16 @@ class Race:
                 continue
             if last.get("round") == self.round:
                 known[entry.name] = last
-            elif self.round < self.rounds and (last.get("stopped_by_budget") or not self._adds_trials(last)):
+            elif self.round < self.rounds and not self._adds_trials(last):
                 known[entry.name] = last
                 idle.append(entry.name)
         return known, idle
 
     def _adds_trials(self, last: dict[str, Any]) -> bool:
+        """Whether this round would give a job that returned ``last`` more trials: not once its budget is spent."""
         total, ran = last.get("search_trials"), last.get("trials")
+        if last.get("stopped_by_budget"):
+            return False
         if total is None or ran is None:
             return True
         return trials_in_round(int(total), self.round, self.rounds, self.eta) > int(ran)

@@ -171,7 +171,6 @@ class Runner:
     deadline: float | None = None  # time.monotonic() after which no run starts and a running one stops (budget)
     refit_data: Callable[[], Source] | None = None  # training + validation images, for a refit
     kept: dict[str, tuple[RunRecord, Snapshot]] = field(default_factory=dict)  # weights of runs that may still win
-    planned: dict[str, Any] | None = None  # the finalists' runs still to come (id: unfreeze depth), once known
     started: float = field(default_factory=time.monotonic)
     _refit_source: Source | None = None
 
@@ -240,10 +239,11 @@ class Runner:
             else:
                 self.kept[record.trial_id] = (record, snapshot)
 
-    def timing(self) -> str:
-        """How long the job has run, and about how long its runs still take (``time_left``)."""
+    def timing(self, planned: dict[str, Any] | None = None) -> str:
+        """How long the job has run, and about how long its runs still take (``time_left``; ``planned``: the
+        later runs by id and unfreeze depth, once known)."""
         budget_left = self.deadline - time.monotonic() if self.deadline is not None else None
-        left = time_left(self.spec, read_runs(self.job_dir), self.planned, budget_left)
+        left = time_left(self.spec, read_runs(self.job_dir), planned, budget_left)
         so_far = f"{duration(time.monotonic() - self.started)} so far"
         return so_far + (f", about {duration(left)} left" if left else "")
 
