@@ -115,7 +115,9 @@ def test_bad_input(tmp_path: Path, name: str, make, args: list[str], code: int, 
     earlier = tmp_path / "outputs" / "runs" / "2026-01-01_00-00-00"
     (earlier / "trials").mkdir(parents=True)
     (earlier / "job.json").write_text(json.dumps({"status": "completed"}))
-    (earlier / "trials" / "trial_0.json").write_text(json.dumps({"trial_id": "0", "status": "completed"}))
+    (earlier / "trials" / "trial_0.json").write_text(
+        json.dumps({"trial_id": "0", "status": "completed", "objective": "val_accuracy"})
+    )
     before = snapshot(tmp_path / "outputs")
 
     dataset = ["dataset=folder", f"dataset.path={make(tmp_path)}"] if make else ["dataset=folder"]
@@ -129,3 +131,5 @@ def test_bad_input(tmp_path: Path, name: str, make, args: list[str], code: int, 
         assert lines[0].startswith("error: "), result.stdout
     after = snapshot(tmp_path / "outputs")
     assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed or vanished
+    runs = {p.name for p in (tmp_path / "outputs" / "runs").iterdir()}
+    assert code == 0 or runs == {earlier.name}  # a refused run leaves no folder behind

@@ -124,7 +124,9 @@ def test_predict_prints_top_classes_and_writes_csv_and_names_unreadable_images(
     [
         ("no_record", "is not a tlsweep export folder"),
         ("newer", "holds export format 99, and this tlsweep reads format 1"),
-        ("corrupt_model", "could not load"),
+        ("corrupt_model", "model.keras is damaged (not a whole .keras archive"),
+        ("truncated_model", "model.keras is damaged (not a whole .keras archive: cut short?); export the model again"),
+        ("not_a_record", "best/export.json is not an export record (it is list, not a mapping); export again"),
         ("no_images", "has no images"),
     ],
 )
@@ -139,10 +141,15 @@ def test_predict_bad_input_is_one_error_line(exported, tmp_path: Path, capsys, d
         (model / "export.json").write_text(json.dumps({**record, "version": 99}))
     elif damage == "corrupt_model":
         (model / "model.keras").write_bytes(b"garbage")
+    elif damage == "truncated_model":  # a copy cut short: the file is there, most of it
+        whole = (model / "model.keras").read_bytes()
+        (model / "model.keras").write_bytes(whole[: len(whole) * 2 // 3])
+    elif damage == "not_a_record":
+        (model / "export.json").write_text("[1, 2]")
     elif damage == "no_images":
         images = tmp_path / "empty"
         images.mkdir()
-    args = [str(model), str(images)] + (["--format", "keras"] if damage == "corrupt_model" else [])
+    args = [str(model), str(images)] + (["--format", "keras"] if damage.endswith("_model") else [])
     assert predict_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -21,8 +21,9 @@ ACCURACY = Objective("val_accuracy")
 def write_trial(job: Path, trial_id: str, value: float, hyperparameters: dict, **extra) -> None:
     history = [{"epoch": 1, "stage": "head", "loss": 1.0, "accuracy": value, "val_loss": 1.0, "val_accuracy": value}]
     record = {
-        "trial_id": trial_id, "status": "completed", "hyperparameters": hyperparameters, "history": history,
-        "best_epoch": 1, "val_accuracy": value, "stages": {"head": {"value": value, "epoch": 1}}, **extra,
+        "trial_id": trial_id, "status": "completed", "objective": "val_accuracy", "hyperparameters": hyperparameters,
+        "history": history, "best_epoch": 1, "val_accuracy": value, "stages": {"head": {"value": value, "epoch": 1}},
+        **extra,
     }  # fmt: skip
     (job / "trials").mkdir(parents=True, exist_ok=True)
     (job / "trials" / f"trial_{trial_id}.json").write_text(json.dumps(record))

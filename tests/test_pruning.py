@@ -105,7 +105,12 @@ def test_patience_ends_a_stage_and_pruning_or_the_budget_end_the_trial(tmp_path:
     trials.mkdir()
     for i, values in enumerate([[0.8, 0.9], [0.7, 0.9], [0.9, 0.95]]):
         history = [{"epoch": e, "stage": "head", "val_accuracy": v} for e, v in enumerate(values, 1)]
-        record = {"trial_id": str(i), "status": "completed", "hyperparameters": {"unfreeze_depth": 0}}
+        record = {
+            "trial_id": str(i),
+            "status": "completed",
+            "objective": "val_accuracy",
+            "hyperparameters": {"unfreeze_depth": 0},
+        }
         (trials / f"trial_{i}.json").write_text(json.dumps({**record, "history": history}))
     assert len(read_peers(tmp_path, ACCURACY, exclude="2")) == 2
     rules = StopRules(Median(1, 3), job_dir=tmp_path, trial_id="3")

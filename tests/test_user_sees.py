@@ -135,20 +135,39 @@ def test_a_damaged_trial_record_is_named_not_shown_as_a_result(tmp_path: Path) -
 
     run = tmp_path / "run"
     (run / "trials").mkdir(parents=True)
-    good = {"trial_id": "0", "status": "completed", "hyperparameters": {"learning_rate": 0.01}, "best_epoch": 1,
+    good = {"trial_id": "0", "status": "completed", "objective": "val_accuracy",
+            "hyperparameters": {"learning_rate": 0.01}, "best_epoch": 1,
             "history": [{"epoch": 1, "stage": "head", "val_accuracy": 0.8}]}  # fmt: skip
     (run / "trials" / "trial_0.json").write_text(json.dumps(good))
     (run / "trials" / "trial_1.json").write_text(json.dumps({**good, "trial_id": "1", "history": None}))
     worse = {**good, "trial_id": "2", "history": [{"epoch": 1, "stage": "head", "val_accuracy": "0.99"}]}
     (run / "trials" / "trial_2.json").write_text(json.dumps(worse))
+    no_stage = {**good, "trial_id": "3", "best_epoch": 2, "history": [{"epoch": 1, "val_accuracy": 0.7},
+                                                                      {"epoch": 2, "val_accuracy": 0.9}]}  # fmt: skip
+    (run / "trials" / "trial_3.json").write_text(json.dumps(no_stage))  # its epochs lost their stage
     (run / "job.json").write_text(json.dumps({"status": "completed"}))
     rows = {r["trial"]: r for r in summarize(load_sweep(run)).table.rows}
     assert rows["0"]["rank"] == 1 and rows["0"]["val_accuracy"] == 0.8
-    assert rows["1"]["status"] == rows["2"]["status"] == "unreadable"
+    assert rows["1"]["status"] == rows["2"]["status"] == rows["3"]["status"] == "unreadable"
     assert "trial_1.json: history is None, not a list" in rows["1"]["error"]
     assert "trial_2.json: history's val_accuracy is '0.99', not a number" in rows["2"]["error"]
-    assert rows["1"]["rank"] is rows["2"]["rank"] is None
+    assert "trial_3.json: epoch 1 of history has no stage" in rows["3"]["error"]  # never shown as stage 1
+    assert rows["1"]["rank"] is rows["2"]["rank"] is rows["3"]["rank"] is None
     assert "trial_2.json" in build_report(run)["md"].read_text()
+
+
+def test_a_job_record_whose_status_is_not_a_status_is_named_as_damaged(tmp_path: Path) -> None:
+    from tlsweep.callbacks import failed_jobs
+    from tlsweep.report import build_report
+    from tlsweep.results import load_sweep
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.json").write_text(json.dumps({"status": 3, "job": "run"}))
+    (job,) = load_sweep(run).jobs
+    assert job.status == "unreadable" and "job.json: status is 3, not one of running" in str(job.error)
+    assert failed_jobs(run) == [f"run: {job.error}"]  # the sweep's exit code counts it
+    assert "job.json: status is 3" in build_report(run)["md"].read_text()
 
 
 def test_a_report_or_predictions_that_cannot_be_written_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:

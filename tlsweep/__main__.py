@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from tlsweep import interrupt  # noqa: E402
-from tlsweep.callbacks import FAILED_JOBS, UNFINISHED  # noqa: E402
-from tlsweep.config import check_command_line, check_writable, hydra_quoted  # noqa: E402
+from tlsweep import (
+    files,  # noqa: E402
+    interrupt,  # noqa: E402
+)
+from tlsweep.callbacks import FAILED_JOBS, REFUSED, UNFINISHED  # noqa: E402
+from tlsweep.config import check_command_line, check_writable, composition_error, hydra_quoted  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
-from tlsweep.paths import COMMAND_LINE_VARIABLE, register_resolvers  # noqa: E402
+from tlsweep.paths import COMMAND_LINE_VARIABLE, register_resolvers, resume_argument  # noqa: E402
 from tlsweep.schema import job_spec  # noqa: E402
 
 log = logging.getLogger("tlsweep")
@@ -70,7 +76,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     except TlsweepError as e:
         log.error("error: %s", e)
         if not multirun:
+            discard_if_unstarted(job_dir)
             sys.exit(1)
+        REFUSED.append(f"{job_dir.name}: {e}")
     except Exception as e:  # a bug in one job must not stop the other jobs of a sweep
         if is_disk_full(e):
             log.error("error: the disk is full (%s); finished results are kept: free space, then resume=true", e)
@@ -85,13 +93,17 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 
 def cli() -> None:
     """Entry point of ``python -m tlsweep`` and the ``tlsweep`` command."""
-    os.environ[COMMAND_LINE_VARIABLE] = json.dumps(sys.argv[1:])  # for jobs a launcher runs in other processes
     try:
+        sys.argv[1:], notes = resume_argument(sys.argv[1:])  # checked and quoted for Hydra, whatever the name
+        for note in notes:
+            print(note)
         check_command_line(sys.argv[1:])  # a typo or a wrong type: one line, before any folder is made
         check_writable(sys.argv[1:])
     except TlsweepError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    os.environ[COMMAND_LINE_VARIABLE] = json.dumps(sys.argv[1:])  # for jobs a launcher runs in other processes
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print with a traceback: said here in one line
     try:
         with interrupt.handled():
             main()
@@ -99,10 +111,32 @@ def cli() -> None:
         root = _output_root[0] if _output_root else Path("outputs")
         print(interrupted_message(sys.argv[1:], root), file=sys.stderr)
         sys.exit(130)
-    if FAILED_JOBS:
-        print(f"{len(FAILED_JOBS)} job(s) failed:", *FAILED_JOBS, sep="\n  ", file=sys.stderr)
-    if FAILED_JOBS or UNFINISHED:  # each said why, in its error: line
+    except TlsweepError as e:  # refused around the jobs (a race that cannot start)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except (HydraException, OmegaConfBaseException) as e:  # Hydra's own settings (a launcher's), not checked before
+        print(f"error: {composition_error(e)}", file=sys.stderr)
+        sys.exit(1)
+    failed = [*FAILED_JOBS, *(r for r in REFUSED if r not in FAILED_JOBS)]
+    if failed:
+        print(f"{len(failed)} job(s) failed:", *failed, sep="\n  ", file=sys.stderr)
+    if failed or UNFINISHED:  # each said why, in its error: line
+        sys.exit(1)
+
+
+def discard_if_unstarted(run_dir: Path) -> None:
+    """Remove the folder of a single run refused before it computed anything (its one ``error:`` line said
+    why): an empty run is no result, and ``resume=true`` must not take it for the newest run to continue."""
+    from tlsweep.records import RecordError, read_job
+
+    try:
+        record = read_job(run_dir)
+    except RecordError:
+        return
+    made = {files.JOB_RECORD, files.JOB_LOCK, LOG_FILE, ".hydra"}
+    mine = record is not None and record.status == "failed" and record.pid == os.getpid()
+    if mine and all(p.name in made for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def interrupted_message(args: list[str], root: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tlsweep.groups import ExportSpec, ReportSpec, part
 log = logging.getLogger("tlsweep")
 FAILED_JOBS: list[str] = []  # "job: reason" for each failed job of the sweep that just ended, read from its folder
 UNFINISHED: list[str] = []  # what the end of the run or sweep could not do (export, report): the command exits 1
+REFUSED: list[str] = []  # "job: reason" for each job of this process's multirun that stopped at its error: line
 
 
 def failed_jobs(root: Path) -> list[str]:
@@ -32,6 +34,15 @@ def failed_jobs(root: Path) -> list[str]:
 
     ended = ("completed", "running", "stopped", "paused")  # stopped or paused by a race: not failures
     return [f"{job.name}: {job.error}" for job in load_sweep(root).jobs if job.status not in ended]
+
+
+def running_elsewhere(root: Path) -> list[str]:
+    """The jobs of a sweep that another live process still runs (a second resume of the same sweep), named with
+    the process."""
+    from tlsweep.results import load_sweep
+
+    jobs = [job for job in load_sweep(root).jobs if job.status == "running" and job.record.pid != os.getpid()]
+    return [f"{job.name}: pid {job.record.pid} on {job.record.host or '?'}" for job in jobs]
 
 
 class SweepEnd(Callback):
@@ -52,8 +63,16 @@ class SweepEnd(Callback):
         with own_lines(root / LOG_FILE):
             try:
                 FAILED_JOBS[:] = failed_jobs(root)
+                elsewhere = running_elsewhere(root)
             except Exception as e:  # e.g. no job folder at all: the exit code then says nothing more
                 log.warning("could not read the jobs of %s: %s", root, e)
+                elsewhere = []
+            if elsewhere:  # its answer is not known yet: the process that runs it exports and reports at its end
+                log.error("error: %s still being run by another process (%s); that process exports the best model "
+                          "and writes the report when it ends", "job" if len(elsewhere) == 1 else "jobs",
+                          "; ".join(elsewhere))  # fmt: skip
+                UNFINISHED.append("export and report")
+                return
             self.finish(root)
 
     def finish(self, root: Path) -> None:

@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,11 @@ from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError, first_line
 from tlsweep.groups import QUANTIZE, DatasetSpec, ExportSpec, part
 from tlsweep.paths import folder_command
-from tlsweep.records import Objective, best_epoch_of
+from tlsweep.records import EXPORT_FORMAT, EXPORT_VERSION, Objective, best_epoch_of
 from tlsweep.results import Job, Trial, Winner, load_sweep, winner
 
 log = logging.getLogger(__name__)
 
-FORMAT = "tlsweep-export"
-FORMAT_VERSION = 1  # bump when the folder's layout changes; predict refuses versions it does not know
 CALIBRATION_IMAGES = 200  # training images that calibrate int8 quantisation
 
 
@@ -53,32 +52,36 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
     job, model_run = found.job, found.model
     best = {"job": job.name, "trial": model_run.trial_id}
     model_file = job.path / files.BEST_MODEL
+    kind = "run" if job.path == Path(root) else "sweep"
+    rebuild = f"resume the {kind} to train it again from the records: its command with resume={Path(root).resolve()}"
     if not model_file.is_file():
-        raise TlsweepError(f"{model_file} is missing, so the best trial's model cannot be exported")
+        raise TlsweepError(f"{model_file} is missing, so the best trial's model cannot be exported; {rebuild}")
+    if job.status not in ("completed", "stopped"):
+        log.warning("job %s has not finished (%s%s): this exports its best so far, trial_%s; resume it to finish",
+                    job.name, job.status, f": {job.error}" if job.error else "", best["trial"])  # fmt: skip
 
     from tlsweep.model import inference_model, load_classifier
 
     classes = job.classes
     origin = files.model_origin(model_file)
+    if origin is None and not zipfile.is_zipfile(model_file):
+        raise TlsweepError(f"{model_file} is damaged (not a whole .keras archive: cut short?); {rebuild}")
     if origin is None or str(origin.get("trial_id")) != str(best["trial"]) or origin.get("classes") != classes:
         held = f"trial_{origin.get('trial_id')} of classes {origin.get('classes')}" if origin else "no trial id"
         raise TlsweepError(
             f"{model_file} holds {held}, but the records' best is trial_{best['trial']} of classes {classes}; "
-            "tlsweep does not export a model other than the one it reports: rerun that trial "
-            "(the report's reproduce command), or resume the job"
+            f"tlsweep does not export a model other than the one it reports: {rebuild}"
         )
     try:
         model = inference_model(load_classifier(model_file))
     except Exception as e:  # a file cut short or damaged on disk: say which, not a traceback
-        raise TlsweepError(
-            f"{model_file} is damaged ({type(e).__name__}: {first_line(e)[:150]}); "
-            "rerun the best trial with the report's reproduce command"
-        ) from e
+        raise TlsweepError(f"{model_file} is damaged ({type(e).__name__}: {first_line(e)[:150]}); {rebuild}") from e
     image_size = int(model.input_shape[1])
     data = _test_and_calibration_data(job, image_size, need_calibration=cfg.tflite and cfg.quantize == "int8")
 
     target = Path(root) / files.EXPORT_DIR
     staging = Path(root) / f".{files.EXPORT_DIR}.{os.getpid()}.tmp"
+    _remove_stale_staging(Path(root))
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -93,8 +96,8 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
             evaluation = evaluate(probabilities, data["y_test"], classes)
             files.write_json(staging / files.EVALUATION, evaluation)
         record = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
             "tlsweep": tlsweep.__version__,
             "formats": formats,
             "image_size": image_size,
@@ -210,6 +213,14 @@ def _tflite(saved_model: Path, quantize: str, calibration: np.ndarray | None) ->
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([image[None].astype("float32")] for image in calibration)
     return converter.convert()
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Remove the half-written exports of processes that are gone (killed while exporting): ``.best.<pid>.tmp``."""
+    for folder in root.glob(f".{files.EXPORT_DIR}.*.tmp"):
+        pid = folder.name.split(".")[2]
+        if pid.isdigit() and not files.process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -105,6 +105,12 @@ def model_origin(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def damaged_model(path: Path) -> bool:
+    """Whether a ``.keras`` file is there but not whole (cut short by a kill, a full disk or a copy): Keras
+    would fail to load it, with a message that does not say so."""
+    return Path(path).is_file() and not zipfile.is_zipfile(path)
+
+
 @contextlib.contextmanager
 def locked(path: Path, busy: Callable[[], Exception] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block, across processes.

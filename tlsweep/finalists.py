@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from tlsweep.errors import TlsweepError
 from tlsweep.results import Winner, finalist_candidates, finalist_groups, job_winner, load_job
 from tlsweep.runs import Runner, RunPlan
 from tlsweep.spec import JobSpec
@@ -107,6 +108,12 @@ def keep_winner(runner: Runner) -> Winner | None:
     """Make ``best.keras`` the job's answer, as ``tlsweep.results.winner`` names it: the winning configuration's
     run closest to its mean (or the best run without finalists), retrained on every image with ``finalists.refit``."""
     spec = runner.spec
+    damaged = [t.error for t in load_job(runner.job_dir).trials if t.status == "unreadable"]
+    if damaged:  # the answer is decided from the records: with one unreadable, it is not known
+        raise TlsweepError(
+            f"{damaged[0]}{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}: the job's answer cannot "
+            "be decided without it; move the damaged record away and resume, to train that run again"
+        )
     winner = job_winner(runner.job_dir, spec.objective)
     if winner is None:
         return None

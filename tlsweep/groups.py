@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tlsweep.race import trials_in_round
+from tlsweep.records import OBJECTIVE_NAMES as OBJECTIVES
 from tlsweep.records import Objective
 
 FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
 SAMPLINGS = ("log", "linear")
-OBJECTIVES = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1", "accuracy", "loss")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZE = ("none", "float16", "int8")
 DATASETS = ("digits", "folder", "tf_flowers")

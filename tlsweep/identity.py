@@ -69,7 +69,8 @@ def claim(job_dir: Path, spec: JobSpec, choices: dict[str, Any]) -> Iterator[Job
             if previous is None:  # a new job's mistake is recorded in its own folder; another run's record is kept
                 write_job(job_dir, JobRecord(**{**record.__dict__, "status": "failed", "error": str(e)}))
             raise
-        if previous is not None and previous.status in ("completed", "stopped") and not set_aside:
+        rebuild = previous is not None and previous.status == "completed" and _model_damaged(job_dir)
+        if previous is not None and previous.status in ("completed", "stopped") and not set_aside and not rebuild:
             log.info("job %s already %s; kept as it is (resume)", job_dir.name, previous.status)
             yield previous
             return
@@ -90,6 +91,16 @@ def claim(job_dir: Path, spec: JobSpec, choices: dict[str, Any]) -> Iterator[Job
                 write_job(job_dir, record)
             except OSError as e:  # e.g. a full disk: keep the error that got us here, and the old record
                 log.warning("could not update %s: %s", job_dir / files.JOB_RECORD, e)
+
+
+def _model_damaged(job_dir: Path) -> bool:
+    """Whether a completed job's model is damaged on disk: then its resume trains the answer again from the
+    records (its finished trials are kept), the only way to a model that matches them."""
+    if not files.damaged_model(job_dir / files.BEST_MODEL):
+        return False
+    log.warning("job %s: %s is damaged (cut short?); training its answer again from its records", job_dir.name,
+                files.BEST_MODEL)  # fmt: skip
+    return True
 
 
 def _previous(job_dir: Path) -> JobRecord | None:

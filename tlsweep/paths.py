@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import OmegaConf
 
-from tlsweep.config import fixed_keys, run_key, split_override
+from tlsweep.config import fixed_keys, hydra_quoted, run_key, split_override
 from tlsweep.errors import TlsweepError
 from tlsweep.files import JOB_RECORD
 from tlsweep.records import RecordError, read_job
@@ -55,6 +57,73 @@ def output_dir(kind: str, resume: Any, stamp: str, outputs: str = "outputs") -> 
     if not Path(str(resume)).is_dir():
         raise TlsweepError(f"resume={resume} is not a folder; give a folder under {base} or resume=true for the newest")
     return str(resume)
+
+
+MULTIRUN_RECORD = "multirun.yaml"  # Hydra writes it in a sweep's folder when the sweep starts
+
+
+def is_sweep(folder: Path) -> bool:
+    """Whether ``folder`` is a sweep's folder (Hydra's ``multirun.yaml`` is in it), not a run's or a job's."""
+    return (Path(folder) / MULTIRUN_RECORD).is_file()
+
+
+def resume_target(value: str, multirun: bool) -> Path:
+    """The folder ``resume=<value>`` continues: a sweep's folder with ``-m``, a run's without. A job folder of a
+    sweep given with ``-m`` continues its sweep; any other mismatch is refused in one line naming the folder
+    to give (a job folder taken for a sweep's would start fresh searches inside it)."""
+    folder = Path(value).expanduser()
+    kind = "sweeps" if multirun else "runs"
+    if not folder.is_dir():
+        raise TlsweepError(
+            f"resume={value} is not a folder; give a folder under outputs/{kind}, or resume=true for the newest"
+        )
+    folder = folder.resolve()
+    holds_job = (folder / JOB_RECORD).is_file() or (folder / ".hydra").is_dir()
+    in_sweep = holds_job and is_sweep(folder.parent)
+    if multirun and in_sweep:
+        return folder.parent
+    if multirun and not is_sweep(folder):
+        raise TlsweepError(
+            f"resume={value} is {'a single run' if holds_job else 'no sweep'}'s folder, and -m continues a sweep: "
+            + ("resume it without -m" if holds_job else "give a folder under outputs/sweeps")
+        )
+    if not multirun and in_sweep:
+        raise TlsweepError(
+            f"resume={value} is one job of the sweep {folder.parent}: continue the sweep with its command, "
+            f"-m and resume={folder.parent}"
+        )
+    if not multirun and is_sweep(folder):
+        raise TlsweepError(f"resume={value} is a sweep's folder: continue it with its command and -m")
+    return folder
+
+
+def resume_argument(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` with a ``resume=<folder>`` taken before Hydra parses it: checked (``resume_target``) and quoted
+    for Hydra, so a folder's name may hold anything (``=``, spaces, quotes) unquoted on the command line; and
+    what to tell the user about it."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    out, notes = [], []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "resume" and value.lower() not in ("true", "false", "null", ""):
+            value = _unquoted(value)
+            target = resume_target(value, multirun)
+            if target != Path(value).expanduser().resolve():
+                notes.append(f"resume: {Path(value).name} is one job of the sweep {target}: continuing the sweep")
+            arg = f"{key}={hydra_quoted(str(target))}"
+        out.append(arg)
+    return out, notes
+
+
+def _unquoted(value: str) -> str:
+    """A value the user quoted for Hydra (``'a=b'``), as the folder name it stands for."""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        try:
+            parsed = OverridesParser.create().parse_override(f"key={value}").value()
+            return str(parsed)
+        except (OverrideParseException, HydraException):
+            return value[1:-1]
+    return value
 
 
 def newest_unfinished(base: Path) -> Path | None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
+import shlex
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ import numpy as np  # noqa: E402
 from tlsweep import files  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, first_line  # noqa: E402
-from tlsweep.export import FORMAT, FORMAT_VERSION  # noqa: E402
 from tlsweep.images import IMAGE_EXTENSIONS, decode_image  # noqa: E402
+from tlsweep.records import EXPORT_VERSION, RecordError, read_export  # noqa: E402
 
 FORMATS = ("keras", "saved_model", "tflite")
 BATCH = 32
@@ -50,28 +51,25 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
     """Load the export in ``folder``; raises TlsweepError saying what is wrong with the folder."""
     folder = Path(folder)
     record_file = folder / files.EXPORT_RECORD
-    if not record_file.is_file():
+    try:
+        record = read_export(folder)
+    except RecordError as e:
+        raise TlsweepError(f"{e}; export again with python -m tlsweep.export <sweep folder>") from None
+    if record is None:
         inside = folder / files.EXPORT_DIR
         hint = f" (the export is in {inside})" if (inside / files.EXPORT_RECORD).is_file() else ""
         raise TlsweepError(
             f"{folder} is not a tlsweep export folder: it has no {files.EXPORT_RECORD}{hint}; "
             "give outputs/sweeps/<time>/best, or create it with python -m tlsweep.export <sweep folder>"
         )
-    try:
-        record = json.loads(record_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TlsweepError(f"{record_file} is unreadable ({e}); re-export with python -m tlsweep.export") from e
-    if not isinstance(record, dict):
-        raise TlsweepError(f"{record_file} is not an export record; re-export with python -m tlsweep.export")
-    version = record.get("version") if record.get("format") == FORMAT else None
-    if version != FORMAT_VERSION:
+    if record["version"] != EXPORT_VERSION:
         raise TlsweepError(
-            f"{folder} holds export format {version!r}, and this tlsweep reads format {FORMAT_VERSION}; "
+            f"{folder} holds export format {record['version']!r}, and this tlsweep reads format {EXPORT_VERSION}; "
             "re-export it with this version (python -m tlsweep.export <sweep folder>) or use the tlsweep that made it"
         )
-    classes, size = record.get("classes"), record.get("image_size")
-    if not isinstance(classes, list) or not classes or not isinstance(size, int):
-        raise TlsweepError(f"{record_file} lists no classes or image size; re-export with python -m tlsweep.export")
+    classes, size = record["classes"], record.get("image_size")
+    if not isinstance(size, int):
+        raise TlsweepError(f"{record_file} gives no image size; re-export with python -m tlsweep.export")
     keras_file = folder / record.get("formats", {}).get("keras", "model.keras")
     origin = files.model_origin(keras_file) if keras_file.is_file() else None
     mismatch = origin is not None and (origin.get("classes"), str(origin.get("trial_id"))) != (
@@ -92,9 +90,12 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
     path = folder / record["formats"][chosen]
     try:
         run = {"keras": _keras, "saved_model": _saved_model, "tflite": _tflite}[chosen](path)
-    except Exception as e:  # a damaged or foreign file: say which, not a traceback
-        raise TlsweepError(f"could not load {path} ({type(e).__name__}: {first_line(e)[:200]})") from e
-    return Predictor([str(c) for c in record["classes"]], int(record["image_size"]), chosen, run)
+    except Exception as e:  # the file is there (listed and found): it is damaged, or not one tlsweep wrote
+        whole = chosen != "keras" or zipfile.is_zipfile(path)
+        why = f"{type(e).__name__}: {first_line(e)[:200]}" if whole else "not a whole .keras archive: cut short?"
+        again = shlex.join(["python", "-m", "tlsweep.export", str(folder.resolve().parent)])
+        raise TlsweepError(f"{path} is damaged ({why}); export the model again: {again}") from e
+    return Predictor([str(c) for c in classes], size, chosen, run)
 
 
 def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -131,18 +131,19 @@ class Race:
 
     @classmethod
     def load(cls, root: Path) -> Race | None:
-        """The race in ``root``; None if there is none (or its file cannot be read: say why)."""
+        """The race in ``root``; None if there is none; RecordError naming ``race.json`` if it is damaged."""
+        data = read_json(Path(root) / RACE_RECORD)
+        if data is None:
+            return None
         try:
-            data = read_json(Path(root) / RACE_RECORD)
-        except RecordError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        entries = [
-            Entry(e["name"], list(e["overrides"]), [Lap(**lap) for lap in e.get("laps", [])], e.get("fate", "racing"))
-            for e in data.get("entries", [])
-        ]
-        return cls(int(data["eta"]), int(data["rounds"]), str(data["objective"]), int(data["round"]), entries)
+            entries = [
+                Entry(str(e["name"]), [str(o) for o in e["overrides"]], [Lap(**lap) for lap in e.get("laps", [])],
+                      str(e.get("fate", "racing")))  # fmt: skip
+                for e in data["entries"]
+            ]
+            return cls(int(data["eta"]), int(data["rounds"]), str(data["objective"]), int(data["round"]), entries)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RecordError(f"{RACE_RECORD} is not a race record ({type(e).__name__}: {e})") from None
 
     def lines(self) -> list[str]:
         return [f"{e.name}: {e.line(self.rounds)}" for e in self.entries]

@@ -21,6 +21,7 @@ from typing import Any
 from tlsweep import files
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
+OBJECTIVE_NAMES = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1", "accuracy", "loss")
 LOSS_NOISE = 0.02  # a loss's measurement noise, relative: losses have no binomial yardstick
 Z = 1.96  # 95%, two-sided
 
@@ -65,7 +66,31 @@ class Objective:
 
 
 class RecordError(ValueError):
-    """A record that cannot be used: its message names the file and what is wrong with it."""
+    """A record that cannot be used: its message names the file and what is wrong with it.
+
+    The one rule for every value read from disk: it is valid by its record's schema (the parsers
+    below), or the file is named as damaged wherever it would have been used. Nothing is defaulted
+    in place of a value that is missing or of the wrong kind, and nothing derived from it is shipped.
+    A field may be absent only where its absence means something (a run that is no finalist has no
+    ``finalist_of``)."""
+
+
+RUN_STATUSES = ("running", "completed", "pruned", "failed")
+JOB_STATUSES = ("running", "completed", "failed", "interrupted", "paused", "stopped")
+STAGES = ("head", "finetune")
+STOPS = ("pruned", "budget", "patience")
+
+
+def _required(data: dict[str, Any], key: str, name: str) -> Any:
+    if data.get(key) is None:
+        raise RecordError(f"{name} has no {key}")
+    return data[key]
+
+
+def _one_of(value: Any, name: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise RecordError(f"{name} is {value!r}, not one of {', '.join(allowed)}")
+    return value
 
 
 def _number(value: Any, name: str) -> float | None:
@@ -85,8 +110,20 @@ def _whole(value: Any, name: str, default: int | None = None) -> int | None:
     return int(value)
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _text(value: Any, name: str = "a text") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RecordError(f"{name} is {value!r}, not a text")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RecordError(f"{name} is {value!r}, not true or false")
+    return value
 
 
 def _mapping(value: Any, name: str) -> dict[str, Any]:
@@ -127,10 +164,9 @@ class Epoch:
     def parse(cls, data: Any) -> Epoch:
         data = _mapping(data, "an epoch of history")
         values = {k: _number(data.get(k), f"history's {k}") for k in (*METRICS, "learning_rate", "seconds")}
-        epoch = _whole(data.get("epoch"), "history's epoch")
-        if epoch is None:
-            raise RecordError("an epoch of history has no epoch number")
-        return cls(epoch, str(data.get("stage") or "head"), **values)
+        epoch = _whole(_required(data, "epoch", "an epoch of history"), "history's epoch")
+        stage = _one_of(_required(data, "stage", f"epoch {epoch} of history"), f"epoch {epoch}'s stage", STAGES)
+        return cls(epoch, stage, **values)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -147,11 +183,11 @@ class Stop:
     def parse(cls, data: Any) -> Stop:
         data = _mapping(data, "a stop")
         return cls(
-            str(data.get("by")),
-            _whole(data.get("epoch"), "a stop's epoch", 0) or 0,
-            str(data.get("stage", "head")),
-            str(data.get("why", "")),
-            _text(data.get("rule")),
+            _one_of(data.get("by"), "a stop's by", STOPS),
+            _whole(_required(data, "epoch", "a stop"), "a stop's epoch") or 0,
+            _one_of(data.get("stage"), "a stop's stage", STAGES),
+            _text(data.get("why"), "a stop's why") or "",
+            _text(data.get("rule"), "a stop's rule"),
         )
 
 
@@ -251,41 +287,42 @@ class RunRecord:
 
     @classmethod
     def _parse(cls, data: dict[str, Any]) -> RunRecord:
-        if "trial_id" not in data:
-            raise RecordError("it has no trial_id")
+        trial_id = _required(data, "trial_id", "the record")
+        if not isinstance(trial_id, (str, int)) or isinstance(trial_id, bool):
+            raise RecordError(f"trial_id is {trial_id!r}, not a trial id")
         recall = data.get("val_recall")
         return cls(
-            trial_id=str(data["trial_id"]),
-            job=str(data.get("job", "")),
-            status=str(data.get("status", "running")),
+            trial_id=str(trial_id),
+            job=_text(data.get("job"), "job") or "",
+            status=_one_of(data.get("status"), "status", RUN_STATUSES),
             hyperparameters=_mapping(data.get("hyperparameters"), "hyperparameters"),
-            objective=str(data.get("objective") or "val_accuracy"),
+            objective=_one_of(data.get("objective"), "objective", OBJECTIVE_NAMES),
             seed=_whole(data.get("seed"), "seed"),
             replicate=_whole(data.get("replicate"), "replicate", 0) or 0,
-            finalist_of=_text(data.get("finalist_of")),
-            refit_of=_text(data.get("refit_of")),
-            refit_from=_text(data.get("refit_from")),
+            finalist_of=_text(data.get("finalist_of"), "finalist_of"),
+            refit_of=_text(data.get("refit_of"), "refit_of"),
+            refit_from=_text(data.get("refit_from"), "refit_from"),
             budget_epochs=_whole(data.get("budget_epochs"), "budget_epochs"),
             initial_epoch=_whole(data.get("initial_epoch"), "initial_epoch", 0) or 0,
-            continues=_text(data.get("continues")),
+            continues=_text(data.get("continues"), "continues"),
             history=[Epoch.parse(e) for e in _list(data.get("history", []), "history", missing_ok=False)],
             best_epoch=_whole(data.get("best_epoch"), "best_epoch"),
-            best_stage=_text(data.get("best_stage")),
-            rolled_back=bool(data.get("rolled_back", False)),
+            best_stage=None if data.get("best_stage") is None else _one_of(data["best_stage"], "best_stage", STAGES),
+            rolled_back=_flag(data.get("rolled_back"), "rolled_back"),
             stages=_mapping(data.get("stages"), "stages"),
             stopped=[Stop.parse(s) for s in _list(data.get("stopped"), "stopped")],
             val_recall=None if recall is None else [_number(r, "val_recall") for r in _list(recall, "val_recall")],
             train_images=_whole(data.get("train_images"), "train_images"),
-            sweep=str(data.get("sweep", "")),
+            sweep=_text(data.get("sweep"), "sweep") or "",
             choices=_mapping(data.get("choices"), "choices"),
             settings=_mapping(data.get("settings"), "settings"),
             data=_mapping(data.get("data"), "data"),
-            worker=_text(data.get("worker")),
-            started=str(data.get("started", "")),
-            ended=_text(data.get("ended")),
+            worker=_text(data.get("worker"), "worker"),
+            started=_text(data.get("started"), "started") or "",
+            ended=_text(data.get("ended"), "ended"),
             duration_s=_number(data.get("duration_s"), "duration_s") or 0.0,
-            error=_text(data.get("error")),
-            tensorboard=_text(data.get("tensorboard")),
+            error=_text(data.get("error"), "error"),
+            tensorboard=_text(data.get("tensorboard"), "tensorboard"),
         )
 
 
@@ -382,14 +419,14 @@ class JobRecord:
             data = _mapping(data, "the record")
             known = {f.name for f in dataclasses.fields(cls)} - {"summary"}
             return cls(
-                job=str(data.get("job", "")),
-                status=str(data.get("status", "running")),
+                job=_text(data.get("job"), "job") or "",
+                status=_one_of(data.get("status"), "status", JOB_STATUSES),
                 choices=_mapping(data.get("choices"), "choices"),
-                host=str(data.get("host", "")),
+                host=_text(data.get("host"), "host") or "",
                 pid=_whole(data.get("pid"), "pid"),
-                started=str(data.get("started", "")),
+                started=_text(data.get("started"), "started") or "",
                 duration_s=_number(data.get("duration_s"), "duration_s"),
-                error=_text(data.get("error")),
+                error=_text(data.get("error"), "error"),
                 identity=_mapping(data.get("identity"), "identity"),
                 config=_mapping(data.get("config"), "config"),
                 summary={k: v for k, v in data.items() if k not in known},
@@ -411,3 +448,57 @@ def write_job(job_dir: Path, record: JobRecord) -> None:
 def spent_in_runs(job_dir: Path) -> float:
     """Seconds the job's runs took, as their records say: a resumed job's time budget counts them."""
     return sum(r.duration_s for r in read_runs(job_dir))
+
+
+EXPORT_FORMAT = "tlsweep-export"
+EXPORT_VERSION = 1  # bump when the export folder's layout changes; predict refuses versions it does not know
+
+
+def read_export(folder: Path) -> dict[str, Any] | None:
+    """An export folder's ``export.json`` (what ``tlsweep.export`` wrote); None if there is none; RecordError
+    naming the file if it is damaged or not an export record. A version this tlsweep does not know is read:
+    whoever uses the export says what to do about it."""
+    path = Path(folder) / files.EXPORT_RECORD
+    data = read_json(path)
+    if data is None:
+        return None
+    name = f"{Path(folder).name}/{path.name}"
+    try:
+        data = _mapping(data, "it")
+        if data.get("format") != EXPORT_FORMAT:
+            raise RecordError(f"its format is {data.get('format')!r}, not {EXPORT_FORMAT!r}")
+        _whole(_required(data, "version", "it"), "version")
+        classes = _list(data.get("classes"), "classes", missing_ok=False)
+        if not classes or not all(isinstance(c, str) for c in classes):
+            raise RecordError(f"classes is {classes!r}, not a list of class names")
+        formats = _mapping(_required(data, "formats", "it"), "formats")
+        if not formats or not all(isinstance(v, str) for v in formats.values()):
+            raise RecordError(f"formats is {formats!r}, not a mapping of formats to files")
+        _whole(data.get("image_size"), "image_size")
+        _text(data.get("trial"), "trial")
+        _text(data.get("job"), "job")
+    except RecordError as e:
+        raise RecordError(f"{name} is not an export record ({e})") from None
+    return data
+
+
+def read_evaluation(folder: Path) -> dict[str, Any] | None:
+    """An export folder's ``evaluation.json`` (the held-out test); None if there is none; RecordError if damaged."""
+    path = Path(folder) / files.EVALUATION
+    data = read_json(path)
+    if data is None:
+        return None
+    try:
+        data = _mapping(data, "it")
+        _number(_required(data, "accuracy", "it"), "accuracy")
+        _whole(_required(data, "images", "it"), "images")
+        for entry in _list(data.get("classes"), "classes", missing_ok=False):
+            entry = _mapping(entry, "a class")
+            _text(entry.get("name"), "a class's name")
+            for key in ("precision", "recall"):
+                _number(entry.get(key), f"a class's {key}")
+            _whole(entry.get("images"), "a class's images")
+        _list(data.get("confusion"), "confusion", missing_ok=False)
+    except RecordError as e:
+        raise RecordError(f"{Path(folder).name}/{path.name} is not a test record ({e})") from None
+    return data

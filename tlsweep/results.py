@@ -25,8 +25,9 @@ from tlsweep.records import (
     Objective,
     RecordError,
     RunRecord,
+    read_evaluation,
+    read_export,
     read_job,
-    read_json,
     read_run,
     run_files,
     run_order,
@@ -105,6 +106,7 @@ class Sweep:
     export: dict[str, Any] | None = None  # best/export.json, when the best model was exported
     evaluation: dict[str, Any] | None = None  # best/evaluation.json, its held-out test
     race: Race | None = None  # race.json, when the race sweeper ran the sweep
+    damaged: list[str] = field(default_factory=list)  # the sweep's own files that could not be read, and why
 
     @property
     def trials(self) -> list[tuple[Job, Trial]]:
@@ -140,18 +142,19 @@ def find_job_dirs(root: Path) -> list[Path]:
 def load_sweep(root: Path) -> Sweep:
     """Read every job and run under ``root``."""
     root = Path(root)
-    export = _optional_json(root / files.EXPORT_DIR / files.EXPORT_RECORD)
-    evaluation = _optional_json(root / files.EXPORT_DIR / files.EVALUATION)
+    damaged: list[str] = []
+    export, evaluation = (_named(read, root / files.EXPORT_DIR, damaged) for read in (read_export, read_evaluation))
     jobs = [load_job(path, root) for path in find_job_dirs(root)]
-    return Sweep(root, jobs, export, evaluation, Race.load(root))
+    return Sweep(root, jobs, export, evaluation, _named(Race.load, root, damaged), damaged)
 
 
-def _optional_json(path: Path) -> dict[str, Any] | None:
+def _named(read: Any, folder: Path, damaged: list[str]) -> Any:
+    """What ``read`` reads in ``folder``; None, with why in ``damaged``, when the file is damaged."""
     try:
-        data = read_json(path)
-    except RecordError:
+        return read(folder)
+    except RecordError as e:
+        damaged.append(str(e))
         return None
-    return data if isinstance(data, dict) else None
 
 
 def load_job(path: Path, root: Path | None = None) -> Job:
@@ -164,7 +167,7 @@ def load_job(path: Path, root: Path | None = None) -> Job:
     except RecordError as e:
         record, error = None, str(e)
     if record is None:
-        status = "crashed" if error else "not started"
+        status = "unreadable" if error else "not started"  # a damaged job.json says nothing of how the job ended
         error = error or "no job.json: the job stopped before its search began"
         record = JobRecord(job=Path(path).name, status=status)
     else:

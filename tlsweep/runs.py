@@ -107,8 +107,8 @@ class BestModel:
 
     def read(self) -> dict[str, Any]:
         """Which run ``best.keras`` holds (trial id, value, hyperparameters); empty when there is none yet."""
-        path = self.job_dir / files.BEST_RECORD
-        if not path.is_file() or not (self.job_dir / files.BEST_MODEL).is_file():
+        path, model = self.job_dir / files.BEST_RECORD, self.job_dir / files.BEST_MODEL
+        if not path.is_file() or not model.is_file() or files.damaged_model(model):  # damaged: the job has none
             return {}
         try:
             best = json.loads(path.read_text(encoding="utf-8"))
@@ -204,7 +204,7 @@ class Runner:
                 model.save_weights(save_to)
             trial_log.complete()  # after the model is saved: a model that could not be saved fails its run
         except Exception as e:
-            trial_log.fail(self._failure(e, trial_log))
+            trial_log.fail(self._failure(e, trial_log, trial_log.label))
             return Outcome(record)
         if record.status == "completed" and (plan.refit_of or self.spec.finalists.enabled):
             self._keep(record)
@@ -312,11 +312,12 @@ class Runner:
         )  # fmt: skip
         return self.trial.fit(hp, model, trial_log, seed, plan.budget_epochs, plan.initial_epoch, rules)
 
-    def _failure(self, error: Exception, trial_log: TrialLog) -> str:
+    def _failure(self, error: Exception, trial_log: TrialLog | None, label: str) -> str:
         """Why a run failed, in one line; a full disk stops the job instead (every later run would fail too)."""
         if is_disk_full(error):
             with contextlib.suppress(OSError):  # the record may not fit on the disk either
-                trial_log.fail(f"{type(error).__name__}: {error}")
+                if trial_log is not None:
+                    trial_log.fail(f"{type(error).__name__}: {error}")
             raise TlsweepError(
                 f"the disk is full ({getattr(error, 'filename', None) or self.job_dir}); finished runs are "
                 "kept: free some space, then continue with resume=true"
@@ -325,7 +326,7 @@ class Runner:
             return "out of memory; lower dataset.batch_size or dataset.image_size, or unfreeze fewer layers"
         if isinstance(error, TrialFailed):
             return str(error)
-        tracebacks.exception("%s failed", trial_log.label)  # not the user's doing: the whole story, in the log
+        tracebacks.exception("%s failed", label)  # not the user's doing: the whole story, in the log
         return f"{type(error).__name__}: {error}".strip()
 
     def settle(self, kept_ids: set[str]) -> None:
@@ -350,8 +351,14 @@ class Runner:
         )  # fmt: skip
         if record.continues is not None:
             raise TlsweepError(f"trial_{record.trial_id} continued another trial's checkpoint and cannot be retrained")
-        model = self._build(Chosen(record.hyperparameters), int(record.seed or 0), None)
-        fitted = self._fit(plan, Chosen(record.hyperparameters), model, None, int(record.seed or 0), again=True)
+        try:  # failures map as a run's do: its model is the job's answer, so the job stops, in one line
+            model = self._build(Chosen(record.hyperparameters), int(record.seed or 0), None)
+            fitted = self._fit(plan, Chosen(record.hyperparameters), model, None, int(record.seed or 0), again=True)
+        except TlsweepError:
+            raise
+        except Exception as e:
+            why = self._failure(e, None, f"trial_{record.trial_id} (trained again)")
+            raise TlsweepError(f"trial_{record.trial_id} could not be trained again ({why}); resume to retry") from e
         if (fitted.best_epoch, fitted.value) != (record.best_epoch, record.value):
             raise TlsweepError(
                 f"trial_{record.trial_id} trained again kept epoch {fitted.best_epoch} ({fitted.value}), not epoch "

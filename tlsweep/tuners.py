@@ -22,7 +22,7 @@ import keras_tuner as kt
 from tlsweep import files
 from tlsweep.errors import TlsweepError
 from tlsweep.groups import DistributedSpec
-from tlsweep.records import Objective, RunRecord, read_runs
+from tlsweep.records import Objective, RecordError, RunRecord, read_run, read_runs, run_order, run_path
 from tlsweep.results import load_job
 from tlsweep.runs import Runner, RunPlan
 from tlsweep.trial import TwoStageTrial
@@ -266,6 +266,7 @@ def run_search(tuner: kt.Tuner) -> str | None:
     job_dir = Path(tuner.project_dir).parent
     gc.freeze()  # the backbone, images and classifier outlive every trial: spare the collector rescanning them
     try:
+        retrain_damaged(tuner)
         tuner.search(verbose=0)
     except SearchStopped as e:
         return e.why
@@ -279,6 +280,31 @@ def run_search(tuner: kt.Tuner) -> str | None:
     finally:
         gc.unfreeze()
     return None
+
+
+def retrain_damaged(tuner: kt.Tuner) -> None:
+    """Train again, from the hyperparameters KerasTuner kept, each search trial it counts as done whose record
+    is damaged (a kill or a full disk while it was written, a file edited by hand): the job's ranking, its
+    finalists and its model come from the records, so a trial it cannot read is named and run again, never
+    left out without a word. A run is seeded by its hyperparameters: it trains as it did the first time."""
+    if tuner.runner.spec.distributed.role == "worker":  # the chief's to do, as the search's other trials
+        return
+    job_dir = tuner.runner.job_dir
+    for trial_id, trial in sorted(tuner.oracle.trials.items(), key=lambda item: run_order(item[0])):
+        path = run_path(job_dir, trial_id)
+        try:
+            if read_run(path) is not None:
+                continue
+            why = f"{path.name} is missing"
+        except RecordError as e:
+            why = str(e)
+        if trial.status != kt.engine.trial.TrialStatus.COMPLETED:
+            continue  # a trial cut off is run again by the search itself
+        log.warning("%s: training trial_%s again from its hyperparameters", why, trial_id)
+        try:
+            tuner.run_trial(trial)
+        except (kt.errors.FailedTrialError, TlsweepError) as e:
+            raise TlsweepError(f"trial_{trial_id}'s record was damaged and training it again failed ({e})") from None
 
 
 def _last_failure(job_dir: Path) -> str:

@@ -22,6 +22,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from tlsweep.errors import TlsweepError
+
 log = logging.getLogger("tlsweep.race")
 
 
@@ -61,6 +63,7 @@ class RaceSweeper(Sweeper):
         from tlsweep.files import LOG_FILE
         from tlsweep.paths import job_dir_name
         from tlsweep.race import Entry, Race, rounds_for
+        from tlsweep.records import RecordError
 
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -69,11 +72,14 @@ class RaceSweeper(Sweeper):
         root = Path(self.config.hydra.sweep.dir)
         root.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, root / "multirun.yaml")
-        race = Race.load(root)
+        try:
+            race = Race.load(root)
+        except RecordError as e:
+            raise TlsweepError(f"{root}: {e}; move it away to race the jobs again from their records") from None
         if race is None or [e.overrides for e in race.entries] != jobs:
-            objective = self.hydra_context.config_loader.load_sweep_config(self.config, jobs[0]).tuner.objective
+            objective = self._objective(jobs)
             entries = [Entry(job_dir_name(overrides, i), overrides) for i, overrides in enumerate(jobs)]
-            race = Race(self.eta, rounds_for(len(jobs), self.eta), str(objective), 1, entries)
+            race = Race(self.eta, rounds_for(len(jobs), self.eta), objective, 1, entries)
         returns = []
         while race.round <= race.rounds:
             racing = race.racing()
@@ -100,6 +106,19 @@ class RaceSweeper(Sweeper):
                 for entry in racing:
                     log.info("  %s: %s", entry.name, entry.line(race.rounds))
         return returns
+
+    def _objective(self, jobs: List[List[str]]) -> str:  # noqa: UP006
+        """The one objective the race ranks its jobs by: jobs that optimise different metrics cannot be ranked
+        against each other, so such a race is refused before it starts."""
+        assert self.config is not None and self.hydra_context is not None
+        loader = self.hydra_context.config_loader
+        found = {str(loader.load_sweep_config(self.config, overrides).tuner.objective) for overrides in jobs}
+        if len(found) > 1:
+            raise TlsweepError(
+                f"a race ranks its jobs by one objective, but these jobs optimise {' and '.join(sorted(found))}; "
+                "race them with one tuner.objective, or sweep it without hydra/sweeper=race"
+            )
+        return found.pop()
 
 
 def _returned(result: JobReturn) -> Optional[Dict[str, Any]]:  # noqa: UP006, UP045

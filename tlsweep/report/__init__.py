@@ -8,11 +8,13 @@ rebuilds it at any time.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from tlsweep.errors import TlsweepError
 
 DEFAULT_TOP = 5
+log = logging.getLogger("tlsweep.report")
 
 
 def build_report(root: Path, top: int = DEFAULT_TOP) -> dict[str, Path]:
@@ -30,4 +32,6 @@ def build_report(root: Path, top: int = DEFAULT_TOP) -> dict[str, Path]:
             f"no tlsweep jobs under {root} (no job.json or .hydra/ found); "
             "give a sweep folder (outputs/sweeps/<time>) or a run folder (outputs/runs/<time>)"
         )
+    for damaged in sweep.damaged:  # named here, as in the report: never left out without a word
+        log.warning("%s: %s; left out of the report", root, damaged)
     return write_all(summarize(sweep), root, top)

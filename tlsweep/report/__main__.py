@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from tlsweep.errors import TlsweepError
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="trials whose curves are plotted (default 5)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         paths = build_report(args.folder, args.top)
     except TlsweepError as e:

@@ -95,6 +95,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
         ],
         "logdir": shlex.quote(str(sweep.root.resolve())),
         "export": _export(sweep),
+        "damaged": sweep.damaged,  # named relative to the root
         "race": _race(sweep),
     }
 
@@ -282,6 +283,8 @@ def to_markdown(context: dict[str, Any]) -> str:
         ]
     else:
         lines += ["No trial has completed yet.", ""]
+    if context["damaged"]:
+        lines += ["## Files that could not be read", "", *[f"- {_md(d)}" for d in context["damaged"]], ""]
     lines += _md_export(context["export"])
     lines += ["## Jobs", "", f"Trials: {context['trial_counts']}.", ""]
     if context["constants"]:
