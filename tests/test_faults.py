@@ -18,8 +18,8 @@ from conftest import FAST, make_image_folder, make_spec, run_cli, start_cli, sto
 from tlsweep import files, interrupt
 from tlsweep.errors import TlsweepError
 from tlsweep.job import run_job
+from tlsweep.objective import Objective
 from tlsweep.paths import output_dir
-from tlsweep.records import Objective
 from tlsweep.stopping import EarlyStop, StopRules
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST, make_image_folder, run_cli
 
-from tlsweep.records import Objective
+from tlsweep.objective import Objective
 from tlsweep.report.summary import summarize
 from tlsweep.results import Sweep, finalist_candidates, finalist_groups, load_job, winner
 

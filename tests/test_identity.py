@@ -134,7 +134,7 @@ def test_a_damaged_best_model_or_export_record_is_one_line(finished) -> None:
         export_best(job_dir, cfg)
     exported = json.loads((export / "export.json").read_text())
     (export / "export.json").write_text(json.dumps({k: v for k, v in exported.items() if k != "classes"}))
-    with pytest.raises(TlsweepError, match="lists no classes"):
+    with pytest.raises(TlsweepError, match=r"export.json is not an export record \(it has no classes\)"):
         load_predictor(export)
 
 

@@ -10,8 +10,8 @@ from conftest import REPO
 # records at the bottom, then config → data → backbone → model → cache → trial → tuner → job → export → report,
 # with the helpers each step needs before it. A module may import any module listed before it, none after.
 PIPELINE = [
-    "errors", "files", "interrupt", "console", "progress", "records", "race", "results",
-    "groups", "spec", "schema", "config", "paths",
+    "errors", "files", "interrupt", "console", "progress", "objective", "records", "race", "results",
+    "space", "groups", "spec", "schema", "config", "paths",
     "cache.store", "images", "folders", "data",
     "hub", "kerashub", "backbones", "augment", "model",
     "cache.plan", "cache.features", "cache", "batches",

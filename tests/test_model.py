@@ -15,7 +15,7 @@ from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, tin
 from tlsweep.errors import TlsweepError
 from tlsweep.groups import TrainingSpec
 from tlsweep.model import augmentation, build_classifier, unfreeze_top
-from tlsweep.records import Objective
+from tlsweep.objective import Objective
 from tlsweep.trial import BestWeights
 
 

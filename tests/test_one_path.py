@@ -11,7 +11,8 @@ import pytest
 from conftest import FAST, make_image_folder, make_spec
 
 from tlsweep.groups import ExportSpec, hyperband_schedule
-from tlsweep.records import Objective, RunRecord
+from tlsweep.objective import Objective
+from tlsweep.records import RunRecord
 from tlsweep.report.summary import summarize
 from tlsweep.results import Sweep, finalist_groups, load_job, load_sweep, winner
 
@@ -22,8 +23,9 @@ CHOICES = {"backbone": "tiny", "dataset": "folder"}
 def write_run(job: Path, run_id: str, value: float | None, hyperparameters: dict, **extra) -> None:
     """A run record as the runner writes it: one epoch, kept."""
     history = [{"epoch": 1, "stage": "head", "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": value}]
-    record = {"trial_id": run_id, "status": "completed", "hyperparameters": hyperparameters, "history": history,
-              "best_epoch": 1, "stages": {}, **extra}  # fmt: skip
+    record = {"trial_id": run_id, "status": "completed", "objective": "val_accuracy",
+              "hyperparameters": hyperparameters, "history": history, "best_epoch": 1, "stages": {},
+              **extra}  # fmt: skip
     (job / "trials").mkdir(parents=True, exist_ok=True)
     (job / "trials" / f"trial_{run_id}.json").write_text(json.dumps(record))
 

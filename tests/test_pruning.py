@@ -15,7 +15,8 @@ from conftest import FAST, make_image_folder, make_spec, run_cli, start_cli, sto
 
 from tlsweep.errors import TlsweepError
 from tlsweep.groups import budget_seconds
-from tlsweep.records import Objective, Stop
+from tlsweep.objective import Objective
+from tlsweep.records import Stop
 from tlsweep.stopping import Asha, EarlyStop, Median, Peer, StopRules, read_peers
 
 ACCURACY, LOSS = Objective("val_accuracy"), Objective("val_loss")

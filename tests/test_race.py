@@ -11,8 +11,9 @@ import pytest
 from conftest import run_cli, start_cli, stop_when
 
 from tlsweep import files
+from tlsweep.objective import Objective
 from tlsweep.race import Entry, Lap, Race, Result, decide, rounds_for, trials_in_round
-from tlsweep.records import JobRecord, Objective, write_job
+from tlsweep.records import JobRecord, write_job
 from tlsweep.results import load_sweep, winner
 
 ACCURACY, LOSS = Objective("val_accuracy"), Objective("val_loss")

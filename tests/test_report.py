@@ -197,7 +197,7 @@ def epoch(n: int, loss: float, acc: float, val_loss: float, val_acc: float, stag
 
 
 def epochs(*entries: dict) -> list[Epoch]:
-    return [Epoch.parse(e) for e in entries]
+    return [Epoch(**e) for e in entries]
 
 
 def test_overfitting_is_flagged_when_val_loss_rises_while_the_gap_grows() -> None:

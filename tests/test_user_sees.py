@@ -151,7 +151,7 @@ def test_a_damaged_trial_record_is_named_not_shown_as_a_result(tmp_path: Path) -
     assert rows["1"]["status"] == rows["2"]["status"] == rows["3"]["status"] == "unreadable"
     assert "trial_1.json: history is None, not a list" in rows["1"]["error"]
     assert "trial_2.json: history's val_accuracy is '0.99', not a number" in rows["2"]["error"]
-    assert "trial_3.json: epoch 1 of history has no stage" in rows["3"]["error"]  # never shown as stage 1
+    assert "trial_3.json: history[0] has no stage" in rows["3"]["error"]  # never shown as stage 1
     assert rows["1"]["rank"] is rows["2"]["rank"] is rows["3"]["rank"] is None
     assert "trial_2.json" in build_report(run)["md"].read_text()
 

@@ -32,8 +32,9 @@ from tlsweep.config import rerun_command
 from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError, first_line
 from tlsweep.groups import QUANTIZE, DatasetSpec, ExportSpec, part
+from tlsweep.objective import Objective
 from tlsweep.paths import folder_command
-from tlsweep.records import EXPORT_FORMAT, EXPORT_VERSION, Objective, best_epoch_of
+from tlsweep.records import EXPORT_FORMAT, EXPORT_VERSION, best_epoch_of
 from tlsweep.results import Job, Trial, Winner, load_sweep, winner
 
 log = logging.getLogger(__name__)

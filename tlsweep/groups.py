@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tlsweep.objective import OBJECTIVE_NAMES as OBJECTIVES
+from tlsweep.objective import Objective
 from tlsweep.race import trials_in_round
-from tlsweep.records import OBJECTIVE_NAMES as OBJECTIVES
-from tlsweep.records import Objective
 
 FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")

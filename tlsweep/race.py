@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from tlsweep import files
+from tlsweep.objective import Objective
 from tlsweep.progress import count
-from tlsweep.records import Objective, RecordError, read_job, read_json, write_job
+from tlsweep.records import RecordError, read_job, read_json, write_job
 
 RACE_RECORD = "race.json"
 

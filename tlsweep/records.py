@@ -14,129 +14,109 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tlsweep import files
+from tlsweep.objective import OBJECTIVE_NAMES, Objective
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
-OBJECTIVE_NAMES = ("val_accuracy", "val_loss", "val_balanced_accuracy", "val_macro_f1", "accuracy", "loss")
-LOSS_NOISE = 0.02  # a loss's measurement noise, relative: losses have no binomial yardstick
-Z = 1.96  # 95%, two-sided
-
-
-@dataclass(frozen=True)
-class Objective:
-    """The metric a search optimises, and which way: losses are minimised, everything else maximised."""
-
-    name: str
-
-    @property
-    def minimise(self) -> bool:
-        return self.name.endswith("loss")
-
-    @property
-    def proportion(self) -> bool:
-        """Whether the metric is a share of the validation images (it moves in steps of one image), not a loss."""
-        return self.name in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1", "accuracy")
-
-    def better(self, value: float, than: float) -> bool:
-        return value < than if self.minimise else value > than
-
-    def noise(self, value: float, images: int | None) -> float:
-        """One measurement's standard error at ``value``: for a share of ``images`` validation images
-        √(p(1−p)/n), at least one image's worth; for a loss, ``LOSS_NOISE`` of it."""
-        if self.proportion and images:
-            p = min(max(value, 0.0), 1.0)
-            return math.sqrt(max(p * (1 - p), 1.0 / images) / images)
-        return LOSS_NOISE * abs(value)
-
-    def margin(self, value: float, other: float, images: int | None, other_images: int | None = None) -> float:
-        """How far two single measurements (one run each) can lie apart by noise alone: 1.96·√(σ₁² + σ₂²).
-
-        The one rule for "clearly behind" on one draw: the race's cut between jobs and the finalists' entry
-        both use it. A seed's run is a fresh draw of the validation errors, so its spread is about this noise."""
-        other_images = images if other_images is None else other_images
-        return Z * math.hypot(self.noise(value, images), self.noise(other, other_images))
-
-    def key(self, value: float) -> float:
-        """A sort key that puts the best value first."""
-        return value if self.minimise else -value
-
-
 class RecordError(ValueError):
     """A record that cannot be used: its message names the file and what is wrong with it.
 
-    The one rule for every value read from disk: it is valid by its record's schema (the parsers
-    below), or the file is named as damaged wherever it would have been used. Nothing is defaulted
-    in place of a value that is missing or of the wrong kind, and nothing derived from it is shipped.
-    A field may be absent only where its absence means something (a run that is no finalist has no
-    ``finalist_of``)."""
+    The one rule for every value read from disk: it is valid by its record's schema — the dataclass
+    that holds it, its fields' types, and the fields it must have (``REQUIRED``) or whose values are
+    few (``one_of``) — or the file is named as damaged wherever it would have been used. Nothing is
+    defaulted in place of a value that is missing or of the wrong kind, and nothing derived from it is
+    shipped. A field may be absent only where its absence means something (a run that is no finalist
+    has no ``finalist_of``)."""
 
 
 RUN_STATUSES = ("running", "completed", "pruned", "failed")
 JOB_STATUSES = ("running", "completed", "failed", "interrupted", "paused", "stopped")
 STAGES = ("head", "finetune")
 STOPS = ("pruned", "budget", "patience")
+REQUIRED = {"required": True}
 
 
-def _required(data: dict[str, Any], key: str, name: str) -> Any:
-    if data.get(key) is None:
-        raise RecordError(f"{name} has no {key}")
-    return data[key]
+def one_of(values: tuple[str, ...], required: bool = True) -> dict[str, Any]:
+    """A field's metadata: its value is one of ``values`` (and the record must have it, unless not ``required``)."""
+    return {"one_of": values, "required": required}
 
 
-def _one_of(value: Any, name: str, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise RecordError(f"{name} is {value!r}, not one of {', '.join(allowed)}")
-    return value
+def parse_fields(cls: type, data: Any, name: str, prefix: str = "") -> dict[str, Any]:
+    """The fields of dataclass ``cls`` in ``data``, each checked against its type: RecordError (``name``: what
+    the data is, ``prefix`` its fields' names, for the message) for a field of the wrong kind, a required one
+    missing, or a value not among its few. Fields ``data`` leaves out keep their defaults; other keys are
+    not read."""
+    data = _mapping(data, name, missing_ok=False)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        required = f.metadata.get("required") or f.default is f.default_factory is dataclasses.MISSING
+        if data.get(f.name) is None and (required or f.name not in data):
+            if required:
+                raise RecordError(f"{name} has no {f.name}")
+            continue
+        value, allowed = data[f.name], f.metadata.get("one_of")
+        if allowed and value is not None and (not isinstance(value, str) or value not in allowed):
+            raise RecordError(f"{prefix}{f.name} is {value!r}, not one of {', '.join(allowed)}")
+        values[f.name] = _valid(value, hints[f.name], prefix + f.name)
+    return values
 
 
-def _number(value: Any, name: str) -> float | None:
-    """A metric as a float; None for a missing, NaN or infinite one; RecordError for anything else."""
-    if value is None:
-        return None
+def _valid(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as type ``hint`` says (metrics that are NaN or infinite as None); RecordError otherwise."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if optional:
+        if value is None:
+            return None
+        hint = args[0]
+    origin, kind = typing.get_origin(hint), hint
+    if kind is Any:
+        return value
+    if origin is dict:
+        return _mapping(value, name, missing_ok=False)
+    if origin is list:
+        item = typing.get_args(hint)[0]
+        entries = _list(value, name)
+        if dataclasses.is_dataclass(item):
+            return [item(**parse_fields(item, e, f"{name}[{i}]", f"{name}'s ")) for i, e in enumerate(entries)]
+        return [_valid(e, item, name) for e in entries]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise RecordError(f"{name} is {value!r}, not true or false")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise RecordError(f"{name} is {value!r}, not a text")
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecordError(f"{name} is {value!r}, not a number")
-    return float(value) if math.isfinite(value) else None
-
-
-def _whole(value: Any, name: str, default: int | None = None) -> int | None:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise RecordError(f"{name} is {value!r}, not a whole number")
-    return int(value)
-
-
-def _text(value: Any, name: str = "a text") -> str | None:
-    if value is None:
+        raise RecordError(f"{name} is {value!r}, not a {'whole ' if kind is int else ''}number")
+    if kind is int:
+        if not math.isfinite(value) or value != int(value):
+            raise RecordError(f"{name} is {value!r}, not a whole number")
+        return int(value)
+    if not math.isfinite(value):
+        if not optional:
+            raise RecordError(f"{name} is {value!r}, not a number")
         return None
-    if not isinstance(value, str):
-        raise RecordError(f"{name} is {value!r}, not a text")
-    return value
+    return float(value)
 
 
-def _flag(value: Any, name: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise RecordError(f"{name} is {value!r}, not true or false")
-    return value
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if value is None:
+def _mapping(value: Any, name: str, missing_ok: bool = True) -> dict[str, Any]:
+    if value is None and missing_ok:
         return {}
     if not isinstance(value, dict):
-        raise RecordError(f"{name} is {type(value).__name__}, not a mapping")
+        raise RecordError(f"{name} is {type(value).__name__ if value is not None else None}, not a mapping")
     return value
 
 
-def _list(value: Any, name: str, missing_ok: bool = True) -> list[Any]:
-    if value is None and missing_ok:
-        return []
+def _list(value: Any, name: str) -> list[Any]:
     if not isinstance(value, list):
         raise RecordError(f"{name} is {value!r}, not a list")
     return value
@@ -147,7 +127,7 @@ class Epoch:
     """One epoch of a run: the stage it belongs to, its metrics, its learning rate and time."""
 
     epoch: int
-    stage: str = "head"
+    stage: str = field(default="head", metadata=one_of(STAGES))
     loss: float | None = None
     accuracy: float | None = None
     val_loss: float | None = None
@@ -160,35 +140,16 @@ class Epoch:
     def metric(self, name: str) -> float | None:
         return getattr(self, name, None) if name in METRICS else None
 
-    @classmethod
-    def parse(cls, data: Any) -> Epoch:
-        data = _mapping(data, "an epoch of history")
-        values = {k: _number(data.get(k), f"history's {k}") for k in (*METRICS, "learning_rate", "seconds")}
-        epoch = _whole(_required(data, "epoch", "an epoch of history"), "history's epoch")
-        stage = _one_of(_required(data, "stage", f"epoch {epoch} of history"), f"epoch {epoch}'s stage", STAGES)
-        return cls(epoch, stage, **values)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
 class Stop:
     """Why a run stopped before its last epoch: ``by`` pruned, budget or patience."""
 
-    by: str
+    by: str = field(metadata=one_of(STOPS))
     epoch: int
-    stage: str
+    stage: str = field(metadata=one_of(STAGES))
     why: str
     rule: str | None = None
-
-    @classmethod
-    def parse(cls, data: Any) -> Stop:
-        data = _mapping(data, "a stop")
-        return cls(
-            _one_of(data.get("by"), "a stop's by", STOPS),
-            _whole(_required(data, "epoch", "a stop"), "a stop's epoch") or 0,
-            _one_of(data.get("stage"), "a stop's stage", STAGES),
-            _text(data.get("why"), "a stop's why") or "",
-            _text(data.get("rule"), "a stop's rule"),
-        )
 
 
 @dataclass
@@ -202,9 +163,9 @@ class RunRecord:
 
     trial_id: str
     job: str = ""
-    status: str = "running"  # running | completed | pruned | failed
+    status: str = field(default="running", metadata=one_of(RUN_STATUSES))
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    objective: str = "val_accuracy"
+    objective: str = field(default="val_accuracy", metadata=one_of(OBJECTIVE_NAMES))
     seed: int | None = None
     replicate: int = 0
     finalist_of: str | None = None  # a finalist's extra seed: the search trial whose configuration it repeats
@@ -215,7 +176,7 @@ class RunRecord:
     continues: str | None = None
     history: list[Epoch] = field(default_factory=list)
     best_epoch: int | None = None
-    best_stage: str | None = None
+    best_stage: str | None = field(default=None, metadata=one_of(STAGES, required=False))
     rolled_back: bool = False
     stages: dict[str, Any] = field(default_factory=dict)
     stopped: list[Stop] = field(default_factory=list)
@@ -281,49 +242,9 @@ class RunRecord:
     def parse(cls, data: Any, name: str = "") -> RunRecord:
         """A record from its JSON, or RecordError saying what is wrong (``name``: the file, for the message)."""
         try:
-            return cls._parse(_mapping(data, "the record"))
+            return cls(**parse_fields(cls, data, "the record"))
         except RecordError as e:
             raise RecordError(f"{name}: {e}" if name else str(e)) from None
-
-    @classmethod
-    def _parse(cls, data: dict[str, Any]) -> RunRecord:
-        trial_id = _required(data, "trial_id", "the record")
-        if not isinstance(trial_id, (str, int)) or isinstance(trial_id, bool):
-            raise RecordError(f"trial_id is {trial_id!r}, not a trial id")
-        recall = data.get("val_recall")
-        return cls(
-            trial_id=str(trial_id),
-            job=_text(data.get("job"), "job") or "",
-            status=_one_of(data.get("status"), "status", RUN_STATUSES),
-            hyperparameters=_mapping(data.get("hyperparameters"), "hyperparameters"),
-            objective=_one_of(data.get("objective"), "objective", OBJECTIVE_NAMES),
-            seed=_whole(data.get("seed"), "seed"),
-            replicate=_whole(data.get("replicate"), "replicate", 0) or 0,
-            finalist_of=_text(data.get("finalist_of"), "finalist_of"),
-            refit_of=_text(data.get("refit_of"), "refit_of"),
-            refit_from=_text(data.get("refit_from"), "refit_from"),
-            budget_epochs=_whole(data.get("budget_epochs"), "budget_epochs"),
-            initial_epoch=_whole(data.get("initial_epoch"), "initial_epoch", 0) or 0,
-            continues=_text(data.get("continues"), "continues"),
-            history=[Epoch.parse(e) for e in _list(data.get("history", []), "history", missing_ok=False)],
-            best_epoch=_whole(data.get("best_epoch"), "best_epoch"),
-            best_stage=None if data.get("best_stage") is None else _one_of(data["best_stage"], "best_stage", STAGES),
-            rolled_back=_flag(data.get("rolled_back"), "rolled_back"),
-            stages=_mapping(data.get("stages"), "stages"),
-            stopped=[Stop.parse(s) for s in _list(data.get("stopped"), "stopped")],
-            val_recall=None if recall is None else [_number(r, "val_recall") for r in _list(recall, "val_recall")],
-            train_images=_whole(data.get("train_images"), "train_images"),
-            sweep=_text(data.get("sweep"), "sweep") or "",
-            choices=_mapping(data.get("choices"), "choices"),
-            settings=_mapping(data.get("settings"), "settings"),
-            data=_mapping(data.get("data"), "data"),
-            worker=_text(data.get("worker"), "worker"),
-            started=_text(data.get("started"), "started") or "",
-            ended=_text(data.get("ended"), "ended"),
-            duration_s=_number(data.get("duration_s"), "duration_s") or 0.0,
-            error=_text(data.get("error"), "error"),
-            tensorboard=_text(data.get("tensorboard"), "tensorboard"),
-        )
 
 
 def best_epoch_of(history: list[Epoch], objective: Objective) -> Epoch | None:
@@ -386,8 +307,8 @@ def read_runs(job_dir: Path) -> list[RunRecord]:
 class JobRecord:
     """A job, as ``job.json`` holds it: its status, what it is for, and once done what it found."""
 
-    job: str
-    status: str = "running"  # running | completed | failed | interrupted
+    job: str = ""
+    status: str = field(default="running", metadata=one_of(JOB_STATUSES))
     choices: dict[str, Any] = field(default_factory=dict)
     host: str = ""
     pid: int | None = None
@@ -415,24 +336,14 @@ class JobRecord:
 
     @classmethod
     def parse(cls, data: Any, name: str = files.JOB_RECORD) -> JobRecord:
+        """A job record from its JSON (what it found, beside the fields, is its summary), or RecordError."""
         try:
-            data = _mapping(data, "the record")
-            known = {f.name for f in dataclasses.fields(cls)} - {"summary"}
-            return cls(
-                job=_text(data.get("job"), "job") or "",
-                status=_one_of(data.get("status"), "status", JOB_STATUSES),
-                choices=_mapping(data.get("choices"), "choices"),
-                host=_text(data.get("host"), "host") or "",
-                pid=_whole(data.get("pid"), "pid"),
-                started=_text(data.get("started"), "started") or "",
-                duration_s=_number(data.get("duration_s"), "duration_s"),
-                error=_text(data.get("error"), "error"),
-                identity=_mapping(data.get("identity"), "identity"),
-                config=_mapping(data.get("config"), "config"),
-                summary={k: v for k, v in data.items() if k not in known},
-            )
+            fields = parse_fields(cls, data, "the record")
         except RecordError as e:
             raise RecordError(f"{name}: {e}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in fields.items() if k != "summary"},
+                   summary={k: v for k, v in data.items() if k not in known})  # fmt: skip
 
 
 def read_job(job_dir: Path) -> JobRecord | None:
@@ -454,51 +365,57 @@ EXPORT_FORMAT = "tlsweep-export"
 EXPORT_VERSION = 1  # bump when the export folder's layout changes; predict refuses versions it does not know
 
 
+@dataclass(frozen=True)
+class ExportRecord:
+    """The schema of an export folder's ``export.json`` (``tlsweep.export`` writes more; these are read)."""
+
+    format: str = field(metadata=one_of((EXPORT_FORMAT,)))
+    version: int
+    classes: list[str]
+    formats: dict[str, Any]
+    image_size: int | None = None
+    job: str | None = None
+    trial: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    name: str
+    precision: float
+    recall: float
+    images: int
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    """The schema of an export folder's ``evaluation.json``: the held-out test of the exported model."""
+
+    accuracy: float
+    images: int
+    classes: list[ClassScore]
+    confusion: list[Any]
+
+
 def read_export(folder: Path) -> dict[str, Any] | None:
-    """An export folder's ``export.json`` (what ``tlsweep.export`` wrote); None if there is none; RecordError
-    naming the file if it is damaged or not an export record. A version this tlsweep does not know is read:
-    whoever uses the export says what to do about it."""
-    path = Path(folder) / files.EXPORT_RECORD
-    data = read_json(path)
-    if data is None:
-        return None
-    name = f"{Path(folder).name}/{path.name}"
-    try:
-        data = _mapping(data, "it")
-        if data.get("format") != EXPORT_FORMAT:
-            raise RecordError(f"its format is {data.get('format')!r}, not {EXPORT_FORMAT!r}")
-        _whole(_required(data, "version", "it"), "version")
-        classes = _list(data.get("classes"), "classes", missing_ok=False)
-        if not classes or not all(isinstance(c, str) for c in classes):
-            raise RecordError(f"classes is {classes!r}, not a list of class names")
-        formats = _mapping(_required(data, "formats", "it"), "formats")
-        if not formats or not all(isinstance(v, str) for v in formats.values()):
-            raise RecordError(f"formats is {formats!r}, not a mapping of formats to files")
-        _whole(data.get("image_size"), "image_size")
-        _text(data.get("trial"), "trial")
-        _text(data.get("job"), "job")
-    except RecordError as e:
-        raise RecordError(f"{name} is not an export record ({e})") from None
+    """An export folder's ``export.json``; None if there is none; RecordError naming the file if it is damaged
+    or not an export record. A version this tlsweep does not know is read: whoever uses it says what to do."""
+    data = _read_schema(Path(folder) / files.EXPORT_RECORD, ExportRecord, "an export record")
+    if data is not None and not (data["classes"] and data["formats"]):
+        raise RecordError(f"{Path(folder).name}/{files.EXPORT_RECORD} lists no classes or no model files")
     return data
 
 
 def read_evaluation(folder: Path) -> dict[str, Any] | None:
-    """An export folder's ``evaluation.json`` (the held-out test); None if there is none; RecordError if damaged."""
-    path = Path(folder) / files.EVALUATION
+    """An export folder's ``evaluation.json``; None if there is none; RecordError naming it if it is damaged."""
+    return _read_schema(Path(folder) / files.EVALUATION, TestRecord, "a test record")
+
+
+def _read_schema(path: Path, schema: type, kind: str) -> dict[str, Any] | None:
     data = read_json(path)
     if data is None:
         return None
     try:
-        data = _mapping(data, "it")
-        _number(_required(data, "accuracy", "it"), "accuracy")
-        _whole(_required(data, "images", "it"), "images")
-        for entry in _list(data.get("classes"), "classes", missing_ok=False):
-            entry = _mapping(entry, "a class")
-            _text(entry.get("name"), "a class's name")
-            for key in ("precision", "recall"):
-                _number(entry.get(key), f"a class's {key}")
-            _whole(entry.get("images"), "a class's images")
-        _list(data.get("confusion"), "confusion", missing_ok=False)
+        parse_fields(schema, data, "it")
     except RecordError as e:
-        raise RecordError(f"{Path(folder).name}/{path.name} is not a test record ({e})") from None
+        raise RecordError(f"{path.parent.name}/{path.name} is not {kind} ({e})") from None
     return data

@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from tlsweep import files
+from tlsweep.objective import Objective
 from tlsweep.race import Race
 from tlsweep.records import (
     JobRecord,
-    Objective,
     RecordError,
     RunRecord,
     read_evaluation,

@@ -35,7 +35,7 @@ from tlsweep.groups import (
     budget_seconds,
     part,
 )
-from tlsweep.records import Objective
+from tlsweep.objective import Objective
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ import keras
 
 from tlsweep import interrupt
 from tlsweep.groups import PruningSpec
-from tlsweep.records import Objective, Stop, read_runs
+from tlsweep.objective import Objective
+from tlsweep.records import Stop, read_runs
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from tlsweep.batches import Source
 from tlsweep.logs import Fitted, TrialLog
 from tlsweep.model import SharedClassifier, unfreeze_top
-from tlsweep.records import Objective
+from tlsweep.objective import Objective
 from tlsweep.spec import JobSpec
 from tlsweep.stopping import EarlyStop, StopRules
 

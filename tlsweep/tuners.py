@@ -22,7 +22,8 @@ import keras_tuner as kt
 from tlsweep import files
 from tlsweep.errors import TlsweepError
 from tlsweep.groups import DistributedSpec
-from tlsweep.records import Objective, RecordError, RunRecord, read_run, read_runs, run_order, run_path
+from tlsweep.objective import Objective
+from tlsweep.records import RecordError, RunRecord, read_run, read_runs, run_order, run_path
 from tlsweep.results import load_job
 from tlsweep.runs import Runner, RunPlan
 from tlsweep.trial import TwoStageTrial

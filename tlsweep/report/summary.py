@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlsweep.config import run_key, split_override
-from tlsweep.records import Epoch, Objective, best_epoch_of
+from tlsweep.objective import Objective
+from tlsweep.records import Epoch, best_epoch_of
 from tlsweep.results import (
     Group,
     Job,
