@@ -67,7 +67,7 @@ def main() -> None:
         build_dataset(3000, dataset)
     runs = work / "pruning-runs"
     cache = runs / "cache"
-    depths = f"search.unfreeze_depths=[{','.join(str(d) for d in options.depths)}]"
+    depths = f"search.params.finetune.unfreeze_depth=choice({', '.join(str(d) for d in options.depths)})"
     args = [*preset(dataset, options.trials, 5, 5), depths, f"feature_cache.dir={cache}", "seed=0"]
     print(f"working in {runs}; {options.trials} trials of 5 + 5 epochs, depths {options.depths}", flush=True)
     started = time.perf_counter()

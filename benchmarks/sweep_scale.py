@@ -8,7 +8,7 @@ re-cropped, maybe flipped and re-encoded as a new JPEG, keeping its class; 80/20
   ``augmentation=standard``, 10 trials of 5 + 5 epochs, depths 0/12/30/54, Adam and SGD) with the
   cache; the whole job as its defaults run it (that search, then its finalists); the plain way
   (``cache=false``) on 2 trials, its time scaled to 10; the search head-only
-  (``search.unfreeze_depths=[0]``), with augmentation (default views) and without; the search again
+  (``search.params.finetune.unfreeze_depth=0``), with augmentation (default views) and without; the search again
   with one augmented view per epoch (``feature_cache.views=5``, not the default). The floor, one cold
   forward pass over every image, is measured before, between and after these runs: the machine's
   speed drifts, so each ratio is also given with each side in units of the floor measured around it.
@@ -209,10 +209,11 @@ def main() -> None:
             print(f"    {cached['plan']}", flush=True)
             floors.append(floor_pass(dataset))
             whole, plain = whole_and_plain(dataset, runs, floors)
-            head_only = run("head_only", [*args, "search.unfreeze_depths=[0]"], runs)
+            head_only = run("head_only", [*args, "search.params.finetune.unfreeze_depth=0"], runs)
             print(line("cache=true, head only, 10 trials", head_only), flush=True)
             print(f"    {head_only['plan']}", flush=True)
-            one_view = run("head_only_none", [*args, "search.unfreeze_depths=[0]", "augmentation=none"], runs)
+            head_none = [*args, "search.params.finetune.unfreeze_depth=0", "augmentation=none"]
+            one_view = run("head_only_none", head_none, runs)
             print(line("  the same, augmentation=none", one_view), flush=True)
             floors.append(floor_pass(dataset))
             every_epoch = run("views_5", [*args, "feature_cache.views=5"], runs)

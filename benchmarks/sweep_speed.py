@@ -44,8 +44,8 @@ def search_args(trials: int, head: int, finetune: int) -> list[str]:
     return [
         *DATA,
         f"tuner.max_trials={trials}",
-        "search.unfreeze_depths=[0,10,20]",
-        "search.optimizers=[adam,sgd]",
+        "search.params.finetune.unfreeze_depth=choice(0, 10, 20)",
+        "search.params.finetune.optimizer=choice(adam, sgd)",
         f"finetune.head_epochs={head}",
         f"finetune.finetune_epochs={finetune}",
         "finalists.top=0",  # the search alone, both ways: finalists would add the same extra runs to each

@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from PIL import Image
 
+from tlsweep.config import search_space_arguments
 from tlsweep.paths import register_resolvers
 from tlsweep.schema import job_spec
 from tlsweep.spec import JobSpec
@@ -32,9 +33,8 @@ FLOWERS_TRIAL = [
     "backbone=mobilenet_v2",
     f"backbone.weights={MOBILENET_WEIGHTS}",
     "tuner.max_trials=1",
-    "search.optimizers=[adam]",
-    "search.learning_rate.min=3e-3",
-    "search.learning_rate.max=3e-3",
+    "search.params.finetune.optimizer=adam",
+    "search.params.finetune.learning_rate=3e-3",
     "verbose=false",
 ]
 
@@ -46,21 +46,21 @@ needs_shared = pytest.mark.skipif(
 # Small and fast: 32 px images, one epoch per stage, two trials.
 FAST = [
     "dataset.image_size=32",
-    "dataset.batch_size=8",
+    "finetune.batch_size=8",
     "finetune.head_epochs=1",
     "finetune.finetune_epochs=1",
     "tuner.max_trials=2",
-    "search.unfreeze_depths=[0,3]",
+    "search.params.finetune.unfreeze_depth=choice(0, 3)",
     "finalists.top=0",  # the tests of finalists turn them on
     "verbose=false",
 ]
 
 
 def make_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose tlsweep's config as ``python -m tlsweep <overrides>`` would."""
+    """Compose tlsweep's config as ``python -m tlsweep <overrides>`` would (``search.params`` taken first)."""
     register_resolvers()
     with initialize_config_module("tlsweep.conf", version_base="1.3"):
-        return compose("config", overrides=overrides or [])
+        return compose("config", overrides=search_space_arguments(overrides or []))
 
 
 def make_spec(overrides: list[str] | None = None) -> JobSpec:

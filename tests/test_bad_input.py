@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 QUICK = [
     "dataset.image_size=16",
-    "dataset.batch_size=8",
+    "finetune.batch_size=8",
     "finetune=none",
     "finetune.head_epochs=1",
     "tuner.max_trials=1",
@@ -97,7 +97,7 @@ CASES: list[tuple[str, Callable[[Path], Path] | None, list[str], int, str]] = [
         "does not fit this backbone",
     ),
     ("an image size the backbone refuses", folder, ["backbone=mobilenet_v2"], 1, "cannot take 16 px images"),
-    ("a word for a number", folder, ["search.learning_rate.min=abc"], 1, "could not be converted to Float"),
+    ("a word for a number", folder, ["finetune.lr_scale=abc"], 1, "could not be converted to Float"),
     ("max_trials=0", folder, ["tuner.max_trials=0"], 1, "tuner.max_trials=0 must be at least 1"),
     ("unknown option", folder, ["backbone=resnett"], 1, "Could not find 'backbone/resnett'; options: clip, convnext"),
     ("unknown group", folder, ["backbon=tiny"], 1, "unknown config key backbon; did you mean backbone?"),

@@ -55,7 +55,7 @@ def job_inputs(image_folder: Path, tmp_path: Path, augmentation: str = "none", *
 def two_stage(spec, backbone, source) -> TwoStageTrial:
     """A job's trial on its classifier and batch source, as the job sets it up."""
     augment = lambda: augmentation(spec.augmentation, spec.seed)  # noqa: E731
-    classifier = SharedClassifier(backbone, 3, spec.training.dropout, augment)
+    classifier = SharedClassifier(backbone, 3, augment)
     return TwoStageTrial(spec, classifier, source)
 
 
@@ -64,10 +64,12 @@ def train(cfg, backbone, source, job_dir: Path) -> tuple[keras.Model, list[dict]
     return trial(two_stage(cfg, backbone, source), job_dir)
 
 
-def trial(job_trial: TwoStageTrial, job_dir: Path, learning_rate: float = 0.01, seed: int = 7):
+def trial(job_trial: TwoStageTrial, job_dir: Path, learning_rate: float = 0.01, seed: int = 7, **settings):
+    """One run of ``job_trial`` with these settings (``finetune.<name>``, each searched by the job's spec)."""
     hp = kt.HyperParameters()
-    job_trial.declare(hp)
-    hp.values.update(learning_rate=learning_rate, optimizer="adam", unfreeze_depth=DEPTH)
+    job_trial.settings(hp)
+    chosen = {"learning_rate": learning_rate, "optimizer": "adam", "unfreeze_depth": DEPTH, **settings}
+    hp.values.update({f"finetune.{name}": value for name, value in chosen.items()})
     seed_keras(seed)  # as SweepTuner.run_trial seeds a trial
     model = job_trial.build(hp)
     log = TrialLog(job_dir, RunRecord(str(seed), hyperparameters=dict(hp.values)), "trial", verbose=False)
@@ -87,11 +89,11 @@ def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, t
     cache = make_cache(cfg, backbone, data)
     assert cache.views == (2 if augmentation == "light" else 1)  # one view per epoch of the longer stage
 
-    cached_model, cached_history = train(cfg, backbone, CachedData(cache, 8), tmp_path / "cached")
+    cached_model, cached_history = train(cfg, backbone, CachedData(cache), tmp_path / "cached")
     # The plain way on the same augmented views: the whole model runs every epoch, augmentation done outside it.
     views = [cache.view_images(v) for v in range(cache.views)]
     plain_cfg = config(image_folder, tmp_path, "none")
-    plain_model, plain_history = train(plain_cfg, backbone, PlainData(data, 8, views), tmp_path / "plain")
+    plain_model, plain_history = train(plain_cfg, backbone, PlainData(data, views), tmp_path / "plain")
 
     assert [e["stage"] for e in cached_history] == ["head", "head", "finetune", "finetune"]
     for cached, plain in zip(cached_history, plain_history, strict=True):
@@ -113,7 +115,7 @@ def test_a_float16_cache_trains_as_the_float32_cache_does(image_folder: Path, tm
         cfg, data, backbone = job_inputs(image_folder, tmp_path / dtype, "none", f"feature_cache.dtype={dtype}")
         cache = make_cache(cfg, backbone, data)
         assert cache.val(0)[0].dtype == np.dtype(dtype)
-        histories[dtype] = train(cfg, backbone, CachedData(cache, 8), tmp_path / dtype)[1]
+        histories[dtype] = train(cfg, backbone, CachedData(cache), tmp_path / dtype)[1]
     for a, b in zip(histories["float32"], histories["float16"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-3) and a["val_loss"] == pytest.approx(
             b["val_loss"], abs=2e-3
@@ -124,7 +126,7 @@ def test_a_float16_cache_trains_as_the_float32_cache_does(image_folder: Path, tm
 def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Path, tmp_path: Path) -> None:
     """A job reuses one classifier and its compiled steps: no weight, optimizer or random state leaks."""
     cfg, data, backbone = job_inputs(image_folder, tmp_path, "light")  # plain: augmentation, dropout in the model
-    job_trial = two_stage(cfg, backbone, PlainData(data, 8))
+    job_trial = two_stage(cfg, backbone, PlainData(data))
     model, first = trial(job_trial, tmp_path)
     weights = [w.copy() for w in model.get_weights()]
     trial(job_trial, tmp_path, learning_rate=0.05, seed=8)  # same depth and optimizer: the same compiled model
@@ -133,6 +135,23 @@ def test_a_trial_trains_the_same_whichever_trials_ran_before_it(image_folder: Pa
     assert [(e["loss"], e["val_accuracy"]) for e in again] == [(e["loss"], e["val_accuracy"]) for e in first]
     for a, b in zip(model.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("knob,values", [("label_smoothing", (0.0, 0.2)), ("weight_decay", (0.0, 0.5)),
+                                          ("dropout", (0.0, 0.6))])  # fmt: skip
+def test_trials_that_differ_only_in_a_compiled_value_train_differently(
+    image_folder: Path, tmp_path: Path, knob: str, values: tuple[float, float]
+) -> None:
+    """A job reuses compiled steps: a value compiled into one (the loss' label smoothing, the optimizer's weight
+    decay, the dropout rate) must reach the trial that asked for it, not stay the first trial's."""
+    space = f"search.params.finetune.{knob}=choice({values[0]}, {values[1]})"
+    cfg, data, backbone = job_inputs(image_folder, tmp_path, "none", space)
+    job_trial = two_stage(cfg, backbone, CachedData(make_cache(cfg, backbone, data)))
+    runs = {v: trial(job_trial, tmp_path / str(v), **{knob: v}) for v in (*values, values[0])}  # the first again
+    first, other = (runs[v][1] for v in values)
+    assert [e["loss"] for e in first] != [e["loss"] for e in other]  # the other value trained the other way
+    records = {v: json.loads((tmp_path / str(v) / "trials" / "trial_7.json").read_text()) for v in values}
+    assert [records[v]["hyperparameters"][f"finetune.{knob}"] for v in values] == list(values)  # each its own
 
 
 def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Path, tmp_path: Path) -> None:
@@ -179,7 +198,9 @@ def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
         variable.assign(variable + 0.5)
 
     later = cache.train_views(DEPTH)[0]  # a cut the search did not name, asked for mid-search
-    cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, dir=str(tmp_path / "elsewhere")))
+    cfg = dataclasses.replace(
+        cfg, feature_cache=dataclasses.replace(cfg.feature_cache, dir=str(tmp_path / "elsewhere"))
+    )
     pristine = make_cache(cfg, backbone, data)
     for a, b in zip(later, pristine.train_views(DEPTH)[0], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)

@@ -167,7 +167,7 @@ def test_the_plan_sets_memory_aside_for_the_weights_of_runs_that_may_still_win(
     image_folder: Path, tmp_path: Path
 ) -> None:
     base = ["dataset=folder", f"dataset.path={image_folder}", *FAST, f"feature_cache.dir={tmp_path / 'c'}"]
-    base.append("search.unfreeze_depths=[0,6]")
+    base.append("search.params.finetune.unfreeze_depth=choice(0, 6)")
     finalists = make_spec([*base, "finalists.top=3", "finalists.seeds=3", "finalists.refit=true"])
     assert finalists.kept_runs == 3 + 3 * 2 + 1  # the search's best run of each, two more seeds each, the refit
     data, backbone = load_dataset(finalists.dataset, 32), load_backbone(finalists.backbone, 32)

@@ -42,8 +42,8 @@ def test_multirun_runs_one_search_per_job_into_readable_folders(tmp_path: Path) 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["search.learning_rate.min=0.1", "search.learning_rate.max=0.001"], "is larger than max"),
-        (["search.unfreeze_depths=[5,50]"], "has only 23 layers"),
+        (["search.params.finetune.learning_rate=tag(log, interval(0.1, 0.001))"], "is larger than max"),
+        (["search.params.finetune.unfreeze_depth=choice(5, 50)"], "has only 23 layers"),
         (["backbone=mobilenet_v2", "dataset.image_size=32"], "could not get ImageNet weights from https://"),
     ],
 )
@@ -93,7 +93,7 @@ def test_default_run_is_the_offline_demo(tmp_path: Path) -> None:
 @pytest.mark.parametrize("launcher", ["parallel", "processes"])
 def test_launchers_run_jobs_in_other_processes_with_the_same_outputs(tmp_path: Path, launcher: str) -> None:
     images = make_image_folder(tmp_path / "images")
-    settings = [*FAST, "tuner.max_trials=1", "search.unfreeze_depths=[0]", "threads=1"]
+    settings = [*FAST, "tuner.max_trials=1", "search.params.finetune.unfreeze_depth=0", "threads=1"]
     extra = ["hydra.launcher.gpus_per_node=0"] if launcher == "processes" else []
     args = ["-m", f"hydra/launcher={launcher}", *extra, "dataset=folder", f"dataset.path={images},{tmp_path}/missing"]
     result = run_cli([*args, *settings], tmp_path)
@@ -108,7 +108,7 @@ def test_launchers_run_jobs_in_other_processes_with_the_same_outputs(tmp_path: P
 def test_two_sweep_values_that_look_alike_get_two_folders_and_the_right_labels(tmp_path: Path) -> None:
     make_image_folder(tmp_path / "photos" / "2024", classes=("cat", "dog"))
     make_image_folder(tmp_path / "photos_2024", classes=("bus", "car", "van"))
-    settings = [*FAST, "tuner.max_trials=1", "search.unfreeze_depths=[0]", "report.enabled=false"]
+    settings = [*FAST, "tuner.max_trials=1", "search.params.finetune.unfreeze_depth=0", "report.enabled=false"]
     result = run_cli(["-m", "dataset=folder", "dataset.path=photos/2024,photos_2024", *settings], tmp_path)
     assert result.returncode == 0, result.stdout
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())

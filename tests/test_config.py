@@ -24,15 +24,31 @@ def test_default_config_is_the_offline_demo() -> None:
     spec = make_spec()
     assert spec.backbone.name == "tiny" and spec.backbone.weights == "bundled"
     assert spec.dataset.name == "digits"
-    assert spec.search.optimizers == ("adam", "sgd")
+    space = {knob.key: knob.expression for knob in spec.space}
+    assert space == {  # the search the demo has always run, now three lines of config
+        "finetune.learning_rate": "tag(log, interval(1e-4, 1e-2))",
+        "finetune.optimizer": "choice(adam, sgd)",  # the loaded optimizers
+        "finetune.unfreeze_depth": "choice(0, 5, 10, 20)",  # the backbone's suggested depths
+    }
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes(group: str, option: str) -> None:
     needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"], "keras_hub": ["backbone.preset=x"]}
-    cfg = make_config([f"{group}={option}", *needs.get(option, [])])
-    assert cfg[group] is not None
-    job_spec(cfg)
+    spec = job_spec(make_config([f"{group}={option}", *needs.get(option, [])]))
+    chosen = {
+        "backbone": lambda: spec.backbone.name,
+        "augmentation": lambda: {False: "none", True: option}[spec.augmentation.changes_images],
+        "finetune": lambda: spec.finetune.mode,
+        "dataset": lambda: spec.dataset.name,
+        "tuner": lambda: spec.tuner.name,
+        "search": lambda: (
+            "default"
+            if [k.name for k in spec.space] == ["learning_rate", "optimizer", "unfreeze_depth"]
+            else [k.name for k in spec.space]
+        ),
+    }[group]()
+    assert chosen == option  # the job runs with the option the command line named
 
 
 def test_backbones_know_size_and_preprocessing() -> None:
@@ -43,10 +59,11 @@ def test_backbones_know_size_and_preprocessing() -> None:
 
 
 def test_optimizer_group_loads_several_and_search_can_fix_one() -> None:
-    cfg = make_config(["optimizer=[adam,sgd,rmsprop]"])
-    assert list(cfg.search.optimizers) == ["adam", "sgd", "rmsprop"]
-    assert cfg.optimizer.sgd.momentum == 0.9
-    assert list(make_config(["search.optimizers=[sgd]"]).search.optimizers) == ["sgd"]
+    spec = make_spec(["optimizer=[adam,sgd,rmsprop]"])
+    assert spec.knob("finetune.optimizer").values == ("adam", "sgd", "rmsprop")
+    assert spec.optimizer["sgd"]["momentum"] == 0.9
+    fixed = make_spec(["search.params.finetune.optimizer=sgd"]).knob("finetune.optimizer")
+    assert (fixed.kind, fixed.values) == ("fixed", ("sgd",))
 
 
 def test_experiment_preset_sets_several_groups() -> None:
@@ -57,10 +74,11 @@ def test_experiment_preset_sets_several_groups() -> None:
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["search.learning_rate.min=0.1", "search.learning_rate.max=0.01"], "is larger than max"),
-        (["search.learning_rate.min=0"], "must be positive"),
-        (["search.optimizers=[adamw]"], "load it with optimizer=[adam,sgd,adamw]"),
-        (["search.unfreeze_depths=[-1]"], "whole numbers"),
+        (["search.params.finetune.learning_rate=tag(log, interval(0.1, 0.01))"], "needs its lower end first"),
+        (["search.params.finetune.learning_rate=tag(log, interval(0, 0.01))"], "needs positive ends"),
+        (["finetune.learning_rate=0"], "finetune.learning_rate=0.0 must be positive"),
+        (["search.params.finetune.optimizer=adamw"], "load it with optimizer=[adam,sgd,adamw]"),
+        (["search.params.finetune.unfreeze_depth=choice(-1, 2)"], "finetune.unfreeze_depth=-1 must be 0 or more"),
         (["tuner.max_trials=0"], "tuner.max_trials=0 must be at least 1"),
         (["finetune.dropout=1.5"], "finetune.dropout=1.5"),
         (["finetune=top", "finetune.finetune_epochs=0"], "use finetune=none"),
@@ -74,14 +92,19 @@ def test_invalid_settings_name_the_key_and_the_fix(overrides: list[str], message
 
 def test_unfreeze_depth_larger_than_backbone() -> None:
     with pytest.raises(TlsweepError, match="has only 23 layers"):
-        make_spec(["search.unfreeze_depths=[5,40]"]).check_depths(23, "tiny")
+        make_spec(["search.params.finetune.unfreeze_depth=choice(5, 40)"]).check_depths(23, "tiny")
 
 
 def test_job_folder_names_show_what_the_job_sweeps() -> None:
-    argv = ["-m", "backbone=resnet,efficientnet", "tuner.max_trials=2", "search.unfreeze_depths=[0,3]"]
-    assert job_dir_name(["backbone=resnet", "tuner.max_trials=2", "search.unfreeze_depths=[0,3]"], 0, argv) == (
-        "backbone=resnet"
-    )
+    argv = [
+        "-m",
+        "backbone=resnet,efficientnet",
+        "tuner.max_trials=2",
+        "search.params.finetune.unfreeze_depth=choice(0, 3)",
+    ]
+    assert job_dir_name(
+        ["backbone=resnet", "tuner.max_trials=2", "search.params.finetune.unfreeze_depth=choice(0, 3)"], 0, argv
+    ) == ("backbone=resnet")
     assert job_dir_name(["tuner.max_trials=2"], 3, ["tuner.max_trials=2"]) == "job3"  # nothing swept
     # jobs launched without the sweep's command line (other launchers) keep every override
     assert job_dir_name(["backbone=resnet", "tuner.max_trials=2"], 0, []) == "backbone=resnet,tuner.max_trials=2"
@@ -123,7 +146,8 @@ def test_unknown_group_option_lists_the_choices_without_traceback(tmp_path) -> N
         (["-m", "seed=0,-1"], "seed=-1 must be a whole number from 0 to 4294967295"),  # every value is checked
         (["seed=4294967296"], "seed=4294967296 must be a whole number from 0 to 4294967295"),  # NumPy's limit
         (["-m", "augmentation=none,light", "tuner.max_consecutive_failed_trials=0"], "must be at least 1"),
-        (["search.learning_rate.min=0.1", "search.learning_rate.max=0.01"], "is larger than max"),
+        (["search.params.finetune.learning_rate=tag(log, interval(0.1, 0.01))"], "needs its lower end first"),
+        (["search.params.finetune.dropout=interval(0.1, 0.7"], "is not Hydra's sweep grammar"),
     ],
 )
 def test_the_command_line_is_checked_before_any_job_starts(args: list[str], message: str) -> None:
@@ -133,9 +157,16 @@ def test_the_command_line_is_checked_before_any_job_starts(args: list[str], mess
 
 
 def test_a_good_command_line_and_hydras_own_options_pass_the_check() -> None:
-    check_command_line(["-m", "backbone=tiny,mobilenet_v2", "augmentation=none,light", "tuner=hyperband"])
-    check_command_line(["--cfg", "job", "tuner.max_trials=abc"])  # Hydra prints the config (and its own error)
-    check_command_line(["hydra.run.dir=somewhere", "hydra/launcher=basic"])
+    specs = check_command_line(["-m", "backbone=tiny,mobilenet_v2", "augmentation=none,light", "tuner=hyperband"])
+    checked = [(s.backbone.name, s.augmentation.flip, s.tuner.name) for s in specs]
+    assert checked == [
+        ("tiny", None, "hyperband"),
+        ("mobilenet_v2", None, "hyperband"),
+        ("tiny", "horizontal", "hyperband"),
+    ]
+    assert check_command_line(["--cfg", "job", "tuner.max_trials=abc"]) == []  # Hydra prints it (and its own error)
+    (spec,) = check_command_line(["hydra.run.dir=somewhere", "hydra/launcher=basic"])  # Hydra's own: left to it
+    assert spec.backbone.name == "tiny"
 
 
 def test_a_wrong_type_is_one_line_and_makes_no_folder(tmp_path) -> None:

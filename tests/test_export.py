@@ -36,7 +36,11 @@ def trained(tmp_path_factory) -> dict:
     images = make_image_folder(root / "images", per_class=16)
     run = root / "run"
     overrides = ["dataset=folder", f"dataset.path={images}", "augmentation=light", "dataset.test_split=0.25", *FAST]
-    learn_fast = ["finetune.head_epochs=6", "search.optimizers=[adam]", "search.learning_rate.min=5e-3"]
+    learn_fast = [
+        "finetune.head_epochs=6",
+        "search.params.finetune.optimizer=adam",
+        "search.params.finetune.learning_rate=tag(log, interval(5e-3, 1e-2))",
+    ]
     cfg = make_spec([*overrides, *learn_fast])
     run_job(cfg, run, CHOICES)
     data = load_dataset(cfg.dataset, 32)

@@ -61,13 +61,12 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(image_fo
         tmp_path / "job",
         "tuner=grid",
         "tuner.max_trials=2",
-        "search.optimizers=[sgd]",
-        "search.learning_rate.min=1e-3",
-        "search.learning_rate.max=1e30",
-        "tuner.learning_rate_step=1e33",  # two grid points: a sane rate and an absurd one
-        "search.unfreeze_depths=[0]",
+        "search.params.finetune.optimizer=sgd",
+        "search.params.finetune.learning_rate=tag(log, interval(1e-3, 1e30))",
+        "tuner.log_step=1e33",  # two grid points: a sane rate and an absurd one
+        "search.params.finetune.unfreeze_depth=0",
     )
-    by_rate = {r["hyperparameters"]["learning_rate"]: r for r in trials(tmp_path / "job").values()}
+    by_rate = {r["hyperparameters"]["finetune.learning_rate"]: r for r in trials(tmp_path / "job").values()}
     assert sorted(by_rate) == pytest.approx([1e-3, 1e30])
     failed = by_rate[1e30]
     assert failed["status"] == "failed" and "NaN, infinite or exploded" in failed["error"]
@@ -88,7 +87,7 @@ def test_an_out_of_memory_trial_fails_and_the_search_goes_on(image_folder: Path,
     record = folder_job(image_folder, tmp_path / "job")
     statuses = sorted((r["status"], r.get("error", "")) for r in trials(tmp_path / "job").values())
     assert statuses[0][0] == "completed" and statuses[1][0] == "failed"
-    assert "out of memory; lower dataset.batch_size" in statuses[1][1]
+    assert "out of memory; lower finetune.batch_size" in statuses[1][1]
     assert record.status == "completed" and record.get("completed_trials") == 1
 
 

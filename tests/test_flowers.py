@@ -18,7 +18,7 @@ def test_mobilenet_v2_on_flower_photos(tmp_path: Path) -> None:
             "augmentation=light",
             "finetune.head_epochs=3",
             "finetune.finetune_epochs=1",
-            "search.unfreeze_depths=[10]",
+            "search.params.finetune.unfreeze_depth=10",
         ]
     )
     record = run_job(cfg, tmp_path / "job", {"backbone": "mobilenet_v2", "dataset": "folder"})

@@ -189,7 +189,13 @@ def test_a_saved_model_that_is_not_a_reusable_feature_vector_is_one_line(tmp_pat
 def test_hub_sweep_records_the_offline_job_and_finishes_the_other(hub_model: Path, tmp_path: Path) -> None:
     offline = "https://127.0.0.1:9/feature_vector/1"  # nothing listens there: the download fails as without network
     result = run_cli(
-        ["-m", "backbone=hub", f"backbone.handle={offline},{hub_model}", *FAST, "search.unfreeze_depths=[4]"],
+        [
+            "-m",
+            "backbone=hub",
+            f"backbone.handle={offline},{hub_model}",
+            *FAST,
+            "search.params.finetune.unfreeze_depth=4",
+        ],
         tmp_path,
         env={"TFHUB_CACHE_DIR": str(tmp_path / "hub_cache")},
     )
@@ -199,7 +205,7 @@ def test_hub_sweep_records_the_offline_job_and_finishes_the_other(hub_model: Pat
     records = [json.loads(p.read_text()) for p in sweep.glob("*/job.json")]
     assert sorted(r["status"] for r in records) == ["completed", "failed"]
     done = next(r for r in records if r["status"] == "completed")
-    assert done["best"]["hyperparameters"]["unfreeze_depth"] == 4 and done["completed_trials"] == 2
+    assert done["best"]["hyperparameters"]["finetune.unfreeze_depth"] == 4 and done["completed_trials"] == 2
     predictor = load_predictor(sweep / "best")  # stage 2 through the hub layer, exported as for serving
     assert predictor(np.zeros((1, 32, 32, 3), "float32")).shape == (1, 5)
     assert "could not download" in (sweep / "report.md").read_text()

@@ -32,7 +32,13 @@ from tlsweep.report import build_report
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}
 EXPORT = ExportSpec(saved_model=False, tflite=False)
-ONE_TRIAL = [*FAST, "tuner.max_trials=1", "search.unfreeze_depths=[0]", "finetune=none", "finetune.head_epochs=1"]
+ONE_TRIAL = [
+    *FAST,
+    "tuner.max_trials=1",
+    "search.params.finetune.unfreeze_depth=0",
+    "finetune=none",
+    "finetune.head_epochs=1",
+]
 
 
 def job(images: Path, job_dir: Path, *overrides: str) -> dict:
@@ -62,8 +68,8 @@ def test_a_folder_holding_a_run_is_not_reused_without_resume(finished, tmp_path:
 
 def test_resume_refuses_other_settings(finished) -> None:
     images, job_dir = finished
-    with pytest.raises(TlsweepError, match=r"other settings \(dataset.batch_size: 8 → 4\)"):
-        job(images, job_dir, "resume=true", "dataset.batch_size=4")
+    with pytest.raises(TlsweepError, match=r"other settings \(finetune.batch_size: 8 → 4\)"):
+        job(images, job_dir, "resume=true", "finetune.batch_size=4")
     assert job(images, job_dir, "resume=true", "tuner.max_trials=2").status == "completed"  # not an identity
 
 
@@ -220,8 +226,8 @@ def test_a_report_reads_a_record_whose_history_is_null(finished) -> None:
 
 
 def test_consecutive_failures_end_the_job_with_one_line(image_folder: Path, tmp_path: Path) -> None:
-    overrides = ["tuner.max_consecutive_failed_trials=1", "search.optimizers=[sgd]"]
-    overrides += ["search.learning_rate.min=1e30", "search.learning_rate.max=1e31"]
+    overrides = ["tuner.max_consecutive_failed_trials=1", "search.params.finetune.optimizer=sgd"]
+    overrides += ["search.params.finetune.learning_rate=tag(log, interval(1e30, 1e31))"]
     with pytest.raises(TlsweepError) as info:
         job(image_folder, tmp_path / "job", *overrides)
     message = str(info.value)

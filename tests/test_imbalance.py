@@ -65,7 +65,7 @@ def test_balanced_class_weights_raise_the_rare_class_recall(tmp_path: Path, capl
     from tlsweep.job import run_job
 
     images = faint_folder(tmp_path / "images", COUNTS)
-    pinned = ["search.learning_rate.min=3e-3", "search.learning_rate.max=3e-3", "search.optimizers=[adam]"]
+    pinned = ["search.params.finetune.learning_rate=3e-3", "search.params.finetune.optimizer=adam"]
     base = ["dataset=folder", f"dataset.path={images}", *FAST, "tuner.max_trials=1", *pinned]
     base += ["finetune=none", "finetune.head_epochs=4"]
     recall = {}

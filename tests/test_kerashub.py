@@ -241,14 +241,20 @@ def test_multirun_sweeps_a_keras_hub_preset_and_a_keras_backbone_with_the_cache(
         "unfreeze_depths: [0, 1]\n"
     )
     args = ["-m", f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "backbone=tiny,tinyvit"]
-    args += ["dataset=folder", f"dataset.path={images}", *FAST, "search.unfreeze_depths=[1]", "tuner.max_trials=1"]
+    args += [
+        "dataset=folder",
+        f"dataset.path={images}",
+        *FAST,
+        "search.params.finetune.unfreeze_depth=1",
+        "tuner.max_trials=1",
+    ]
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stdout
     assert "backbone tinyvit: 3 blocks" in result.stdout and "cuts at depth 1, 0:" in result.stdout
     sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
     vit_job = sweep / "backbone=tinyvit"
     record = json.loads(next((vit_job / "trials").glob("trial_*.json")).read_text())
-    assert record["status"] == "completed" and record["hyperparameters"]["unfreeze_depth"] == 1
+    assert record["status"] == "completed" and record["hyperparameters"]["finetune.unfreeze_depth"] == 1
     assert [epoch["stage"] for epoch in record["history"]] == ["head", "finetune"]  # both stages trained
     for job in ("backbone=tiny", "backbone=tinyvit"):
         assert json.loads((sweep / job / "job.json").read_text())["status"] == "completed"

@@ -26,26 +26,35 @@ OPTIONS = {
     "objective": ["val_accuracy", "val_loss", "val_macro_f1"],
     "class_weight": ["none", "balanced"],
     "tflite": ["false", "true"],
+    "space": ["default", "wide"],  # wide: the default search plus dropout and label smoothing
 }
-# Made by a greedy search for a small covering set (14 runs for 8 options, where all combinations are 2,592).
+# Made by a greedy search for a small covering set (14 runs for 9 options, where all combinations are 5,184).
 RUNS = [
-    ("bayesian", "asha", "default", "tight", "true", "val_macro_f1", "none", "false"),
-    ("random", "asha", "refit", "none", "false", "val_loss", "balanced", "true"),
-    ("hyperband", "none", "off", "none", "true", "val_accuracy", "none", "true"),
-    ("grid", "median", "refit", "tight", "false", "val_accuracy", "balanced", "false"),
-    ("hyperband", "none", "default", "tight", "false", "val_macro_f1", "balanced", "true"),
-    ("bayesian", "median", "off", "none", "true", "val_loss", "balanced", "false"),
-    ("grid", "median", "default", "none", "false", "val_loss", "none", "true"),
-    ("random", "median", "refit", "none", "true", "val_macro_f1", "none", "false"),
-    ("grid", "asha", "off", "tight", "false", "val_macro_f1", "none", "false"),
-    ("hyperband", "none", "refit", "tight", "false", "val_loss", "balanced", "false"),
-    ("random", "none", "default", "tight", "true", "val_accuracy", "none", "true"),
-    ("bayesian", "none", "refit", "none", "false", "val_accuracy", "balanced", "true"),
-    ("grid", "none", "refit", "tight", "true", "val_loss", "balanced", "false"),
-    ("random", "asha", "off", "tight", "true", "val_accuracy", "balanced", "true"),
+    ("bayesian", "asha", "default", "tight", "true", "val_macro_f1", "none", "false", "wide"),
+    ("random", "asha", "refit", "none", "false", "val_loss", "balanced", "true", "default"),
+    ("hyperband", "none", "off", "none", "true", "val_accuracy", "none", "true", "wide"),
+    ("grid", "median", "refit", "tight", "false", "val_accuracy", "balanced", "false", "default"),
+    ("hyperband", "none", "default", "tight", "false", "val_macro_f1", "balanced", "true", "wide"),
+    ("bayesian", "median", "off", "none", "true", "val_loss", "balanced", "false", "wide"),
+    ("grid", "median", "default", "none", "false", "val_loss", "none", "true", "default"),
+    ("random", "median", "refit", "none", "true", "val_macro_f1", "none", "false", "wide"),
+    ("grid", "asha", "off", "tight", "false", "val_macro_f1", "none", "false", "default"),
+    ("hyperband", "none", "refit", "tight", "false", "val_loss", "balanced", "false", "default"),
+    ("random", "none", "default", "tight", "true", "val_accuracy", "none", "true", "wide"),
+    ("bayesian", "none", "refit", "none", "false", "val_accuracy", "balanced", "true", "default"),
+    ("grid", "none", "refit", "tight", "true", "val_loss", "balanced", "false", "wide"),
+    ("random", "asha", "off", "tight", "true", "val_accuracy", "balanced", "true", "default"),
 ]
-TINY = ["finetune.head_epochs=2", "finetune.finetune_epochs=2", "search.unfreeze_depths=[0,5]", "verbose=false"]
-TINY += ["search.optimizers=[adam]", "dataset.fraction=0.5"]  # one compiled step per depth, half the digits: quick
+TINY = [
+    "finetune.head_epochs=2",
+    "finetune.finetune_epochs=2",
+    "search.params.finetune.unfreeze_depth=choice(0, 5)",
+    "verbose=false",
+]
+TINY += [
+    "search.params.finetune.optimizer=adam",
+    "dataset.fraction=0.5",
+]  # one compiled step per depth, half the digits: quick
 
 
 def allowed(values: dict[str, str]) -> bool:
@@ -63,6 +72,10 @@ def overrides(values: dict[str, str]) -> list[str]:
     ]
     args += ["budget=4s"] if values["budget"] == "tight" else []  # the finalists' share runs out mid-way
     args += ["class_weight=balanced"] if values["class_weight"] == "balanced" else []
+    if values["space"] == "wide":  # a grid needs a finite space: the dropout as a choice there
+        dropout = "choice(0.1, 0.4)" if values["tuner"] == "grid" else "interval(0.1, 0.5)"
+        args += [f"search.params.finetune.dropout={dropout}"]
+        args += ["search.params.finetune.label_smoothing=choice(0.0, 0.1)"]
     if values["pruning"] != "none":
         args += ["pruning.min_trials=1", "pruning.warmup_epochs=1"]
     return [*args, *TINY]
@@ -78,8 +91,9 @@ def test_the_runs_cover_every_pair_of_option_values() -> None:
                 assert any((row[a], row[b]) == pair for row in rows), f"{a}={pair[0]} with {b}={pair[1]}"
 
 
-def check_outputs(output: str, root: Path, tflite: bool) -> None:
-    """What a user of any combination can rely on."""
+def check_outputs(output: str, root: Path, tflite: bool, searched: tuple[str, ...] = ()) -> None:
+    """What a user of any combination can rely on; ``searched``: knobs the search space adds, in every run's record
+    and the report's table."""
     assert "Traceback" not in output and "Logging error" not in output and "error:" not in output, output
     found = winner(load_sweep(root))
     assert found is not None, output
@@ -93,6 +107,9 @@ def check_outputs(output: str, root: Path, tflite: bool) -> None:
     report = (root / "report.md").read_text()
     headline = next(line for line in report.splitlines() if line.startswith("**Best: "))
     assert found.name in headline and f"{found.value:.4f}" in headline, (headline, found.line())
+    for key in searched:
+        assert all(key in t.run.hyperparameters for _, t in load_sweep(root).trials), key
+        assert key in (root / "trials.csv").read_text().splitlines()[0].split(","), key
 
 
 @pytest.mark.slow
@@ -102,14 +119,17 @@ def test_options_work_together(run: tuple[str, ...], tmp_path: Path) -> None:
     result = run_cli(overrides(values), tmp_path)
     assert result.returncode == 0, result.stdout
     (root,) = (tmp_path / "outputs" / "runs").iterdir()
-    check_outputs(result.stdout, root, values["tflite"] == "true")
+    wide = ("finetune.dropout", "finetune.label_smoothing") if values["space"] == "wide" else ()
+    check_outputs(result.stdout, root, values["tflite"] == "true", wide)
 
 
 @pytest.mark.slow
 def test_a_two_job_multirun_with_finalists_refit_and_a_budget(tmp_path: Path) -> None:
     args = ["-m", "augmentation=none,light", "tuner.max_trials=3", "finalists.top=2", "finalists.refit=true"]
-    result = run_cli([*args, "pruning=asha", "pruning.min_trials=1", "budget=1h", *TINY], tmp_path)
+    space = ["search.params.finetune.label_smoothing=choice(0.0, 0.1)"]
+    space += ["search.params.finetune.dropout=interval(0, 0.5)"]
+    result = run_cli([*args, "pruning=asha", "pruning.min_trials=1", "budget=1h", *space, *TINY], tmp_path)
     assert result.returncode == 0, result.stdout
     (root,) = (tmp_path / "outputs" / "sweeps").iterdir()
-    assert len(load_sweep(root).jobs) == 2
-    check_outputs(result.stdout, root, tflite=False)
+    assert sorted(job.name for job in load_sweep(root).jobs) == ["augmentation=light", "augmentation=none"]  # no more
+    check_outputs(result.stdout, root, tflite=False, searched=("finetune.dropout", "finetune.label_smoothing"))

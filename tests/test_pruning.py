@@ -110,7 +110,7 @@ def test_patience_ends_a_stage_and_pruning_or_the_budget_end_the_trial(tmp_path:
             "trial_id": str(i),
             "status": "completed",
             "objective": "val_accuracy",
-            "hyperparameters": {"unfreeze_depth": 0},
+            "hyperparameters": {"finetune.unfreeze_depth": 0},
         }
         (trials / f"trial_{i}.json").write_text(json.dumps({**record, "history": history}))
     assert len(read_peers(tmp_path, ACCURACY, exclude="2")) == 2
@@ -179,7 +179,7 @@ def test_patience_ends_stage_one_and_stage_two_keeps_its_place_on_the_epoch_axis
 ) -> None:
     from tlsweep.job import run_job
 
-    still = ["search.learning_rate.min=1e-9", "search.learning_rate.max=1e-9"]  # nothing changes: no progress
+    still = ["search.params.finetune.learning_rate=1e-9"]  # nothing changes: no progress
     overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=1", *still]
     cfg = make_spec([*overrides, "finetune.head_epochs=6", "finetune.finetune_epochs=2", "finetune.patience=1"])
     run_job(cfg, tmp_path / "job", {})

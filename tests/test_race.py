@@ -81,8 +81,9 @@ def test_a_finished_job_says_how_many_trials_it_ran_and_whether_its_budget_stopp
 
 # Four jobs: the demo's pretrained backbone, or the same network from random weights, on all or half the images.
 RACE = ["-m", "hydra/sweeper=race", "backbone.weights=bundled,null", "dataset.fraction=1.0,0.5"]
-TINY = ["finetune.head_epochs=3", "finetune.finetune_epochs=1", "search.learning_rate.min=1e-3", "tuner.max_trials=3",
-        "search.optimizers=[adam]", "search.unfreeze_depths=[0,5]", "finalists.top=1", "finalists.seeds=2",
+TINY = ["finetune.head_epochs=3", "finetune.finetune_epochs=1", "tuner.max_trials=3",
+        "search.params.finetune.learning_rate=tag(log, interval(1e-3, 1e-2))", "search.params.finetune.optimizer=adam",
+        "search.params.finetune.unfreeze_depth=choice(0, 5)", "finalists.top=1", "finalists.seeds=2",
         "verbose=false"]  # fmt: skip
 
 

@@ -82,8 +82,9 @@ def test_the_table_ranks_every_trial_as_its_record_says(sweep) -> None:
         assert float(row["val_accuracy"]) == pytest.approx(record["value"])
         assert float(row["val_loss"]) == pytest.approx(best["val_loss"])
         assert float(row["stage1_val_accuracy"]) == pytest.approx(record["stages"]["head"]["value"])
-        assert float(row["learning_rate"]) == pytest.approx(record["hyperparameters"]["learning_rate"])
-        assert row["optimizer"] == record["hyperparameters"]["optimizer"]
+        hyperparameters = record["hyperparameters"]
+        assert float(row["finetune.learning_rate"]) == pytest.approx(hyperparameters["finetune.learning_rate"])
+        assert row["finetune.optimizer"] == hyperparameters["finetune.optimizer"]
         assert row["stage2"] == ("rolled back" if record["rolled_back"] else "improved")
         assert row["augmentation"] == row["job"].removeprefix("augmentation=").split(",")[0]
     ranked = sorted(rows, key=lambda r: int(r["rank"]))
@@ -98,10 +99,10 @@ def test_the_csv_has_every_column(sweep) -> None:
     with open(root / "trials.csv", newline="", encoding="utf-8") as f:
         header = next(csv.reader(f))
     expected = {
-        "rank", "job", "trial", "status", "backbone", "augmentation", "dataset.path", "learning_rate", "optimizer",
-        "unfreeze_depth", "val_accuracy", "val_loss", "stage1_val_accuracy", "stage1_val_loss", "best_epoch",
-        "best_stage", "stage2", "duration_s", "overfitting", "error", "tensorboard", "val_balanced_accuracy",
-        "val_macro_f1", "stopped",
+        "rank", "job", "trial", "status", "backbone", "augmentation", "dataset.path", "finetune.learning_rate",
+        "finetune.optimizer", "finetune.unfreeze_depth", "val_accuracy", "val_loss", "stage1_val_accuracy",
+        "stage1_val_loss", "best_epoch", "best_stage", "stage2", "duration_s", "overfitting", "error", "tensorboard",
+        "val_balanced_accuracy", "val_macro_f1", "stopped",
     }  # fmt: skip
     assert expected <= set(header), expected - set(header)
 
@@ -134,9 +135,9 @@ def test_the_command_in_the_headline_reproduces_the_best_trial(sweep, tmp_path: 
     assert result.returncode == 0, result.stdout
     (trial,) = (tmp_path / "outputs" / "runs").glob("*/trials/trial_*.json")
     record = json.loads(trial.read_text())
-    assert record["hyperparameters"]["learning_rate"] == pytest.approx(float(best["learning_rate"]))
-    assert record["hyperparameters"]["optimizer"] == best["optimizer"]
-    assert record["hyperparameters"]["unfreeze_depth"] == int(best["unfreeze_depth"])
+    assert record["hyperparameters"]["finetune.learning_rate"] == float(best["finetune.learning_rate"])  # exactly
+    assert record["hyperparameters"]["finetune.optimizer"] == best["finetune.optimizer"]
+    assert record["hyperparameters"]["finetune.unfreeze_depth"] == int(best["finetune.unfreeze_depth"])
     assert record["choices"]["augmentation"] == best["augmentation"]
     assert (next((tmp_path / "outputs" / "runs").iterdir()) / "report.html").is_file()  # a single run's report
 

@@ -57,7 +57,8 @@ def test_every_trial_records_both_stages_on_one_epoch_axis(job: Path) -> None:
     assert len(trials) == 3
     for trial in trials:
         assert trial["status"] == "completed"
-        assert set(trial["hyperparameters"]) == {"learning_rate", "optimizer", "unfreeze_depth"}
+        searched = {"finetune.learning_rate", "finetune.optimizer", "finetune.unfreeze_depth"}
+        assert set(trial["hyperparameters"]) == searched
         assert trial["choices"] == CHOICES and trial["settings"]["image_size"] == 32
         assert [(e["epoch"], e["stage"]) for e in trial["history"]] == [(1, "head"), (2, "finetune")]
         lrs = [e["learning_rate"] for e in trial["history"]]
@@ -138,9 +139,8 @@ def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
         session = hparams_session(run_dir)
         values = session["values"]
         assert values["backbone"] == "tiny" and values["augmentation"] == "light"
-        assert values["optimizer"] == trial["hyperparameters"]["optimizer"]
-        assert values["learning_rate"] == pytest.approx(trial["hyperparameters"]["learning_rate"])
-        assert values["unfreeze_depth"] == trial["hyperparameters"]["unfreeze_depth"]
+        for key in ("finetune.optimizer", "finetune.learning_rate", "finetune.unfreeze_depth"):
+            assert values[key] == trial["hyperparameters"][key]
         assert values["job"] == "job" and values["sweep"] == "job"  # a job run alone is its own sweep
         assert session["name"] == f"tensorboard/trial_{trial['trial_id']}"  # relative to the logdir, not absolute
         assert session["status"] == api_pb2.STATUS_SUCCESS
@@ -157,10 +157,9 @@ def test_stage_2_changes_only_the_unfrozen_top(image_folder: Path, tmp_path: Pat
         image_folder,
         tmp_path / "job",
         "tuner.max_trials=1",
-        "search.unfreeze_depths=[4]",
-        "search.optimizers=[sgd]",
-        "search.learning_rate.min=0.05",
-        "search.learning_rate.max=0.05",
+        "search.params.finetune.unfreeze_depth=4",
+        "search.params.finetune.optimizer=sgd",
+        "search.params.finetune.learning_rate=0.05",
         "augmentation=none",
         "finetune.finetune_epochs=3",
         "finetune.lr_scale=1",
@@ -180,11 +179,11 @@ def test_stage_2_changes_only_the_unfrozen_top(image_folder: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("tuner", ["bayesian", "hyperband", "grid"])
 def test_other_tuners_run_two_stage_trials(image_folder: Path, tmp_path: Path, tuner: str) -> None:
-    overrides = [f"tuner={tuner}", "search.optimizers=[adam]", "search.unfreeze_depths=[2]"]
+    overrides = [f"tuner={tuner}", "search.params.finetune.optimizer=adam", "search.params.finetune.unfreeze_depth=2"]
     if tuner == "hyperband":
         overrides += ["finetune.head_epochs=2", "finetune.finetune_epochs=1", "tuner.factor=3"]
     else:
-        overrides += ["tuner.max_trials=2", "search.learning_rate.min=1e-3", "search.learning_rate.max=1e-2"]
+        overrides += ["tuner.max_trials=2", "search.params.finetune.learning_rate=tag(log, interval(1e-3, 1e-2))"]
     if tuner == "bayesian":
         overrides.append("tuner.num_initial_points=1")
     result = run(image_folder, tmp_path / "job", *overrides)
@@ -192,6 +191,6 @@ def test_other_tuners_run_two_stage_trials(image_folder: Path, tmp_path: Path, t
     assert result.status == "completed" and trials
     assert all(t["status"] == "completed" for t in trials)
     if tuner == "grid":
-        assert sorted(t["hyperparameters"]["learning_rate"] for t in trials) == pytest.approx([1e-3, 1e-2])
+        assert sorted(t["hyperparameters"]["finetune.learning_rate"] for t in trials) == pytest.approx([1e-3, 1e-2])
     if tuner == "hyperband":
         assert any(e["stage"] == "finetune" for t in trials for e in t["history"])

@@ -38,13 +38,14 @@ def test_long_work_says_how_far_it_is_and_how_long_it_still_takes(caplog, monkey
 def test_time_left_counts_each_unfreeze_depth_at_its_own_speed() -> None:
     from tlsweep.runs import time_left
 
-    spec = make_spec(["tuner.max_trials=4", "search.unfreeze_depths=[0,20]", "finalists.top=0"] + [
-        "finetune.head_epochs=2", "finetune.finetune_epochs=3"])  # fmt: skip
+    spec = make_spec(["tuner.max_trials=4", "search.params.finetune.unfreeze_depth=choice(0, 20)", "finalists.top=0",
+                      "finetune.head_epochs=2", "finetune.finetune_epochs=3"])  # fmt: skip
 
     def run(trial_id: str, depth: int, stage2: float) -> RunRecord:
         history = [Epoch(1, "head", seconds=1.0), Epoch(2, "head", seconds=1.0)]
         history += [Epoch(e, "finetune", seconds=stage2) for e in (3, 4, 5)]
-        return RunRecord(trial_id, status="completed", hyperparameters={"unfreeze_depth": depth}, history=history)
+        depths = {"finetune.unfreeze_depth": depth}
+        return RunRecord(trial_id, status="completed", hyperparameters=depths, history=history)
 
     # two trials left, each 2 head epochs (1 s) and 3 stage-2 epochs at a depth drawn from 0 (1 s) and 20 (9 s)
     assert time_left(spec, [run("0", 0, 1.0), run("1", 20, 9.0)]) == pytest.approx(2 * (2 + 3 * 5))
@@ -209,9 +210,14 @@ def test_tlsweeps_own_output_folder_inside_the_image_folder_is_not_a_class(tmp_p
     assert list(class_files(images)[0]) == ["cat", "dog", "fox"]
 
 
-def test_hyperband_honours_a_cap_on_its_trials() -> None:
-    spec = make_spec(["tuner=hyperband", "tuner.max_trials=2"])
-    assert len(spec.tuner.schedule(spec.training.total_epochs)) == 2
+def test_hyperband_honours_a_cap_on_its_trials(image_folder: Path, tmp_path: Path) -> None:
+    from tlsweep.job import run_job
+
+    settings = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner=hyperband"]
+    settings += ["finetune.head_epochs=3", "finetune.finetune_epochs=3"]  # a schedule of 10 trials ...
+    assert len(make_spec([*settings, "tuner.max_trials=null"]).tuner.schedule(6)) == 10
+    record = run_job(make_spec([*settings, "tuner.max_trials=2"]), tmp_path / "job", {"tuner": "hyperband"})  # ... cut
+    assert record.get("trials") == 2 and len(list((tmp_path / "job" / "trials").glob("trial_*.json"))) == 2
 
 
 @pytest.mark.slow

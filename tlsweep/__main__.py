@@ -34,7 +34,7 @@ from tlsweep.config import check_command_line, check_writable, composition_error
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
-from tlsweep.paths import COMMAND_LINE_VARIABLE, register_resolvers, resume_argument  # noqa: E402
+from tlsweep.paths import COMMAND_LINE_VARIABLE, hydra_arguments, register_resolvers  # noqa: E402
 from tlsweep.schema import job_spec  # noqa: E402
 
 log = logging.getLogger("tlsweep")
@@ -93,8 +93,9 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
 
 def cli() -> None:
     """Entry point of ``python -m tlsweep`` and the ``tlsweep`` command."""
+    given = sys.argv[1:]
     try:
-        sys.argv[1:], notes = resume_argument(sys.argv[1:])  # checked and quoted for Hydra, whatever the name
+        sys.argv[1:], notes = hydra_arguments(given)  # the values tlsweep takes before Hydra parses them
         for note in notes:
             print(note)
         check_command_line(sys.argv[1:])  # a typo or a wrong type: one line, before any folder is made
@@ -109,7 +110,7 @@ def cli() -> None:
             main()
     except KeyboardInterrupt:
         root = _output_root[0] if _output_root else Path("outputs")
-        print(interrupted_message(sys.argv[1:], root), file=sys.stderr)
+        print(interrupted_message(given, root), file=sys.stderr)
         sys.exit(130)
     except TlsweepError as e:  # refused around the jobs (a race that cannot start)
         print(f"error: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ class Source(Protocol):
 
     def part(self, model: Any, depth: int) -> Any: ...
 
-    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]: ...
+    def batches(self, depth: int, seed: int, batch_size: int) -> tuple[EpochBatches, EpochBatches]: ...
 
 
 def _inputs(arrays: list[Any]) -> Any:
@@ -41,7 +41,7 @@ class EpochBatches:
     """
 
     def __init__(
-        self, views: list[list[Any] | None], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int
+        self, views: list[list[Any] | None], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0
     ) -> None:
         self.period = len(views)  # epoch e reads view e mod period
         self.slot = {v: i for i, v in enumerate(v for v, view in enumerate(views) if view is not None)}
@@ -50,10 +50,14 @@ class EpochBatches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
         self._rows: Any = None  # the in-pipeline copy of rows(epoch), once dataset() made one
+        self._tensors: Any = None  # the in-pipeline copy of the views and labels, made once for every trial
         self._dataset: Any = None
 
-    def reseed(self, seed: int) -> EpochBatches:
-        """The same examples in another trial's order: a job builds its pipeline once, not per trial."""
+    def reseed(self, seed: int, batch_size: int) -> EpochBatches:
+        """The same examples in another trial's order and batch size: a job copies its arrays into the pipeline
+        once, not per trial (a new batch size only gathers them anew)."""
+        if batch_size != self.batch_size:
+            self.batch_size, self._dataset = batch_size, None
         self.seed = seed
         self.set_epoch(0)
         return self
@@ -78,16 +82,18 @@ class EpochBatches:
         n, size = len(self.labels), self.batch_size
         fixed = not self.shuffle and self.period == 1  # the same batches every epoch: nothing to gather
         if fixed and all(a.dtype == np.float32 for a in self.views[0]):  # uint8 images stay uint8 until batched
-            with tf.device("/CPU:0"):
-                x = [tf.constant(a) for a in self.views[0]]
-                slices = (_inputs(x), tf.constant(self.labels))
-            self._dataset = tf.data.Dataset.from_tensor_slices(slices).batch(size)
+            if self._tensors is None:
+                with tf.device("/CPU:0"):
+                    self._tensors = (_inputs([tf.constant(a) for a in self.views[0]]), tf.constant(self.labels))
+            self._dataset = tf.data.Dataset.from_tensor_slices(self._tensors).batch(size)
             return self._dataset
         with tf.device("/CPU:0"):  # the pipeline's tensors stay on the host
-            stacked = [self._stack(k) for k in range(len(self.views[0]))]
-            labels = tf.Variable(self.labels, trainable=False)
-            first = self.epoch if self.epoch % self.period in self.slot else min(self.slot)  # set at every epoch
-            self._rows = tf.Variable(self.rows(first), trainable=False)
+            if self._tensors is None:
+                labels = tf.Variable(self.labels, trainable=False)
+                self._tensors = ([self._stack(k) for k in range(len(self.views[0]))], labels)
+                first = self.epoch if self.epoch % self.period in self.slot else min(self.slot)  # set at every epoch
+                self._rows = tf.Variable(self.rows(first), trainable=False)
+        stacked, labels = self._tensors
 
         def gather(i: Any) -> tuple[Any, Any]:
             rows = self._rows[i * size : (i + 1) * size]
@@ -181,10 +187,10 @@ class EpochBatches:
 class PlainData:
     """The plain way: every epoch runs the whole model, augmentation included, on the images."""
 
-    def __init__(self, data: ImageData, batch_size: int, train_views: list[np.ndarray] | None = None) -> None:
+    def __init__(self, data: ImageData, train_views: list[np.ndarray] | None = None) -> None:
         views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
-        self.train = EpochBatches(views, data.y_train, batch_size, shuffle=True, seed=0)
-        self.val = EpochBatches([[data.x_val]], data.y_val, batch_size, shuffle=False, seed=0)
+        self.train = EpochBatches(views, data.y_train, 1, shuffle=True)  # batch size: each trial's (``batches``)
+        self.val = EpochBatches([[data.x_val]], data.y_val, 1, shuffle=False)
 
     def cut(self, depth: int) -> int | None:
         """Where the batches enter the classifier: no cut, the images go in whole."""
@@ -196,9 +202,9 @@ class PlainData:
 
         return keras.Model(model.inputs, model.outputs, name="classifier")
 
-    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
+    def batches(self, depth: int, seed: int, batch_size: int) -> tuple[EpochBatches, EpochBatches]:
         """Training and validation batches of the images, in the order of the trial's ``seed``."""
-        return self.train.reseed(seed), self.val.reseed(seed)
+        return self.train.reseed(seed, batch_size), self.val.reseed(seed, batch_size)
 
 
 class CachedData:
@@ -207,8 +213,8 @@ class CachedData:
     A depth whose cut the cache's plan does not keep trains the plain way, on ``plain``.
     """
 
-    def __init__(self, cache: FeatureCache, batch_size: int, plain: PlainData | None = None) -> None:
-        self.cache, self.batch_size = cache, batch_size
+    def __init__(self, cache: FeatureCache, plain: PlainData | None = None) -> None:
+        self.cache = cache
         self.plain = plain
         self._batches: dict[int, tuple[EpochBatches, EpochBatches]] = {}  # by cut
 
@@ -217,7 +223,7 @@ class CachedData:
         if self.cache.cached(cut):
             return None
         if self.plain is None:
-            self.plain = PlainData(self.cache.data, self.batch_size)
+            self.plain = PlainData(self.cache.data)
         return self.plain
 
     def cut(self, depth: int) -> int | None:
@@ -230,16 +236,16 @@ class CachedData:
         plain = self._plain(depth)
         return plain.part(model, depth) if plain else trainable_part(model, self.cut(depth))
 
-    def batches(self, depth: int, seed: int) -> tuple[EpochBatches, EpochBatches]:
+    def batches(self, depth: int, seed: int, batch_size: int) -> tuple[EpochBatches, EpochBatches]:
         """Training and validation batches of the cached tensors at the cut for ``depth``, in the
         order of the trial's ``seed``."""
         plain = self._plain(depth)
         if plain:
-            return plain.batches(depth, seed)
+            return plain.batches(depth, seed, batch_size)
         data, cut = self.cache.data, self.cut(depth)
         if cut not in self._batches:
-            train = EpochBatches(self.cache.train_views(cut), data.y_train, self.batch_size, shuffle=True, seed=0)
-            val = EpochBatches([self.cache.val(cut)], data.y_val, self.batch_size, shuffle=False, seed=0)
+            train = EpochBatches(self.cache.train_views(cut), data.y_train, 1, shuffle=True)
+            val = EpochBatches([self.cache.val(cut)], data.y_val, 1, shuffle=False)
             self._batches[cut] = (train, val)
         train, val = self._batches[cut]
-        return train.reseed(seed), val.reseed(seed)
+        return train.reseed(seed, batch_size), val.reseed(seed, batch_size)

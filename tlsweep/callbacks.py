@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 
 from tlsweep.console import native_stderr_to
 from tlsweep.files import LOG_FILE
-from tlsweep.groups import ExportSpec, ReportSpec, part
+from tlsweep.groups import ExportSpec, ReportSpec, build
 
 log = logging.getLogger("tlsweep")
 FAILED_JOBS: list[str] = []  # "job: reason" for each failed job of the sweep that just ended, read from its folder
@@ -49,8 +49,8 @@ class SweepEnd(Callback):
     """Export the best trial's model into ``<folder>/best/`` and write the report into ``<folder>``."""
 
     def __init__(self, export: dict[str, Any], report: dict[str, Any]) -> None:
-        self.export: ExportSpec = part(ExportSpec, export)  # conf/config.yaml hands them over as plain dicts
-        self.report: ReportSpec = part(ReportSpec, report)
+        self.export: ExportSpec = build(ExportSpec, export)  # conf/config.yaml hands them over as plain dicts
+        self.report: ReportSpec = build(ReportSpec, report)
 
     def on_run_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
         if config.get("distributed", {}).get("role") == "worker":  # the chief exports and reports

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -29,7 +30,7 @@ def split_override(override: str) -> tuple[str, str]:
     try:
         parsed = OverridesParser.create().parse_override(override)
         return parsed.key_or_group, parsed.get_value_element_as_str()
-    except OverrideParseException:
+    except (OverrideParseException, HydraException):  # not Hydra's grammar, or a search space's expression
         key, _, value = override.partition("=")
         return key.lstrip("+~"), value
 
@@ -104,6 +105,7 @@ def check_command_line(args: list[str]) -> list[JobSpec]:
     """
     if any(a.startswith("-") and a not in _MULTIRUN_FLAGS for a in args):
         return []
+    args = search_space_arguments(args)  # KerasTuner's search space, not sweeps of Hydra's
     overrides = [a for a in args if a not in _MULTIRUN_FLAGS and not a.lstrip("+~").startswith("hydra")]
     searchpath = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]  # the user's own config groups
     try:
@@ -163,26 +165,49 @@ def composition_error(error: BaseException) -> str:
 
 
 # Settings that reproduce one run: its hyperparameters become a one-point search.
-_PINNED_KEYS = ("search.learning_rate", "search.optimizers", "search.unfreeze_depths", "tuner", "finalists")
+_PINNED_KEYS = ("search.params", "tuner", "finalists")
+SEARCH_PARAMS = "search.params."
 
 
-def rerun_command(overrides: list[str], mode: str, run: RunRecord) -> str:
-    """``python -m tlsweep …`` that runs a job's config (its command-line ``overrides``, its finetune ``mode``)
-    with only this run's hyperparameters and seed: it trains the same, and gives the same metrics on CPU."""
-    hyperparameters = run.hyperparameters
+def search_space_arguments(args: list[str]) -> list[str]:
+    """``args`` with each ``search.params.<key>=<expression>`` taken before Hydra parses it: the expression is
+    KerasTuner's to search inside the job, in Hydra's sweep grammar, so to Hydra it is a quoted value (which it
+    would otherwise take for a sweep of its own: refused without ``-m``, split into jobs with it). ``++`` sets
+    the key whether or not the search space has it already."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+").startswith(SEARCH_PARAMS):
+            arg = f"++{key.lstrip('+')}={hydra_quoted(unquoted(value))}"
+        out.append(arg)
+    return out
+
+
+def unquoted(value: str) -> str:
+    """A value the user quoted for Hydra (``'interval(0, 1)'``), as the text it stands for."""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        try:
+            return str(OverridesParser.create().parse_override(f"key={value}").value())
+        except (OverrideParseException, HydraException):
+            return value[1:-1]
+    return value
+
+
+def rerun_command(overrides: list[str], run: RunRecord) -> str:
+    """``python -m tlsweep …`` that runs a job's config (its command-line ``overrides``) with only this run's
+    hyperparameters, each pinned in ``search.params``, and its seed: it trains the same, and gives the same
+    metrics on CPU."""
     kept = [o for o in overrides if not _pinned(split_override(o)[0]) and not run_key(split_override(o)[0])]
-    pinned = []
-    if "learning_rate" in hyperparameters:
-        lr = float(hyperparameters["learning_rate"])
-        pinned += [f"search.learning_rate.min={lr!r}", f"search.learning_rate.max={lr!r}"]
-    if "optimizer" in hyperparameters:
-        pinned.append(f"search.optimizers=[{hyperparameters['optimizer']}]")
-    if mode == "top" and "unfreeze_depth" in hyperparameters:
-        pinned.append(f"search.unfreeze_depths=[{int(hyperparameters['unfreeze_depth'])}]")
+    pinned = [f"{SEARCH_PARAMS}{key}={_exact(value)}" for key, value in run.hyperparameters.items()]
     pinned += ["tuner=random", "tuner.max_trials=1", "finalists.top=0"]
     if run.replicate:
         pinned.append(f"finalists.replicate={run.replicate}")
     return " ".join(["python -m tlsweep", *(shlex.quote(o) for o in [*kept, *pinned])])
+
+
+def _exact(value: Any) -> str:
+    """A hyperparameter as a value that parses back to exactly it (a float's every digit)."""
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _pinned(key: str) -> bool:

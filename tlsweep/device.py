@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from tlsweep.groups import DeviceSpec
+from tlsweep.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
 
-def configure(cfg: DeviceSpec) -> None:
+def configure(cfg: JobSpec) -> None:
     """Apply ``precision``, ``gpu_memory_growth`` and ``threads``."""
     import keras
     import tensorflow as tf

@@ -31,7 +31,7 @@ from tlsweep import files
 from tlsweep.config import rerun_command
 from tlsweep.console import native_stderr_to
 from tlsweep.errors import TlsweepError, first_line
-from tlsweep.groups import QUANTIZE, DatasetSpec, ExportSpec, part
+from tlsweep.groups import QUANTIZE, DatasetSpec, ExportSpec, build
 from tlsweep.objective import Objective
 from tlsweep.paths import folder_command
 from tlsweep.records import EXPORT_FORMAT, EXPORT_VERSION, best_epoch_of
@@ -145,7 +145,7 @@ def _finalist(found: Winner) -> dict[str, Any] | None:
 
 def reproduce_command(job: Job, trial: Trial) -> str:
     """The command that reruns ``trial`` of ``job`` exactly (``tlsweep.config.rerun_command``)."""
-    return rerun_command(job.overrides, str(job.config.get("finetune", {}).get("mode", "top")), trial.run)
+    return rerun_command(job.overrides, trial.run)
 
 
 def _metrics(trial: Trial, objective: Objective) -> dict[str, float]:
@@ -161,7 +161,7 @@ def _metrics(trial: Trial, objective: Objective) -> dict[str, float]:
 def _test_and_calibration_data(job: Job, image_size: int, need_calibration: bool) -> dict[str, Any]:
     """The job's held-out test images, and training images for int8 calibration, decoded as in training."""
     recorded = job.config.get("dataset")
-    dataset = part(DatasetSpec, recorded) if isinstance(recorded, dict) and recorded.get("name") else None
+    dataset = build(DatasetSpec, recorded) if isinstance(recorded, dict) and recorded.get("name") else None
     wants_test = dataset is not None and (dataset.test_split > 0 or dataset.test or _has_test_dir(dataset))
     if dataset is None or not (wants_test or need_calibration):
         return {}

@@ -53,7 +53,7 @@ def run_finalists(runner: Runner) -> None:
     def planned() -> dict[str, object]:
         """The finalists' runs still to come, by id and unfreeze depth, for the time left (done ones count no more)."""
         later = [(r, o) for r, _, o, _ in plans if o.trial_id not in settled]
-        return {f"{o.trial_id}.s{r}": o.run.hyperparameters.get("unfreeze_depth") for r, o in later}
+        return {f"{o.trial_id}.s{r}": o.run.depth for r, o in later}
 
     for replicate, _, original, label in plans:
         run_id = f"{original.trial_id}.s{replicate}"

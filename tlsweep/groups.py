@@ -1,24 +1,25 @@
-"""Each config group, typed and frozen, with the checks on its own values.
+"""Every setting of every config group, declared once: its type, its default, a one-line comment, its checks.
 
-``tlsweep.spec.JobSpec`` holds one of each and adds the rules that relate several groups. Every
-rule on a group's values is its ``problem()``: one line naming the setting and how to fix it.
+Hydra's schema (``tlsweep.schema``) and the typed, frozen spec a job reads (``tlsweep.spec.JobSpec``)
+both come from these dataclasses: ``conf/`` only picks options, each setting only what differs from
+the default here. Every rule on a group's values is its ``problem()``: one line naming the setting
+and how to fix it. A field made with ``knob`` is a trial-level setting that ``search.params`` may
+search (``tlsweep.space``): to add one, declare it here and use it where the trial trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
 from tlsweep.objective import OBJECTIVE_NAMES as OBJECTIVES
-from tlsweep.objective import Objective
 from tlsweep.race import trials_in_round
+from tlsweep.schedule import StagePlan, hyperband_schedule
 
 FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
-SAMPLINGS = ("log", "linear")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZE = ("none", "float16", "int8")
 DATASETS = ("digits", "folder", "tf_flowers")
@@ -30,30 +31,46 @@ PRUNING_RULES = ("none", "median", "asha")
 CACHE_DTYPES = ("float32", "float16")
 EPOCHS_PER_VIEW = 3  # by default an augmented view serves up to this many epochs of a stage (README: measured)
 MAX_SEED = 2**32 - 1  # NumPy and TensorFlow take seeds below 2**32
+MISSING: Any = "???"  # a setting each option of its group must give (OmegaConf's mark for it)
 
-StagePlan = list[tuple[str, int, int]]  # (stage, first epoch, end epoch) of each fit, on one epoch axis
+
+def linked(key: str) -> Any:
+    """A default that is another setting's value (``dataset.seed`` is ``seed``), as Hydra resolves it."""
+    return "${" + key + "}"
 
 
-def part(cls: type, data: Any) -> Any:
-    """A spec part from its config group: the fields it declares, lists as tuples (the spec is frozen)."""
+def knob(default: Any) -> Any:
+    """A trial-level setting: one value for the job, unless ``search.params`` searches it."""
+    return field(default=default, metadata={"knob": True})
+
+
+def build(cls: type, data: Any) -> Any:
+    """The dataclass ``cls`` from a resolved config mapping: nested groups built the same way, lists as tuples
+    (a spec is frozen), keys the group does not declare left out (an older record's)."""
     data = data if isinstance(data, dict) else {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value, hint = data[f.name], hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                value = build(hint, value)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str
-    path: str | None = None
-    validation_split: float = 0.2
-    test_split: float = 0.0
-    test: str | None = None
-    fraction: float = 1.0
-    batch_size: int = 32
-    image_size: int | None = None
-    seed: int = 0
-    workers: int = 4
-    data_dir: str | None = None
+    name: str = MISSING  # digits (the offline demo) | folder (your images) | tf_flowers (TFDS)
+    path: str | None = None  # the dataset folder: class sub-folders, or train/ and val/ (and test/) holding them
+    validation_split: float = 0.2  # fraction of each class held out for validation when there is no val/ folder
+    test_split: float = 0.0  # held out from training to test the best model once (0: none, unless a test/ folder)
+    test: str | None = None  # a folder of class sub-folders to test the best model on; null: <path>/test/ if it exists
+    fraction: float = 1.0  # train on this fraction of the training images (per class): start small
+    image_size: int | None = None  # input side in pixels; null uses the backbone's
+    seed: int = linked("seed")  # seeds the split and the fraction
+    workers: int = 4  # threads decoding images
+    data_dir: str | None = None  # TFDS: where it keeps its data; null: ~/tensorflow_datasets (or $TFDS_DATA_DIR)
 
     def problem(self) -> str | None:
         if self.name not in DATASETS:
@@ -66,8 +83,6 @@ class DatasetSpec:
             return f"dataset.validation_split={self.validation_split} must be between 0 and 1, e.g. 0.2"
         if not 0.0 <= self.test_split < 1.0:
             return f"dataset.test_split={self.test_split} must be in [0, 1), e.g. 0.2 (0: no test set)"
-        if self.batch_size < 1:
-            return f"dataset.batch_size={self.batch_size} must be at least 1"
         if self.image_size is not None and self.image_size < 1:
             return f"dataset.image_size={self.image_size} must be a positive number of pixels, or null"
         return None
@@ -75,15 +90,15 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    name: str
-    image_size: int
-    preprocessing: str
-    factory: str | None = None
-    handle: str | None = None
-    preset: str | None = None
-    pooling: str = "cls"
-    weights: str | None = None
-    unfreeze_depths: tuple[int, ...] = ()
+    name: str = MISSING  # what the job's folder, report and records call it
+    image_size: int = MISSING  # input side in pixels the backbone was trained at
+    preprocessing: str = MISSING  # pixels 0..255 to its input: tf [-1,1] | torch (ImageNet) | unit | none | preset
+    factory: str | None = None  # a Keras model: callable(include_top, weights, input_shape), e.g. keras.applications.X
+    handle: str | None = None  # a TF Hub model: tfhub.dev or Kaggle Models URL, or a SavedModel folder
+    preset: str | None = None  # a KerasHub preset: a name, a kaggle:// or hf:// handle, or a preset folder
+    pooling: str = "cls"  # a transformer's tokens to one vector: cls (the class token) | mean (the patch tokens' mean)
+    weights: str | None = None  # imagenet | bundled | hub | preset | null (random) | path/to/file.weights.h5
+    unfreeze_depths: tuple[int, ...] = ()  # the depths (top layers or blocks) the default search tries
 
     def problem(self) -> str | None:
         if not self.factory and not self.handle and not self.preset:
@@ -111,11 +126,11 @@ class BackboneSpec:
 
 @dataclass(frozen=True)
 class AugmentationSpec:
-    flip: str | None = None
-    rotation: float = 0.0
-    zoom: float = 0.0
-    height: float = 0.0
-    width: float = 0.0
+    flip: str | None = None  # horizontal | vertical | horizontal_and_vertical | null
+    rotation: float = 0.0  # random rotation, as a fraction of a full turn (0.2 = up to ±72°)
+    zoom: float = 0.0  # random zoom in or out by up to this fraction
+    height: float = 0.0  # random stretch of the height by up to this fraction (the image keeps its size)
+    width: float = 0.0  # random stretch of the width by up to this fraction (the image keeps its size)
 
     @property
     def changes_images(self) -> bool:
@@ -130,14 +145,36 @@ class AugmentationSpec:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """The two stages of every run: a head on the frozen backbone, then its top unfrozen (``mode``)."""
+    """The two stages of every run (the ``finetune`` group): a head on the frozen backbone, then its top unfrozen.
 
-    mode: str  # none | top | full
-    head_epochs: int
-    finetune_epochs: int = 0  # read through ``stage2_epochs``: none without stage 2
-    lr_scale: float = 0.1
-    dropout: float = 0.2
-    patience: int | None = None
+    The knobs are one trial's settings: ``with_values`` gives a trial's own, as the search chose them."""
+
+    mode: str = "top"  # none (head only) | top (unfreeze the top finetune.unfreeze_depth units) | full (all)
+    head_epochs: int = 5  # stage 1: epochs training the head on the frozen backbone
+    finetune_epochs: int = 5  # stage 2: epochs after unfreezing, continuing the epoch count
+    patience: int | None = None  # end a stage after this many epochs without a better objective; null: never
+    learning_rate: float = knob(1e-3)  # stage 1's learning rate (searched by the default search)
+    optimizer: str = knob("adam")  # one of the loaded optimizers (the optimizer group; searched by default)
+    unfreeze_depth: int | None = knob(None)  # top layers (or blocks) unfrozen in stage 2 (searched by default)
+    lr_scale: float = knob(0.1)  # stage 2's learning rate = the trial's learning rate × this
+    dropout: float = knob(0.2)  # dropout before the classifier
+    label_smoothing: float = knob(0.0)  # the training loss' targets: 1 - this on the class, the rest spread evenly
+    weight_decay: float = knob(0.0)  # the optimizer's own (decoupled) weight decay; 0: none
+    batch_size: int = knob(32)  # examples per training step
+
+    @classmethod
+    def knobs(cls) -> tuple[str, ...]:
+        """The trial-level settings ``search.params`` may search."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("knob"))
+
+    def with_values(self, values: dict[str, Any]) -> TrainingSpec:
+        """These settings with a trial's values (``{"finetune.dropout": 0.3}``) in place of the job's."""
+        return dataclasses.replace(self, **{key.removeprefix("finetune."): v for key, v in values.items()})
+
+    def compiled_with(self) -> tuple[Any, ...]:
+        """Every value that goes into a compiled training step (``model.SharedClassifier.trainer``): a step
+        compiled for other values would train the trial with them, whatever its record says."""
+        return (self.optimizer, self.weight_decay, self.label_smoothing, self.dropout)
 
     @property
     def stage2_epochs(self) -> int:
@@ -180,64 +217,49 @@ class TrainingSpec:
                 f"finetune.finetune_epochs={self.finetune_epochs} must be at least 1 with finetune={self.mode}; "
                 "use finetune=none for feature extraction only"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            return f"finetune.dropout={self.dropout} must be in [0, 1)"
-        if self.lr_scale <= 0:
-            return f"finetune.lr_scale={self.lr_scale} must be positive, e.g. 0.1"
         if self.patience is not None and self.patience < 1:
             return f"finetune.patience={self.patience} must be at least 1 (epochs), or null to train every epoch"
+        return self.knob_problem()
+
+    def knob_problem(self) -> str | None:
+        """The rules on the trial-level values (also each value a search may draw: ``tlsweep.space``)."""
+        if not self.learning_rate > 0:
+            return f"finetune.learning_rate={self.learning_rate} must be positive, e.g. 1e-3"
+        if not 0.0 <= self.dropout < 1.0:
+            return f"finetune.dropout={self.dropout} must be in [0, 1)"
+        if not self.lr_scale > 0:
+            return f"finetune.lr_scale={self.lr_scale} must be positive, e.g. 0.1"
+        if not 0.0 <= self.label_smoothing < 1.0:
+            return f"finetune.label_smoothing={self.label_smoothing} must be in [0, 1), e.g. 0.1"
+        if not self.weight_decay >= 0:
+            return f"finetune.weight_decay={self.weight_decay} must be 0 or more, e.g. 1e-4"
+        if self.batch_size < 1:
+            return f"finetune.batch_size={self.batch_size} must be at least 1"
+        if self.unfreeze_depth is not None and self.unfreeze_depth < 0:
+            return f"finetune.unfreeze_depth={self.unfreeze_depth} must be 0 or more (0: head only)"
         return None
 
 
 @dataclass(frozen=True)
-class SearchSpace:
-    """What KerasTuner chooses from for each trial."""
+class SearchSpec:
+    """What KerasTuner searches in each job: ``search.params`` maps trial-level settings to Hydra's sweep grammar."""
 
-    lr_min: float
-    lr_max: float
-    lr_sampling: str
-    lr_step: float | None  # grid search: the factor between learning rates
-    optimizers: tuple[str, ...]
-    depths: tuple[int, ...]  # unfreeze depths with finetune=top; empty otherwise
+    params: dict[str, Any] = field(default_factory=dict)  # e.g. {finetune: {dropout: interval(0.1, 0.5)}}
 
-
-def hyperband_schedule(max_epochs: int, factor: int, iterations: int) -> list[tuple[int, int]]:
-    """(epochs, initial_epoch) of each trial KerasTuner's Hyperband runs, in the order it runs them.
-
-    KerasTuner keeps this arithmetic inside its ``HyperbandOracle`` (``_get_num_brackets``,
-    ``_get_size``, ``_get_epochs``); tlsweep needs it before a tuner exists, to plan the cache and
-    the budget. ``tests/test_spec.py`` checks it against the oracle, so a change there fails loudly.
-    Random draws that collide can end a search sooner; this is the most it runs.
-    """
-    brackets, epochs = 0, float(max_epochs)
-    while epochs >= 1:
-        epochs, brackets = epochs / factor, brackets + 1
-    end_size = math.ceil(1 + math.log(max_epochs, factor))
-
-    def size(bracket: int, rung: int) -> int:
-        return math.ceil(end_size / (bracket + 1) * factor ** (bracket - rung))
-
-    def budget(bracket: int, rung: int) -> int:
-        return math.ceil(max_epochs / factor ** (bracket - rung))
-
-    runs = []
-    for _ in range(iterations):
-        for bracket in reversed(range(brackets)):
-            for rung in range(bracket + 1):
-                runs += [(budget(bracket, rung), budget(bracket, rung - 1) if rung else 0)] * size(bracket, rung)
-    return runs
+    def problem(self) -> str | None:
+        return None  # a knob's rules relate it to other groups' settings: ``JobSpec``
 
 
 @dataclass(frozen=True)
 class TunerSpec:
-    name: str
-    objective: Objective
-    max_trials: int | None  # Hyperband: a cap on the trials its schedule runs (None: the whole schedule)
-    max_consecutive_failed_trials: int = 3
-    num_initial_points: int = 3
-    learning_rate_step: float | None = None
-    factor: int = 3
-    hyperband_iterations: int = 1
+    name: str = MISSING  # random | bayesian | hyperband | grid
+    objective: str = "val_accuracy"  # val_accuracy, val_loss (minimised), val_balanced_accuracy, val_macro_f1, …
+    max_trials: int | None = None  # trials per job (Hyperband sizes itself; this caps it)
+    max_consecutive_failed_trials: int = 3  # stop the job after this many failed trials in a row
+    num_initial_points: int = 3  # bayesian: random trials before the Gaussian process takes over
+    log_step: float = 10.0  # grid: the factor between the points of a log interval (min, min×step, … up to max)
+    factor: int = 3  # hyperband: keep the best 1/factor of the trials at each round
+    hyperband_iterations: int = 1  # hyperband: how many times to run the whole schedule
 
     @property
     def sizes_itself(self) -> bool:
@@ -254,8 +276,8 @@ class TunerSpec:
     def problem(self) -> str | None:
         if self.name not in TUNER_NAMES:
             return f"tuner.name={self.name} must be one of: {', '.join(TUNER_NAMES)}"
-        if self.objective.name not in OBJECTIVES:
-            return f"tuner.objective={self.objective.name} must be one of: {', '.join(OBJECTIVES)}"
+        if self.objective not in OBJECTIVES:
+            return f"tuner.objective={self.objective} must be one of: {', '.join(OBJECTIVES)}"
         if not self.sizes_itself and self.max_trials is None:
             return f"tuner.max_trials must be set with tuner={self.name}, e.g. tuner.max_trials=10"
         if self.max_trials is not None and self.max_trials < 1:
@@ -264,15 +286,17 @@ class TunerSpec:
             return f"tuner.max_consecutive_failed_trials={self.max_consecutive_failed_trials} must be at least 1"
         if self.factor < 2 or self.hyperband_iterations < 1:
             return f"tuner.factor={self.factor} must be at least 2 and hyperband_iterations at least 1"
+        if not self.log_step > 1:
+            return f"tuner.log_step={self.log_step} must be more than 1, e.g. 10"
         return None
 
 
 @dataclass(frozen=True)
 class PruningSpec:
-    rule: str = "none"
-    warmup_epochs: int = 1
-    min_trials: int = 3
-    reduction_factor: int = 3
+    rule: str = "none"  # none | median | asha: how hopeless trials stop early, on the epoch axis of both stages
+    warmup_epochs: int = 1  # median: never prune at or before this epoch; asha: its first rung
+    min_trials: int = 3  # no trial is pruned until this many other trials reached its epoch (or rung)
+    reduction_factor: int = 3  # asha: rungs at warmup × factor^k, and a trial goes on in the top 1/factor
 
     def problem(self) -> str | None:
         if self.rule not in PRUNING_RULES:
@@ -289,10 +313,12 @@ class PruningSpec:
 
 @dataclass(frozen=True)
 class FinalistsSpec:
-    top: int = 3
-    seeds: int = 3
-    replicate: int = 0
-    refit: bool = False
+    """After the search: the best configurations again with more seeds, so the winner outlasts noise."""
+
+    top: int = 3  # configurations re-run, of those within noise of the search's best (0: none)
+    seeds: int = 3  # runs of each, the search's own included; the winner is the best mean
+    replicate: int = 0  # which seed a trial runs (0: the search's); the report's rerun of a finalist sets it
+    refit: bool = False  # export the winner retrained on training + validation images for its best epoch count
 
     @property
     def enabled(self) -> bool:
@@ -310,12 +336,13 @@ class FinalistsSpec:
 
 @dataclass(frozen=True)
 class CacheSpec:
-    enabled: bool = True
-    views: int | None = None  # as set; ``JobSpec.views`` applies the rule
-    dtype: str = "float32"
-    memory_gb: float | None = None
-    max_disk_gb: float = 50.0
-    dir: str = "outputs/.cache"
+    """The ``feature_cache`` group: the frozen part computed once per job (``cache=false``: the plain way)."""
+
+    views: int | None = None  # augmented views of the training set; null: one per 3 epochs of the longer stage, ≥ 2
+    dtype: str = "float32"  # float16 halves the memory and disk it takes (results differ only by rounding)
+    memory_gb: float | None = None  # the job's memory budget, cache and images included; null: half the free memory
+    max_disk_gb: float = 50.0  # size limit of the cache folder: the least recently used keys are removed first
+    dir: str = "outputs/.cache"  # shared by jobs and later sweeps (python -m tlsweep.cache list|clear)
 
     def problem(self) -> str | None:
         if self.dtype not in CACHE_DTYPES:
@@ -333,24 +360,11 @@ class CacheSpec:
 
 
 @dataclass(frozen=True)
-class DeviceSpec:
-    precision: str = "float32"
-    jit_compile: bool = False
-    gpu_memory_growth: bool = True
-    threads: int | None = None
-
-    def problem(self) -> str | None:
-        if self.precision not in PRECISIONS:
-            return f"precision={self.precision} must be one of: {', '.join(PRECISIONS)}"
-        if self.threads is not None and self.threads < 1:
-            return f"threads={self.threads} must be a whole number ≥ 1, or null for all cores"
-        return None
-
-
-@dataclass(frozen=True)
 class DistributedSpec:
-    role: str | None = None
-    chief: str = "localhost:8000"
+    """One KerasTuner search shared by several processes or machines."""
+
+    role: str | None = None  # null: this process runs the whole search | chief: hands out trials | worker: runs them
+    chief: str = "localhost:8000"  # the chief's host:port; the chief listens on this port, workers connect to it
 
     def problem(self) -> str | None:
         if self.role is not None and self.role not in DISTRIBUTED_ROLES:
@@ -363,10 +377,12 @@ class DistributedSpec:
 
 @dataclass(frozen=True)
 class ExportSpec:
-    enabled: bool = True
-    saved_model: bool = True
-    tflite: bool = False
-    quantize: str = "none"
+    """When a run or sweep ends, its best model goes to <folder>/best/ and is tested once on held-out data."""
+
+    enabled: bool = True  # export (and test) the best model
+    saved_model: bool = True  # a TensorFlow SavedModel too, for TF Serving
+    tflite: bool = False  # a TFLite model too (model.tflite)
+    quantize: str = "none"  # TFLite weights: none, float16, or int8 (calibrated on training images)
 
     def problem(self) -> str | None:
         if self.quantize not in QUANTIZE:
@@ -376,11 +392,11 @@ class ExportSpec:
 
 @dataclass(frozen=True)
 class RaceSpec:
-    """Where a job is in a race (``hydra/sweeper=race``): round 0 is no race."""
+    """Where a job is in a race (``hydra/sweeper=race``), set by the race sweeper for each round; round 0: none."""
 
-    round: int = 0
-    rounds: int = 0
-    eta: int = 3
+    round: int = 0  # this round (0: not in a race)
+    rounds: int = 0  # the race's rounds: the last runs every trial and the finalists
+    eta: int = 3  # each round keeps the best 1/eta of the jobs
 
     def trials_now(self, total: int) -> int | None:
         """The trials the job may have run by the end of this round (None: all of them, and its finalists)."""
@@ -396,27 +412,8 @@ class RaceSpec:
 
 @dataclass(frozen=True)
 class ReportSpec:
-    enabled: bool = True
-    top: int = 5
+    enabled: bool = True  # write report.html, report.md and trials.csv when a run or sweep ends
+    top: int = 5  # trials whose training curves the report plots
 
-
-DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
-
-
-def budget_seconds(budget: Any) -> float | None:
-    """``budget``'s seconds: a number of seconds, or a duration such as ``90s``, ``30m``, ``2h`` or ``1h30m``;
-    None for no budget. Raises ValueError for anything else."""
-    if budget is None:
-        return None
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        seconds = float(budget)
-    else:
-        text = str(budget).strip().lower().replace(" ", "")
-        match = DURATION.fullmatch(text)
-        if not text or not match or not any(match.groups()):
-            raise ValueError(budget)
-        hours, minutes, secs = (float(g or 0) for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    if seconds <= 0:
-        raise ValueError(budget)
-    return seconds
+    def problem(self) -> str | None:
+        return None if self.top >= 0 else f"report.top={self.top} must be 0 or more"

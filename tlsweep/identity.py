@@ -61,7 +61,7 @@ def claim(job_dir: Path, spec: JobSpec, choices: dict[str, Any]) -> Iterator[Job
     with files.locked(job_dir / files.JOB_LOCK, busy):
         previous = _previous(job_dir)
         record = JobRecord(job_dir.name, "running", choices, socket.gethostname(), os.getpid(), now(),
-                           config=spec.source)  # fmt: skip
+                           config=spec.config())  # fmt: skip
         try:
             record.identity = job_identity(spec)
             set_aside = check_folder(job_dir, previous, record.identity, bool(spec.resume), spec.allow_data_change)

@@ -20,7 +20,7 @@ from tlsweep import paths
 from tlsweep.backbones import load_backbone
 from tlsweep.batches import CachedData, PlainData
 from tlsweep.cache.features import FeatureCache, plan_cache
-from tlsweep.cache.plan import memory_budget, resident_memory
+from tlsweep.cache.plan import images_room, memory_budget
 from tlsweep.cache.store import Store
 from tlsweep.data import ImageData, class_weights, load_for_job
 from tlsweep.device import configure
@@ -59,20 +59,17 @@ def run_job(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path | 
 
 def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) -> dict[str, Any]:
     started = time.monotonic() - (spent_in_runs(job_dir) if spec.budget_s else 0.0)  # a resumed job's runs count
-    configure(spec.device)  # GPUs, precision, threads: before TensorFlow builds anything
+    configure(spec)  # GPUs, precision, threads: before TensorFlow builds anything
     keras.utils.set_random_seed(spec.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
     backbone = load_backbone(spec.backbone, spec.image_size)  # first: a weights problem should not wait for the data
     spec.check_depths(backbone.num_layers, backbone.name, backbone.unit)
-    budget = memory_budget(spec.cache.memory_gb, paths.jobs_at_once())
-    images = Store(Path(spec.cache.dir)) if spec.cache.enabled else None  # decoded images, kept for later jobs
-    room = (budget - resident_memory()) / 2  # the images, and their copy in the input pipeline
-    data = load_for_job(spec.dataset, spec.image_size, spec.objective.name, images, room)
+    budget = memory_budget(spec.feature_cache.memory_gb, paths.jobs_at_once())
+    images = Store(Path(spec.feature_cache.dir)) if spec.cache else None  # decoded images, kept for later jobs
+    data = load_for_job(spec.dataset, spec.image_size, spec.objective.name, images, images_room(budget))
     fresh_augmentation = partial(augmentation, spec.augmentation, spec.seed)
-    classifier = SharedClassifier(
-        backbone, len(data.class_names), spec.training.dropout, fresh_augmentation, spec.device.jit_compile
-    )
-    cache = plan_cache(spec, backbone, data, classifier.network, budget) if spec.cache.enabled else None
+    classifier = SharedClassifier(backbone, len(data.class_names), fresh_augmentation, spec.jit_compile)
+    cache = plan_cache(spec, backbone, data, classifier.network, budget) if spec.cache else None
     runner = _runner(spec, job_dir, root, choices, data, classifier, cache)
     role = join_search(spec.distributed)
     racing = spec.trials_now()  # a race's early round: this many trials, no finalists yet
@@ -81,7 +78,7 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     if cache is not None and role != "chief":  # the chief hands out trials, it trains none
         cache.prepare(classifier.network)  # the pretrained network, before a trial trains it
     log.info("searching with %s in %s%s", spec.tuner.name, job_dir, f" as the {role}" if role else "")
-    runner.deadline = started + spec.budget_s * spec.workload().search_share if spec.budget_s else None
+    runner.deadline = spec.deadline(started, search_only=True)
     stopped = run_search(tuner)
     if stopped == "budget":
         log.info("stopped by the budget after %s", count(len(tuner.oracle.trials), "trial"))
@@ -91,7 +88,7 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
         return {}
     winner = None
     if role is None and racing is None:  # a distributed search's chief trains nothing; a race decides first
-        runner.deadline = started + spec.budget_s if spec.budget_s else None
+        runner.deadline = spec.deadline(started, search_only=False)
         run_finalists(runner)
         winner = keep_winner(runner)
     if cache is not None:
@@ -110,8 +107,7 @@ def _runner(
 ) -> Runner:
     """The job's runner: its trial on the cache's batches (or the images'), what every run records, the
     job's best model, the pruning rule, and the images a refit trains on."""
-    batch = spec.dataset.batch_size
-    source = CachedData(cache, batch) if cache else PlainData(data, batch)
+    source = CachedData(cache) if cache else PlainData(data)
     weights = class_weights(spec.class_weight, data.y_train, data.class_names)
     trial = TwoStageTrial(spec, classifier, source, weights)
     logdir = paths.tensorboard_logdir(root)
@@ -120,7 +116,7 @@ def _runner(
     best = BestModel(job_dir, spec, data.class_names)
     if best.read():
         log.info("resuming: finished trials are kept (best so far trial_%s)", best.read()["trial_id"])
-    refit = partial(PlainData, data.merged(), batch) if spec.finalists.refit else None
+    refit = partial(PlainData, data.merged()) if spec.finalists.refit else None
     runner = Runner(spec, trial, context, best, make_pruner(spec.pruning), refit_data=refit)
     runner.recover()  # a resumed job (or a race's next round) holds again the weights it kept
     return runner

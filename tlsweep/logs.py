@@ -226,5 +226,6 @@ def _metric(value: float | None) -> str:
 def format_value(value: Any, key: str = "") -> str:
     """A hyperparameter for a progress line: learning rates to 3 significant digits."""
     if isinstance(value, float):
-        return f"{value:.3g}" if key == "learning_rate" or abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
+        rate = key.endswith("learning_rate")
+        return f"{value:.3g}" if rate or abs(value) < 1e-2 else f"{value:.4f}".rstrip("0").rstrip(".")
     return "n/a" if value is None else str(value)

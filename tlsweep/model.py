@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ from tlsweep.backbones import (
 from tlsweep.groups import AugmentationSpec
 
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
+BUILT_DROPOUT = 0.5  # the head's rate when built: any rate > 0 (Keras gives a rate of 0 no random state); each trial
+# sets its own (``SharedClassifier.fresh``)
+MAX_TRAINERS = 8  # compiled training steps a job keeps: one per stage's depth and compile-time values, oldest out
 
 
 def augmentation(cfg: AugmentationSpec, seed: int) -> RandomAffine | None:
@@ -190,17 +194,38 @@ class MacroF1(ConfusionScore):
         return ops.sum(f1) / ops.maximum(ops.sum(ops.cast(seen > 0, "float32")), 1.0)
 
 
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy of integer class labels against smoothed targets (1 - s on the class, s spread over all):
+    Keras 3's sparse cross-entropy takes no label smoothing, and its categorical one wants one-hot labels."""
+
+    def __init__(self, smoothing: float, name: str = "smoothed_crossentropy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.smoothing = smoothing
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        labels = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.smoothing)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
 def compile_model(
-    model: keras.Model, optimizer: Any = None, jit_compile: bool | str = False, scores: list[Any] | None = None
+    model: keras.Model,
+    optimizer: Any = None,
+    jit_compile: bool | str = False,
+    scores: list[Any] | None = None,
+    label_smoothing: float = 0.0,
 ) -> None:
     """Compile for integer class labels with accuracy and ``scores`` (more metrics; no optimizer: for scoring
-    only); ``jit_compile=True`` compiles the steps with XLA. Set ``trainable`` first: the optimizer is built
-    for what trains now."""
+    only); ``jit_compile=True`` compiles the steps with XLA; ``label_smoothing`` smooths the training loss'
+    targets. Set ``trainable`` first: the optimizer is built for what trains now."""
     if optimizer is not None and keras.mixed_precision.global_policy().name.startswith("mixed"):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # keeps small float16 gradients from vanishing
     model.compile(
         optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
+        loss=SmoothedCrossEntropy(label_smoothing) if label_smoothing else "sparse_categorical_crossentropy",
         metrics=["accuracy", *(scores or [])],
         jit_compile=jit_compile,
         steps_per_execution=STEPS_PER_EXECUTION,
@@ -283,24 +308,24 @@ class SharedClassifier:
         self,
         backbone: Backbone,
         num_classes: int,
-        dropout: float,
         augment: Callable[[], keras.Layer | None],
         jit_compile: bool | str = False,
     ) -> None:
         self.backbone = backbone
         self.num_classes = num_classes
-        self.new_head = lambda pool: head(num_classes, dropout, pool)
+        self.new_head = lambda pool: head(num_classes, BUILT_DROPOUT, pool)
         self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
         self.jit_compile = jit_compile
-        self.model = build_classifier(backbone.build(), backbone.rescaling, num_classes, dropout, augment())
+        self.model = build_classifier(backbone.build(), backbone.rescaling, num_classes, BUILT_DROPOUT, augment())
         self.network = self.model.get_layer("backbone")  # the classifier's backbone, pretrained until trained
         self._changed: set[int] = set()  # backbone variables (by position) a trainer may have changed since the reset
-        self._trainers: dict[Any, tuple[keras.Model, list[np.ndarray], list[int]]] = {}
+        self._trainers: OrderedDict[Any, tuple[keras.Model, list[np.ndarray], list[int]]] = OrderedDict()
         self._evaluators: dict[Any, tuple[keras.Model, BalancedAccuracy]] = {}
         logging.getLogger("tensorflow").addFilter(_one_trace_per_model)
 
-    def fresh(self, everything: bool = False) -> keras.Model:
-        """The classifier as a new build would make it now: pretrained frozen backbone, newly drawn head.
+    def fresh(self, dropout: float = BUILT_DROPOUT, everything: bool = False) -> keras.Model:
+        """The classifier as a new build would make it now: pretrained frozen backbone, newly drawn head with
+        the trial's ``dropout``.
 
         Only the backbone variables a trainer has trained since the last reset are restored, or
         ``everything`` when weights may have been loaded into the classifier (Hyperband does).
@@ -311,7 +336,9 @@ class SharedClassifier:
         self._changed.clear()
         self.network.trainable = False
         features = self.network.output.shape
-        _reset_from(self.model.get_layer("head"), self.new_head(len(features) == 4), features)
+        head_block = self.model.get_layer("head")
+        _reset_from(head_block, self.new_head(len(features) == 4), features)
+        head_block.get_layer("dropout").rate = dropout  # a compiled step holds its rate: trainers are keyed by it
         if any(layer.name == "augmentation" for layer in self.model.layers):
             _reset_from(self.model.get_layer("augmentation"), self.new_augmentation(), self.model.input_shape)
         return self.model
@@ -338,19 +365,26 @@ class SharedClassifier:
         make_model: Callable[[], keras.Model],
         make_optimizer: Callable[[], Any],
         learning_rate: float,
+        label_smoothing: float = 0.0,
     ) -> keras.Model:
-        """The compiled model for ``key`` (a stage's unfreeze depth and optimizer), its optimizer as new.
+        """The compiled model for ``key``, its optimizer as new and its learning rate set.
 
-        ``make_model`` gives the model that trains (the classifier, or its part above a cut); it
-        shares its layers with the classifier. Set the layers' ``trainable`` first: the step traced
-        on first use trains the variables that were trainable then, so the key must fix them.
+        ``key`` must hold everything the compiled step holds — where the stage trains (its cut and unfreeze
+        depth) and every value compiled into it (``TrainingSpec.compiled_with``: the optimizer and its weight
+        decay, the loss' label smoothing, the dropout rate) — or a trial would train with another trial's
+        values. ``make_model`` gives the model that trains (the classifier, or its part above a cut); it
+        shares its layers with the classifier. Set the layers' ``trainable`` first: the step traced on first
+        use trains the variables that were trainable then. The ``MAX_TRAINERS`` most recent are kept.
         """
         if key not in self._trainers:
             model = make_model()
-            compile_model(model, make_optimizer(), self.jit_compile)
+            compile_model(model, make_optimizer(), self.jit_compile, label_smoothing=label_smoothing)
             position = {id(v): i for i, v in enumerate(self.network.weights)}
             trained = [position[id(v)] for v in model.trainable_variables if id(v) in position]
             self._trainers[key] = (model, [v.numpy() for v in model.optimizer.variables], trained)
+            while len(self._trainers) > MAX_TRAINERS:
+                self._trainers.popitem(last=False)
+        self._trainers.move_to_end(key)
         model, initial, trained = self._trainers[key]
         self._changed.update(trained)
         for variable, value in zip(model.optimizer.variables, initial, strict=True):

@@ -16,11 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, OverrideParseException
 from omegaconf import OmegaConf
 
-from tlsweep.config import fixed_keys, hydra_quoted, run_key, split_override
+from tlsweep.config import (
+    SEARCH_PARAMS,
+    fixed_keys,
+    hydra_quoted,
+    run_key,
+    search_space_arguments,
+    split_override,
+    unquoted,
+)
 from tlsweep.errors import TlsweepError
 from tlsweep.files import JOB_RECORD
 from tlsweep.records import RecordError, read_job
@@ -97,6 +103,12 @@ def resume_target(value: str, multirun: bool) -> Path:
     return folder
 
 
+def hydra_arguments(args: list[str]) -> tuple[list[str], list[str]]:
+    """The command line as Hydra is to parse it, and what to tell the user about it: the values tlsweep takes
+    first (``search.params.*``, KerasTuner's search space; ``resume``, a folder) quoted for Hydra."""
+    return resume_argument(search_space_arguments(args))
+
+
 def resume_argument(args: list[str]) -> tuple[list[str], list[str]]:
     """``args`` with a ``resume=<folder>`` taken before Hydra parses it: checked (``resume_target``) and quoted
     for Hydra, so a folder's name may hold anything (``=``, spaces, quotes) unquoted on the command line; and
@@ -106,24 +118,13 @@ def resume_argument(args: list[str]) -> tuple[list[str], list[str]]:
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key.lstrip("+") == "resume" and value.lower() not in ("true", "false", "null", ""):
-            value = _unquoted(value)
+            value = unquoted(value)
             target = resume_target(value, multirun)
             if target != Path(value).expanduser().resolve():
                 notes.append(f"resume: {Path(value).name} is one job of the sweep {target}: continuing the sweep")
             arg = f"{key}={hydra_quoted(str(target))}"
         out.append(arg)
     return out, notes
-
-
-def _unquoted(value: str) -> str:
-    """A value the user quoted for Hydra (``'a=b'``), as the folder name it stands for."""
-    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
-        try:
-            parsed = OverridesParser.create().parse_override(f"key={value}").value()
-            return str(parsed)
-        except (OverrideParseException, HydraException):
-            return value[1:-1]
-    return value
 
 
 def newest_unfinished(base: Path) -> Path | None:
@@ -157,7 +158,8 @@ def job_dir_name(task_overrides: list[str], job_num: int, command_line: list[str
         passed = os.environ.get(COMMAND_LINE_VARIABLE)
         command_line = json.loads(passed) if passed else sys.argv[1:]
     fixed = fixed_keys(command_line)
-    named = [str(o) for o in task_overrides if not run_key(key := split_override(str(o))[0]) and key not in fixed]
+    keys = [(str(o), split_override(str(o))[0]) for o in task_overrides]  # the search space never names a job
+    named = [o for o, key in keys if not run_key(key) and key not in fixed and not key.startswith(SEARCH_PARAMS)]
     parts = ",".join(sorted(named))
     name = re.sub(r"[/\\:*?\"<>|\s]+", "_", parts).strip("._") or f"job{job_num}"
     if parts and (name != parts or len(name) > 120):  # characters replaced: a digest of the values keeps names unique

@@ -23,6 +23,7 @@ from typing import Any
 from tlsweep import files
 from tlsweep.objective import OBJECTIVE_NAMES, Objective
 
+DEPTH = "finetune.unfreeze_depth"  # the hyperparameter that says where a run's stage 2 trained
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
 class RecordError(ValueError):
     """A record that cannot be used: its message names the file and what is wrong with it.
@@ -196,6 +197,11 @@ class RunRecord:
     @property
     def is_search(self) -> bool:
         return self.finalist_of is None and self.refit_of is None
+
+    @property
+    def depth(self) -> Any:
+        """Where the run's stage 2 trained (its unfreeze depth); None without stage 2."""
+        return self.hyperparameters.get(DEPTH)
 
     @property
     def configuration(self) -> str:

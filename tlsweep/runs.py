@@ -46,6 +46,9 @@ class Chosen(dict):
     def Choice(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
         return self[name]
 
+    def Int(self, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        return self[name]
+
     def Fixed(self, name: str, value: Any) -> Any:  # noqa: N802
         return self.setdefault(name, value)
 
@@ -271,7 +274,7 @@ class Runner:
         """The run's record as it starts; a budget that is the full schedule from scratch is no budget."""
         context = self.context
         budget = plan.budget_epochs
-        if budget == self.spec.training.total_epochs and plan.initial_epoch == 0 and plan.continues is None:
+        if budget == self.spec.finetune.total_epochs and plan.initial_epoch == 0 and plan.continues is None:
             budget = None
         return RunRecord(
             trial_id=plan.run_id,
@@ -323,7 +326,7 @@ class Runner:
                 "kept: free some space, then continue with resume=true"
             ) from error
         if _out_of_memory(error):
-            return "out of memory; lower dataset.batch_size or dataset.image_size, or unfreeze fewer layers"
+            return "out of memory; lower finetune.batch_size or dataset.image_size, or unfreeze fewer layers"
         if isinstance(error, TrialFailed):
             return str(error)
         tracebacks.exception("%s failed", label)  # not the user's doing: the whole story, in the log
@@ -378,21 +381,20 @@ def time_left(
     budget leaves (``budget_left`` seconds). None until an epoch of each stage has been timed."""
     seconds: dict[tuple[str, Any], list[float]] = {}
     for run in runs:
-        depth = run.hyperparameters.get("unfreeze_depth")
+        depth = run.depth
         for epoch in run.history:
             if epoch.seconds is not None:
                 seconds.setdefault((epoch.stage, None if epoch.stage == "head" else depth), []).append(epoch.seconds)
     per_epoch = {key: statistics.median(values) for key, values in seconds.items()}
     stage2 = [v for (stage, _), v in per_epoch.items() if stage == "finetune"]
-    if ("head", None) not in per_epoch or (spec.training.stage2_epochs and not stage2):
+    if ("head", None) not in per_epoch or (spec.finetune.stage2_epochs and not stage2):
         return None
-    average = statistics.fmean(
-        [per_epoch.get(("finetune", d), max(stage2, default=0.0)) for d in list(spec.search.depths) or [None]]
-    )
+    searched = list(spec.depths(0)) if spec.finetune.mode == "top" else []
+    average = statistics.fmean([per_epoch.get(("finetune", d), max(stage2, default=0.0)) for d in searched or [None]])
 
     def run_seconds(depth: Any = None) -> float:
         finetune = per_epoch.get(("finetune", depth), average) if depth is not None else average
-        return spec.training.head_epochs * per_epoch[("head", None)] + spec.training.stage2_epochs * (
+        return spec.finetune.head_epochs * per_epoch[("head", None)] + spec.finetune.stage2_epochs * (
             finetune if stage2 else 0.0
         )
 

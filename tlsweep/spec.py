@@ -1,15 +1,21 @@
-"""The job spec: a composed config, typed, frozen and checked once, with every rule derived from it.
+"""The job spec: the whole config, typed, frozen and checked once, with every rule derived from it.
 
-``JobSpec.parse`` takes the resolved config (a plain mapping: ``tlsweep.schema.job_spec`` makes
-it from Hydra's) and raises TlsweepError naming the first invalid setting and how to fix it. Below
-the job, code reads the spec, never the config: the split of epochs between stages
-(``TrainingSpec.plan``), the unfreeze depths, the augmented views, Hyperband's schedule and what
-the job is expected to train are each decided by one function, here or in ``tlsweep.groups``.
+``JobSpec`` is also the config's schema: ``tlsweep.schema`` registers it for Hydra, so each setting
+is declared once, in ``tlsweep.groups`` (the groups) or here (the top-level settings). ``JobSpec.parse``
+takes the resolved config and raises TlsweepError naming the first invalid setting and how to fix it.
+Below the job, code reads the spec, never the config: the split of epochs between stages
+(``TrainingSpec.plan``), the search space (``space``), the unfreeze depths, the augmented views,
+Hyperband's schedule and what the job is expected to train are each decided by one function, here or
+in ``tlsweep.groups``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,25 +23,37 @@ from tlsweep.errors import TlsweepError
 from tlsweep.groups import (
     EPOCHS_PER_VIEW,
     MAX_SEED,
-    SAMPLINGS,
+    PRECISIONS,
     AugmentationSpec,
     BackboneSpec,
     CacheSpec,
     DatasetSpec,
-    DeviceSpec,
     DistributedSpec,
     ExportSpec,
     FinalistsSpec,
     PruningSpec,
     RaceSpec,
     ReportSpec,
-    SearchSpace,
+    SearchSpec,
     TrainingSpec,
     TunerSpec,
-    budget_seconds,
-    part,
+    build,
 )
 from tlsweep.objective import Objective
+from tlsweep.schedule import budget_seconds
+from tlsweep.space import Knob, flatten, parse_knob
+
+# Settings that shape the feature cache or the data: a job's, swept across jobs, never searched inside one.
+JOB_LEVEL = ("backbone", "dataset", "augmentation", "feature_cache", "cache", "finetune.mode")
+SCHEDULE = ("finetune.head_epochs", "finetune.finetune_epochs")  # every trial of a job has the job's schedule
+# Earlier spellings, and the one that replaced each: refused in one line that gives it.
+MOVED = {
+    "dataset.batch_size": "finetune.batch_size",
+    "search.optimizers": "search.params.finetune.optimizer='choice(adam, sgd)' (or finetune.optimizer=sgd)",
+    "search.unfreeze_depths": "search.params.finetune.unfreeze_depth='choice(0, 10, 20)'",
+    "search.learning_rate": "search.params.finetune.learning_rate='tag(log, interval(1e-4, 1e-2))'",
+    "tuner.learning_rate_step": "tuner.log_step",
+}
 
 
 @dataclass(frozen=True)
@@ -58,30 +76,33 @@ class Workload:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a job reads of its config (``source``: the resolved config itself, for its record)."""
+    """Everything a job reads of its config: one field per config group or top-level setting."""
 
-    dataset: DatasetSpec
-    backbone: BackboneSpec
-    augmentation: AugmentationSpec
-    training: TrainingSpec
-    search: SearchSpace
-    tuner: TunerSpec
-    pruning: PruningSpec
-    finalists: FinalistsSpec
-    cache: CacheSpec
-    device: DeviceSpec
-    distributed: DistributedSpec
-    export: ExportSpec
-    report: ReportSpec
-    race: RaceSpec
-    optimizers: dict[str, dict[str, Any]] = field(compare=False)  # each optimizer's keyword arguments
-    class_weight: str | dict[str, float] | None = field(default=None, compare=False)
-    seed: int = 0
-    budget_s: float | None = None
-    verbose: bool = True
-    resume: bool | str = False
-    allow_data_change: bool = False
-    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)  # the labelled images (dataset=digits|folder|…)
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)  # the pretrained network (backbone=tiny|…)
+    augmentation: AugmentationSpec = field(default_factory=AugmentationSpec)  # random changes to training images
+    optimizer: dict[str, Any] = field(default_factory=dict)  # the loaded optimizers, each with its settings
+    finetune: TrainingSpec = field(default_factory=TrainingSpec)  # both stages of every trial
+    search: SearchSpec = field(default_factory=SearchSpec)  # what KerasTuner searches in each job
+    tuner: TunerSpec = field(default_factory=TunerSpec)  # which KerasTuner tuner, and for how many trials
+    pruning: PruningSpec = field(default_factory=PruningSpec)  # how hopeless trials stop early
+    finalists: FinalistsSpec = field(default_factory=FinalistsSpec)  # the best configurations over more seeds
+    class_weight: Any = None  # balanced: each class weighs 1 / its share of the training images; or {cat: 2.0}
+    budget: Any = None  # the job's time, e.g. 90s, 30m or 2h: no trial starts after it, a running one stops
+    seed: int = 0  # seeds splits, shuffles, augmentation, weight init and the tuner
+    verbose: bool = True  # one progress line per epoch (trial lines are always shown)
+    cache: bool = True  # compute the frozen backbone once per job, not per trial and epoch; false: the plain way
+    feature_cache: CacheSpec = field(default_factory=CacheSpec)  # where and how the frozen part is kept
+    precision: str = "float32"  # float32 | mixed_float16 (GPUs with tensor cores) | mixed_bfloat16
+    jit_compile: bool = False  # compile training steps with XLA: often faster on GPUs, slower to start
+    gpu_memory_growth: bool = True  # take GPU memory as needed, not all at once (jobs can then share a GPU)
+    threads: int | None = None  # TensorFlow CPU threads per job (null: all cores); with parallel jobs: cores / jobs
+    resume: Any = False  # true: continue the newest unfinished run/sweep; or its folder
+    allow_data_change: bool = False  # with resume: continue although the data changed (earlier trials set aside)
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)  # one search shared by several processes
+    race: RaceSpec = field(default_factory=RaceSpec)  # set by hydra/sweeper=race for each round; not by hand
+    report: ReportSpec = field(default_factory=ReportSpec)  # report.html, report.md and trials.csv at the end
+    export: ExportSpec = field(default_factory=ExportSpec)  # the winner's model, tested once, in <folder>/best
 
     @property
     def image_size(self) -> int:
@@ -89,13 +110,34 @@ class JobSpec:
 
     @property
     def objective(self) -> Objective:
-        return self.tuner.objective
+        return Objective(self.tuner.objective)
+
+    @property
+    def budget_s(self) -> float | None:
+        """The job's time budget in seconds (checked with the spec)."""
+        return budget_seconds(self.budget)
+
+    @functools.cached_property
+    def space(self) -> tuple[Knob, ...]:
+        """The knobs KerasTuner searches (or pins) in each trial, from ``search.params``. Without stage 2 the
+        unfreeze depth is no knob; ``finetune=full`` fixes it at the whole backbone (``trial``)."""
+        knobs = [parse_knob(key, value) for key, value in flatten(self.search.params).items()]
+        return tuple(k for k in knobs if k.key != "finetune.unfreeze_depth" or self.finetune.mode == "top")
+
+    def knob(self, key: str) -> Knob | None:
+        return next((k for k in self.space if k.key == key), None)
 
     def depths(self, num_layers: int) -> tuple[int, ...]:
-        """The unfreeze depths stage 2 may train at: the searched ones, all ``num_layers``, or none."""
-        if self.training.mode == "top":
-            return self.search.depths
-        return (num_layers,) if self.training.mode == "full" else ()
+        """The unfreeze depths stage 2 may train at: the searched ones (or the one set), all ``num_layers``, or
+        none."""
+        if self.finetune.mode == "full":
+            return (num_layers,)
+        if self.finetune.mode == "none":
+            return ()
+        knob = self.knob("finetune.unfreeze_depth")
+        if knob is not None:
+            return tuple(int(d) for d in knob.every_value() or ())
+        return () if self.finetune.unfreeze_depth is None else (self.finetune.unfreeze_depth,)
 
     def cache_depths(self, num_layers: int) -> list[int]:
         """Every depth a run may train at: stage 1 (0) and stage 2's."""
@@ -113,9 +155,9 @@ class JobSpec:
         """
         if not self.augmentation.changes_images:
             return 1
-        if self.cache.views:
-            return self.cache.views
-        longer = max(self.training.head_epochs, self.training.stage2_epochs, 1)
+        if self.feature_cache.views:
+            return self.feature_cache.views
+        longer = max(self.finetune.head_epochs, self.finetune.stage2_epochs, 1)
         return min(longer, max(2, math.ceil(longer / EPOCHS_PER_VIEW)))
 
     @property
@@ -128,7 +170,7 @@ class JobSpec:
     def workload(self) -> Workload:
         """What the job trains: its search (on the tuner's schedule), then its finalists' runs and refit on
         the full one. Hyperband re-runs a finalist's own seed when its search run had a smaller budget."""
-        training, finalists = self.training, self.finalists
+        training, finalists = self.finetune, self.finalists
         full = training.plan()
         search = [training.plan(epochs, initial) for epochs, initial in self.tuner.schedule(training.total_epochs)]
         later = finalists.top * (finalists.seeds - 1 + int(self.tuner.sizes_itself)) if finalists.enabled else 0
@@ -146,17 +188,26 @@ class JobSpec:
         return Workload(searched, later, epochs("head"), epochs("finetune"), read("head"), read("finetune"))
 
     def hparams(self) -> dict[str, Any]:
-        """The job's fixed settings worth comparing across jobs in TensorBoard's HParams table."""
-        training = self.training
+        """The job's fixed settings worth comparing across jobs in TensorBoard's HParams table (a searched knob
+        is a hyperparameter of each run instead)."""
+        searched = {k.key for k in self.space}
+        training = {f"finetune.{name}": getattr(self.finetune, name) for name in TrainingSpec.knobs()}
         return {
-            "image_size": self.image_size, "batch_size": self.dataset.batch_size, "head_epochs": training.head_epochs,
-            "finetune_epochs": training.stage2_epochs, "lr_scale": training.lr_scale, "dropout": training.dropout,
-            "weights": str(self.backbone.weights), "seed": self.seed,
+            "image_size": self.image_size, "finetune.head_epochs": self.finetune.head_epochs,
+            "finetune.finetune_epochs": self.finetune.stage2_epochs, "weights": str(self.backbone.weights),
+            "seed": self.seed, **{k: v for k, v in training.items() if k not in searched and v is not None},
         }  # fmt: skip
+
+    def deadline(self, started: float, search_only: bool) -> float | None:
+        """When (``time.monotonic()``) the job's time budget ends for its search (``search_only``: the share
+        ``Workload.search_share`` gives it), or for the whole job; None without a budget."""
+        if self.budget_s is None:
+            return None
+        return started + self.budget_s * (self.workload().search_share if search_only else 1.0)
 
     def search_trials(self) -> int:
         """The trials the whole search runs: ``tuner.max_trials``, or the length of Hyperband's schedule."""
-        return len(self.tuner.schedule(self.training.total_epochs))
+        return len(self.tuner.schedule(self.finetune.total_epochs))
 
     def trials_now(self) -> int | None:
         """The trials the search may run by the end of this job's run: all (None), or fewer in a race's early
@@ -168,27 +219,34 @@ class JobSpec:
         too_deep = [d for d in self.depths(num_layers) if d > num_layers]
         if too_deep:
             raise TlsweepError(
-                f"search.unfreeze_depths has {too_deep[0]}, but backbone {backbone} has only {num_layers} {unit}; "
-                f"use depths up to {num_layers} (or finetune=full to unfreeze all)"
+                f"finetune.unfreeze_depth takes {too_deep[0]}, but backbone {backbone} has only {num_layers} "
+                f"{unit}; use depths up to {num_layers} (or finetune=full to unfreeze all)"
             )
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide a job's results, flattened (``backbone.name``: ``tiny``): a resumed
-        job must have the same. More trials, other finalists or another budget may change on resume."""
-        source = self.source
-        settings = {group: source.get(group) for group in IDENTITY_GROUPS}
-        settings.update({key: source.get(key) for key in ("seed", "precision", "class_weight", "cache")})
-        cache = source.get("feature_cache") or {}
-        settings.update({"feature_cache.views": cache.get("views"), "feature_cache.dtype": cache.get("dtype")})
-        settings["finalists.replicate"] = (source.get("finalists") or {}).get("replicate")
-        return {k: v for k, v in _flatten(settings).items() if k not in NOT_IDENTITY}
+        """The settings that decide a job's results, flattened (``backbone.name``: ``tiny``), the search space
+        among them: a resumed job must have the same. More trials, other finalists or another budget may change."""
+        config = dataclasses.asdict(self)
+        settings = {group: config[group] for group in IDENTITY_GROUPS}
+        settings.update({key: config[key] for key in ("seed", "precision", "class_weight", "cache")})
+        settings.update({f"feature_cache.{k}": config["feature_cache"][k] for k in ("views", "dtype")})
+        settings["finalists.replicate"] = self.finalists.replicate
+        flat = _flatten(settings)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items() if k not in NOT_IDENTITY}
+
+    def config(self) -> dict[str, Any]:
+        """The spec as the config it was made from (what ``job.json`` records), lists as lists."""
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
     def parse(cls, config: dict[str, Any]) -> JobSpec:
         """The spec of a resolved config; TlsweepError naming the first invalid setting."""
-        spec = cls._build(config)
-        for group in (spec.backbone, spec.dataset, spec.augmentation, spec.training, spec.tuner, spec.pruning,
-                      spec.finalists, spec.cache, spec.device, spec.distributed, spec.export, spec.race):  # fmt: skip
+        missing = sorted(k for k, v in _flatten(config).items() if v == "???")
+        if missing:
+            raise TlsweepError(f"{missing[0]} must be set")
+        spec = build(cls, config)
+        groups = [getattr(spec, f.name) for f in dataclasses.fields(spec)]
+        for group in (g for g in groups if dataclasses.is_dataclass(g)):  # each group's own rules, in its order
             problem = group.problem()
             if problem:
                 raise TlsweepError(problem)
@@ -197,87 +255,97 @@ class JobSpec:
             raise TlsweepError(problem)
         return spec
 
-    @classmethod
-    def _build(cls, config: dict[str, Any]) -> JobSpec:
-        missing = sorted(_missing(config))
-        if missing:
-            raise TlsweepError(f"{missing[0]} must be set")
-        tuner, search, ft = config.get("tuner") or {}, config.get("search") or {}, config.get("finetune") or {}
-        lr = search.get("learning_rate") or {}
-        step = tuner.get("learning_rate_step")
-        return cls(
-            dataset=part(DatasetSpec, config.get("dataset")),
-            backbone=part(BackboneSpec, config.get("backbone")),
-            augmentation=part(AugmentationSpec, config.get("augmentation")),
-            training=part(TrainingSpec, ft),
-            search=SearchSpace(
-                float(lr.get("min", 0)),
-                float(lr.get("max", 0)),
-                str(lr.get("sampling", "log")),
-                None if step is None else float(step),
-                tuple(str(o) for o in search.get("optimizers") or ()),
-                tuple(int(d) for d in search.get("unfreeze_depths") or ()) if ft.get("mode") == "top" else (),
-            ),
-            tuner=part(TunerSpec, {**tuner, "objective": Objective(str(tuner.get("objective", "val_accuracy")))}),
-            pruning=part(PruningSpec, config.get("pruning")),
-            finalists=part(FinalistsSpec, config.get("finalists")),
-            cache=part(CacheSpec, {**(config.get("feature_cache") or {}), "enabled": config.get("cache", True)}),
-            device=part(DeviceSpec, config),
-            distributed=part(DistributedSpec, config.get("distributed")),
-            export=part(ExportSpec, config.get("export")),
-            report=part(ReportSpec, config.get("report")),
-            race=part(RaceSpec, config.get("race")),
-            optimizers=dict(config.get("optimizer") or {}),
-            class_weight=config.get("class_weight"),
-            seed=int(config.get("seed", 0)),
-            budget_s=_budget(config.get("budget")),
-            verbose=bool(config.get("verbose", True)),
-            resume=config.get("resume", False),
-            allow_data_change=bool(config.get("allow_data_change", False)),
-            source=config,
-        )
-
     def _problem(self) -> str | None:
-        """The rules that relate several groups."""
-        lr = self.search
-        if lr.lr_min <= 0 or lr.lr_max <= 0:
+        """The rules that relate several groups or settings."""
+        loaded = list(self.optimizer)
+        if self.finetune.optimizer not in loaded and not self.knob("finetune.optimizer"):
+            return _unloaded("finetune.optimizer", self.finetune.optimizer, loaded)
+        for knob in self.space:
+            problem = self._knob_problem(knob, loaded)
+            if problem:
+                return f"search.params.{knob.key}={knob.expression}: {problem}"
+        if self.finetune.mode == "top" and self.finetune.unfreeze_depth is None and not self.depths(0):
             return (
-                f"search.learning_rate.min={lr.lr_min} and max={lr.lr_max} must be positive numbers, "
-                "e.g. min=1e-4 max=1e-2"
+                "finetune.unfreeze_depth must be set with finetune=top (e.g. finetune.unfreeze_depth=10), or "
+                "searched: search.params.finetune.unfreeze_depth='choice(0, 10, 20)'"
             )
-        if lr.lr_min > lr.lr_max:
-            return f"search.learning_rate.min={lr.lr_min} is larger than max={lr.lr_max}; swap them"
-        if lr.lr_sampling not in SAMPLINGS:
-            return f"search.learning_rate.sampling={lr.lr_sampling} must be one of: {', '.join(SAMPLINGS)}"
-        loaded = list(self.optimizers)
-        if not lr.optimizers:
-            return f"search.optimizers is empty; choose from {loaded}"
-        unloaded = next((name for name in lr.optimizers if name not in loaded), None)
-        if unloaded:
-            return (
-                f"search.optimizers names '{unloaded}', which is not loaded; "
-                f"load it with optimizer=[{','.join([*loaded, unloaded])}] (loaded: {', '.join(loaded)})"
-            )
-        if self.training.mode == "top" and (not lr.depths or any(d < 0 for d in lr.depths)):
-            depths = list(lr.depths)
-            return f"search.unfreeze_depths={depths} must be a non-empty list of whole numbers ≥ 0, e.g. [0,5,10]"
         if self.pruning.rule != "none" and self.tuner.sizes_itself:
             rule = self.pruning.rule
             return f"pruning={rule} with tuner=hyperband: Hyperband stops trials early itself; use pruning=none"
         if not 0 <= self.seed <= MAX_SEED:
             return f"seed={self.seed} must be a whole number from 0 to {MAX_SEED}"
-        if self.budget_s is not None and self.distributed.role:
+        if self.precision not in PRECISIONS:
+            return f"precision={self.precision} must be one of: {', '.join(PRECISIONS)}"
+        if self.threads is not None and self.threads < 1:
+            return f"threads={self.threads} must be a whole number ≥ 1, or null for all cores"
+        try:
+            seconds = self.budget_s
+        except ValueError:
+            return f"budget={self.budget} is not a duration; use e.g. budget=90s, budget=30m, budget=2h, budget=1h30m"
+        if seconds is not None and self.distributed.role:
             return (
-                f"budget={self.source.get('budget')} cannot be used with distributed.role={self.distributed.role}: "
-                "the chief would wait for trials its workers no longer start; bound a distributed search with "
-                "tuner.max_trials instead"
+                f"budget={self.budget} cannot be used with distributed.role={self.distributed.role}: the chief "
+                "would wait for trials its workers no longer start; bound a distributed search with tuner.max_trials"
             )
         return _class_weight_problem(self.class_weight)
+
+    def _knob_problem(self, knob: Knob, loaded: list[str]) -> str | None:
+        """What is wrong with searching ``knob``: a setting that is no trial's, a value of the wrong kind, or a
+        value its setting's own rules refuse (``TrainingSpec.knob_problem``)."""
+        group, _, name = knob.key.partition(".")
+        if knob.key in MOVED:
+            return f"{knob.key} is now {MOVED[knob.key].partition('=')[0].removeprefix('search.params.')}"
+        if group in JOB_LEVEL or knob.key in JOB_LEVEL:
+            return (
+                f"{knob.key} shapes the data or the feature cache, so it is the job's, not a trial's: sweep it "
+                f"across jobs with -m ({knob.key}=a,b), and race them with hydra/sweeper=race"
+            )
+        if knob.key in SCHEDULE:
+            return (
+                "every trial of a job has the job's epoch schedule (pruning compares trials epoch by epoch, and "
+                f"Hyperband sets each trial's epochs itself): sweep {knob.key} across jobs with -m"
+            )
+        if group != "finetune" or name not in TrainingSpec.knobs():
+            close = difflib.get_close_matches(name, TrainingSpec.knobs(), n=1)
+            hint = f"; did you mean finetune.{close[0]}?" if close else ""
+            searchable = ", ".join(f"finetune.{k}" for k in TrainingSpec.knobs())
+            return f"not a setting a trial can search{hint} (searchable: {searchable})"
+        kind = typing.get_type_hints(TrainingSpec)[name]
+        if kind in (int, int | None) and knob.kind == "float" or not all(_fits(v, kind) for v in knob.candidates()):
+            shown = {int: "whole numbers", int | None: "whole numbers", float: "numbers", str: "names"}[kind]
+            ints = ": use int(interval(a, b)), range(start, stop, step) or choice(…)" if "whole" in shown else ""
+            return f"finetune.{name} takes {shown}{ints}"
+        if name == "optimizer":
+            unloaded = next((v for v in knob.candidates() if v not in loaded), None)
+            return _unloaded(knob.key, unloaded, loaded) if unloaded else None
+        if knob.continuous and self.tuner.name == "grid" and not knob.log:
+            return "tuner=grid needs a finite grid: use choice(…) or range(start, stop, step), or a log interval"
+        for value in knob.candidates():
+            problem = self.finetune.with_values({knob.key: value}).knob_problem()
+            if problem:
+                return problem
+        return None
 
 
 IDENTITY_GROUPS = ("dataset", "backbone", "augmentation", "optimizer", "finetune", "tuner", "search")
 # Settings that cannot change a run's results, or may change on resume by design (more trials).
 NOT_IDENTITY = ("dataset.workers", "tuner.max_trials", "tuner.max_consecutive_failed_trials")
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a searched value is of the kind its setting takes."""
+    if kind is str:
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind is float or float(value).is_integer()
+
+
+def _unloaded(key: str, name: Any, loaded: list[str]) -> str:
+    return (
+        f"{key} names '{name}', which is not loaded; load it with optimizer=[{','.join([*loaded, str(name)])}] "
+        f"(loaded: {', '.join(loaded)})"
+    )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -290,18 +358,10 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _missing(config: dict[str, Any]) -> list[str]:
-    """Keys Hydra left at ``???`` (a group option that must be completed)."""
-    return [k for k, v in _flatten(config).items() if v == "???"]
-
-
-def _budget(budget: Any) -> float | None:
-    try:
-        return budget_seconds(budget)
-    except ValueError:
-        raise TlsweepError(
-            f"budget={budget} is not a duration; use e.g. budget=90s, budget=30m, budget=2h or budget=1h30m"
-        ) from None
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _positive(value: Any) -> bool:

@@ -59,7 +59,7 @@ def read_peers(job_dir: Path, objective: Objective, exclude: str | None = None) 
     for run in read_runs(job_dir):
         if run.trial_id == exclude or not run.is_search:
             continue
-        depth = run.hyperparameters.get("unfreeze_depth")
+        depth = run.depth
         epochs = {e.epoch: (e.stage, e.metric(objective.name)) for e in run.history}
         peers.append(Peer(run.trial_id, run.status, None if depth is None else int(depth), epochs))
     return peers

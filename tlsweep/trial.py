@@ -21,9 +21,11 @@ import numpy as np
 from hydra.utils import instantiate
 
 from tlsweep.batches import Source
+from tlsweep.groups import TrainingSpec
 from tlsweep.logs import Fitted, TrialLog
 from tlsweep.model import SharedClassifier, unfreeze_top
 from tlsweep.objective import Objective
+from tlsweep.records import DEPTH
 from tlsweep.spec import JobSpec
 from tlsweep.stopping import EarlyStop, StopRules
 
@@ -150,26 +152,23 @@ class TwoStageTrial:
     source: Source  # where each stage's batches come from: images, or cached tensors
     class_weight: dict[int, float] | None = None  # each class's weight in the training loss (class_weight=balanced)
 
-    def declare(self, hp: Any) -> dict[str, Any]:
-        """Declare the searched hyperparameters on KerasTuner's ``hp`` and return this trial's values."""
-        space = self.spec.search
-        if space.lr_min == space.lr_max:  # a pinned rate (a rerun): exactly it, not exp(log(it))
-            learning_rate = hp.Fixed("learning_rate", space.lr_min)
-        else:
-            learning_rate = hp.Float(
-                "learning_rate", space.lr_min, space.lr_max, sampling=space.lr_sampling, step=space.lr_step
-            )
-        values = {"learning_rate": learning_rate, "optimizer": hp.Choice("optimizer", list(space.optimizers))}
-        if self.spec.training.mode == "top":
-            values["unfreeze_depth"] = hp.Choice("unfreeze_depth", list(space.depths))
-        elif self.spec.training.mode == "full":
-            values["unfreeze_depth"] = hp.Fixed("unfreeze_depth", self.classifier.backbone.num_layers)
-        return values
+    def settings(self, hp: Any) -> TrainingSpec:
+        """This trial's own ``finetune`` settings: each knob of the search space (``tlsweep.space``) declared on
+        KerasTuner's ``hp`` and set to the value it chose there. Where stage 2 trains is always recorded: a
+        searched depth, or the one the job sets (all of the backbone with ``finetune=full``)."""
+        spec = self.spec
+        log_step = spec.tuner.log_step if spec.tuner.name == "grid" else None
+        values = {knob.key: knob.declare(hp, log_step) for knob in spec.space}
+        mode = spec.finetune.mode
+        if mode != "none" and DEPTH not in values:
+            depth = self.classifier.backbone.num_layers if mode == "full" else spec.finetune.unfreeze_depth
+            values[DEPTH] = hp.Fixed(DEPTH, depth)
+        return spec.finetune.with_values(values)
 
     def build(self, hp: Any) -> keras.Model:
         """The job's classifier, reset for this trial (see ``SharedClassifier``); ``fit`` compiles what trains."""
-        self.declare(hp)
-        return self.classifier.fresh(everything=self.spec.tuner.sizes_itself)  # Hyperband loads checkpoints
+        settings = self.settings(hp)
+        return self.classifier.fresh(settings.dropout, everything=self.spec.tuner.sizes_itself)  # Hyperband loads
 
     def fit(
         self,
@@ -189,11 +188,11 @@ class TwoStageTrial:
         (pruning, the job's budget). Returns what it kept (best epoch and stage, each stage's best,
         whether stage 2 rolled back, why it stopped early).
         """
-        spec = self.spec
-        plan = spec.training.plan(epochs, initial_epoch)
+        spec, settings = self.spec, self.settings(hp)
+        plan = spec.finetune.plan(epochs, initial_epoch)
         best = BestWeights(spec.objective)
-        depth = None if spec.training.mode == "none" else int(hp.get("unfreeze_depth"))
-        stop = EarlyStop(spec.objective, spec.training.patience, rules or StopRules(), depth)
+        depth = None if spec.finetune.mode == "none" else settings.unfreeze_depth
+        stop = EarlyStop(spec.objective, spec.finetune.patience, rules or StopRules(), depth)
         last_depth = 0  # where the last stage trained: its evaluator scores the kept weights at the end
         for stage, first, end in plan:
             best.stage = stage
@@ -201,7 +200,7 @@ class TwoStageTrial:
             stop.begin_stage(stage, end, plan[-1][2])
             if trial_log:
                 trial_log.begin_stage(stage, plan[-1][2])
-            self._fit_stage(hp, model, stage, (first, end), self.source, [best, stop], trial_log, seed)
+            self._fit_stage(settings, model, stage, (first, end), self.source, [best, stop], trial_log, seed)
             if best.diverged_at is not None:
                 raise TrialFailed(
                     f"the loss became NaN, infinite or exploded (> {DIVERGED_LOSS:g}) at epoch {best.diverged_at} "
@@ -211,15 +210,15 @@ class TwoStageTrial:
                 break
         if best.best is None:
             raise TrialFailed("no epoch produced a finite validation metric")
-        kept, recall = best.best, self._recall(model, last_depth, seed)
+        kept, recall = best.best, self._recall(model, last_depth, seed, settings.batch_size)
         stops = tuple(stop.events)
         return Fitted(kept["epoch"], kept["stage"], kept["value"], best.rolled_back, best.stage_bests, stops, recall)
 
-    def _recall(self, model: keras.Model, depth: int, seed: int) -> list[float | None]:
+    def _recall(self, model: keras.Model, depth: int, seed: int, batch_size: int) -> list[float | None]:
         """Each class's recall on the validation images, with the weights the trial kept."""
         key = self.source.cut(depth)
         evaluator = self.classifier.evaluator(key, partial(self.source.part, model, depth))
-        _, val = self.source.batches(depth, seed)
+        _, val = self.source.batches(depth, seed, batch_size)
         evaluator.evaluate(val.dataset(), verbose=0)
         return self.classifier.recall(key)
 
@@ -228,19 +227,19 @@ class TwoStageTrial:
     ) -> Fitted:
         """Train the configuration for exactly ``epochs`` on ``source`` and keep the last epoch: the winner
         retrained on training + validation images for its best epoch count (nothing is held out to choose by)."""
-        plan = self.spec.training.refit_plan(epochs)
+        plan, settings = self.spec.finetune.refit_plan(epochs), self.settings(hp)
         finite = Finite()
         for stage, first, end in plan:
             if trial_log:
                 trial_log.begin_stage(stage, epochs)
-            self._fit_stage(hp, model, stage, (first, end), source, [finite], trial_log, seed, validate=False)
+            self._fit_stage(settings, model, stage, (first, end), source, [finite], trial_log, seed, validate=False)
             if finite.diverged_at is not None:
                 raise TrialFailed(f"the loss became NaN or infinite at epoch {finite.diverged_at} while refitting")
         return Fitted(epochs, plan[-1][0])
 
     def _fit_stage(
         self,
-        hp: Any,
+        settings: TrainingSpec,
         model: keras.Model,
         stage: str,
         epochs: tuple[int, int],
@@ -252,15 +251,18 @@ class TwoStageTrial:
     ) -> None:
         """One stage: compile (or reuse) what trains at this depth on ``source``, then fit it from
         ``epochs[0]`` to ``epochs[1]``; ``keep`` (the best epoch's keeper, the early stop) sees each validated epoch."""
-        depth, learning_rate, name = 0, float(hp.get("learning_rate")), str(hp.get("optimizer"))
+        depth, learning_rate = 0, settings.learning_rate
         if stage == "finetune":
-            depth = int(hp.get("unfreeze_depth"))
+            depth = int(settings.unfreeze_depth or 0)
             unfreeze_top(model, self.classifier.backbone, depth)
-            learning_rate *= self.spec.training.lr_scale
+            learning_rate *= settings.lr_scale
         make_model = partial(source.part, model, depth)
-        make_optimizer = partial(instantiate, self.spec.optimizers[name], learning_rate=learning_rate)
-        trainer = self.classifier.trainer((source.cut(depth), depth, name), make_model, make_optimizer, learning_rate)
-        train, val = source.batches(depth, seed)
+        decay = {"weight_decay": settings.weight_decay} if settings.weight_decay else {}  # 0: as Keras' default
+        make_optimizer = partial(instantiate, self.spec.optimizer[settings.optimizer], learning_rate=learning_rate,
+                                 **decay)  # fmt: skip
+        key = (source.cut(depth), depth, *settings.compiled_with())  # everything the compiled step holds
+        trainer = self.classifier.trainer(key, make_model, make_optimizer, learning_rate, settings.label_smoothing)
+        train, val = source.batches(depth, seed, settings.batch_size)
         scores = [Validate(self.classifier.evaluator(source.cut(depth), make_model), val.dataset())] if validate else []
         recording = trial_log.callbacks() if trial_log else []
         trainer.fit(

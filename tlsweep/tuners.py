@@ -193,7 +193,7 @@ def make_tuner(runner: Runner, cap: int | None = None) -> kt.Tuner:
     )
     if tuner.sizes_itself:
         kwargs.update(
-            max_epochs=spec.training.total_epochs, factor=tuner.factor, hyperband_iterations=tuner.hyperband_iterations
+            max_epochs=spec.finetune.total_epochs, factor=tuner.factor, hyperband_iterations=tuner.hyperband_iterations
         )
     else:
         kwargs["max_trials"] = tuner.max_trials

@@ -342,8 +342,8 @@ def plan_cuts(spec: JobSpec, backbone: Backbone, network: Any) -> list[Cut]:
 
 
 def make_cache(spec: JobSpec, backbone: Backbone, data: ImageData, plan: CachePlan | None = None) -> FeatureCache:
-    """The job's feature cache, as ``spec.cache`` and ``plan`` set it up."""
-    store = Store(Path(spec.cache.dir), spec.cache.dtype)
+    """The job's feature cache, as ``spec.feature_cache`` and ``plan`` set it up."""
+    store = Store(Path(spec.feature_cache.dir), spec.feature_cache.dtype)
     augment = spec.augmentation if spec.augmentation.changes_images else None
     cuts = sorted({backbone.cut_depth(d) for d in spec.cache_depths(backbone.num_layers)})
     return FeatureCache(backbone, data, augment, spec.views, spec.seed, store, cuts, plan)
@@ -354,7 +354,7 @@ def plan_cache(spec: JobSpec, backbone: Backbone, data: ImageData, network: Any,
     job holds already, images included, and a reserve for training counted first) and the room on disk
     (``feature_cache.max_disk_gb``, and the free space). Refuses before any work if even the head's
     features cannot be stored; makes room by removing the least recently used keys of other jobs."""
-    settings = spec.cache
+    settings = spec.feature_cache
     folder = Path(settings.dir)
     folder.mkdir(parents=True, exist_ok=True)
     limit = float(settings.max_disk_gb) * GB

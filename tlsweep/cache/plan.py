@@ -172,6 +172,12 @@ def resident_memory() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def images_room(budget: float) -> float:
+    """What the job's decoded images may take of its memory ``budget``: half of what it does not hold yet (the
+    images, and their copy in the input pipeline)."""
+    return (budget - resident_memory()) / 2
+
+
 def memory_budget(memory_gb: float | None, jobs_at_once: int) -> float:
     """The job's budget for everything it holds: ``feature_cache.memory_gb``, or half of what is
     available now, shared by the jobs running at once, plus what the job already holds."""

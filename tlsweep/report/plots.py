@@ -10,7 +10,10 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tlsweep.records import DEPTH
 from tlsweep.results import Trial
+
+OPTIMIZER = "finetune.optimizer"
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -43,28 +46,27 @@ def curves(trials: Sequence[tuple[str, Trial]]) -> bytes:
     return _png(fig)
 
 
-def learning_rate(rows: Sequence[dict[str, Any]], metric: str) -> bytes:
-    """``metric`` against the learning rate (log scale): one colour per optimizer and, in a sweep, one
-    marker per job, so the swept groups can be told apart."""
+def knob(rows: Sequence[dict[str, Any]], key: str, metric: str) -> bytes:
+    """``metric`` against a searched number (``finetune.learning_rate``, ``finetune.dropout``, …), on a log scale
+    where its values span two decades or more: one colour per optimizer and, in a sweep, one marker per job,
+    so the other choices can be told apart."""
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.subplots()
-    optimizers = [name for name, _ in _series(rows, "optimizer")]
+    optimizers = [name for name, _ in _series(rows, OPTIMIZER)]
     colours = {name: COLOURS[i] if i < MAX_LEGEND else "#999999" for i, name in enumerate(optimizers)}
     jobs = _series(rows, "job")
     for j, (job, in_job) in enumerate(jobs):
         marker = MARKERS[j % len(MARKERS)] if len(jobs) > 1 else "o"
-        for optimizer, members in _series(in_job, "optimizer"):
+        for optimizer, members in _series(in_job, OPTIMIZER):
             label = optimizer if len(jobs) == 1 else f"{job}, {optimizer}"
-            ax.scatter(
-                [r["learning_rate"] for r in members],
-                [r[metric] for r in members],
-                color=colours.get(optimizer, "#999999"),
-                marker=marker,
-                label=_text(label),
-            )
-    ax.set_xscale("log")
-    ax.set(xlabel="learning rate (stage 1; stage 2 uses it × finetune.lr_scale)", ylabel=metric)
-    ax.set_title(f"{metric} by learning rate and optimizer" + (" (marker: job)" if len(jobs) > 1 else ""))
+            ax.scatter([r[key] for r in members], [r[metric] for r in members], color=colours.get(optimizer, "#999999"),
+                       marker=marker, label=_text(label))  # fmt: skip
+    values = [float(r[key]) for r in rows]
+    if min(values) > 0 and max(values) >= 100 * min(values):
+        ax.set_xscale("log")
+    note = " (stage 1; stage 2 uses it × finetune.lr_scale)" if key.endswith("learning_rate") else ""
+    ax.set(xlabel=f"{key}{note}", ylabel=metric)
+    ax.set_title(f"{metric} by {key} and optimizer" + (" (marker: job)" if len(jobs) > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _png(fig)
@@ -77,11 +79,11 @@ def unfreeze_depth(rows: Sequence[dict[str, Any]], metric: str) -> bytes:
     maximize = not metric.endswith("loss")
     for i, (name, members) in enumerate(_series(rows, "backbone")):
         colour = COLOURS[i] if i < MAX_LEGEND else "#999999"
-        depths = sorted({int(r["unfreeze_depth"]) for r in members})
-        best = [(max if maximize else min)(r[metric] for r in members if int(r["unfreeze_depth"]) == d) for d in depths]
-        ax.scatter([int(r["unfreeze_depth"]) for r in members], [r[metric] for r in members], color=colour, alpha=0.5)
+        depths = sorted({int(r[DEPTH]) for r in members})
+        best = [(max if maximize else min)(r[metric] for r in members if int(r[DEPTH]) == d) for d in depths]
+        ax.scatter([int(r[DEPTH]) for r in members], [r[metric] for r in members], color=colour, alpha=0.5)
         ax.plot(depths, best, "-o", color=colour, label=_text(name))
-    ax.set_xticks(sorted({int(r["unfreeze_depth"]) for r in rows}))
+    ax.set_xticks(sorted({int(r[DEPTH]) for r in rows}))
     ax.set(xlabel="layers unfrozen in stage 2 (0: head only)", ylabel=metric)
     ax.set_title(f"{metric} by unfreeze depth and backbone (line: best)")
     ax.grid(alpha=0.3)

@@ -17,6 +17,7 @@ from tlsweep import files
 from tlsweep.data import imbalance_warning
 from tlsweep.export import reproduce_command
 from tlsweep.progress import count
+from tlsweep.records import DEPTH
 from tlsweep.report import plots
 from tlsweep.report.summary import Summary, accuracy_interval
 
@@ -252,7 +253,7 @@ def _fmt(value: Any, key: str = "") -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        if key == "learning_rate" or (value != 0 and abs(value) >= 1e5):
+        if key.endswith("learning_rate") or (value != 0 and abs(value) >= 1e5):
             return f"{value:.3g}"
         return f"{value:.1f}" if key.endswith("_s") else f"{value:.4f}"
     return str(value)
@@ -401,11 +402,12 @@ def _plots(summary: Summary, top: int) -> list[dict[str, str]]:
             for r in ranked[:top]
         ]
         figures.append((f"Training curves of the top {len(chosen)} trials", plots.curves(chosen)))
-    with_lr = [r for r in ranked if isinstance(r.get("learning_rate"), (int, float))]
-    if len(with_lr) > 1:
-        figures.append(("Learning rate and optimizer", plots.learning_rate(with_lr, metric)))
-    with_depth = [r for r in ranked if isinstance(r.get("unfreeze_depth"), (int, float))]
-    if len({r["unfreeze_depth"] for r in with_depth}) > 1:
+    for key in summary.continuous:  # a setting searched on an interval: its effect as a plot
+        numbers = [r for r in ranked if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        if len({r[key] for r in numbers}) > 1 and key != DEPTH:
+            figures.append((key, plots.knob(numbers, key, metric)))
+    with_depth = [r for r in ranked if isinstance(r.get(DEPTH), (int, float))]
+    if len({r[DEPTH] for r in with_depth}) > 1:
         figures.append(("Unfreeze depth per backbone", plots.unfreeze_depth(with_depth, metric)))
     return [
         {"title": title, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}

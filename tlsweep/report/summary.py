@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlsweep.config import run_key, split_override
+from tlsweep.errors import TlsweepError
 from tlsweep.objective import Objective
 from tlsweep.records import Epoch, best_epoch_of
 from tlsweep.results import (
@@ -27,10 +28,12 @@ from tlsweep.results import (
     ranking,
     winner,
 )
+from tlsweep.space import flatten, parse_knob
 
 CHOICE_ORDER = ("backbone", "augmentation", "dataset", "finetune", "tuner", "search", "experiment")
 HIDDEN_CHOICES = ("optimizer",)  # the loaded optimizers; the one a trial used is a hyperparameter
-HYPERPARAMETER_ORDER = ("learning_rate", "optimizer", "unfreeze_depth")
+HYPERPARAMETER_ORDER = ("finetune.learning_rate", "finetune.optimizer", "finetune.unfreeze_depth")
+
 METRIC_COLUMNS = (
     "val_accuracy",
     "val_loss",
@@ -64,7 +67,8 @@ METRIC_OF_OBJECTIVE = {  # the column that holds each tuner objective
     "accuracy": "train_accuracy",
     "loss": "train_loss",
 }
-GROUPS = ("backbone", "augmentation", "optimizer", "unfreeze_depth")  # always compared, when present
+GROUPS = ("backbone", "augmentation")  # always compared, when present, before the hyperparameters
+MANY_VALUES = 8  # a whole-number interval with more values than this is compared in a plot, not value by value
 OVERFIT_MIN_RISE = 2  # epochs of rising validation loss after its minimum
 OVERFIT_MIN_GAP_GROWTH = 0.05  # growth of (train accuracy - validation accuracy) since that minimum
 
@@ -116,6 +120,7 @@ class Summary:
     table: Table
     setup_columns: list[str]  # group choices and swept overrides
     hyperparameter_columns: list[str]
+    continuous: list[str]  # searched on an interval: each trial draws its own value, shown in a plot, not as rows
     effects: list[Effect]
     warnings: list[str]
     finalists: list[Finalist] = field(default_factory=list)  # best mean first: the first is the answer
@@ -178,7 +183,9 @@ def summarize(sweep: Sweep) -> Summary:
     noise = _seed_noise(groups)
     searched = [r for r in table.rows if r.get("finalist_of") is None]  # a finalist's extra seeds repeat a trial
     effects = []
-    for group in dict.fromkeys(g for g in (*GROUPS, *choice_keys, *varying) if g in columns):
+    continuous = [k for k in hp_keys if k in _drawn_from_intervals(sweep)]
+    choices = [k for k in hp_keys if k not in continuous]  # a choice's every value gets a row of its own
+    for group in dict.fromkeys(g for g in (*GROUPS, *choices, *choice_keys, *varying) if g in columns):
         group_effect = group_effects(searched, group, metric, maximize, name_jobs=len(sweep.jobs) > 1)
         if len(group_effect) > 1:  # one value everywhere shows no effect
             effects += _mark_noise(group_effect, noise)
@@ -190,12 +197,28 @@ def summarize(sweep: Sweep) -> Summary:
         table,
         [*choice_keys, *varying],
         hp_keys,
+        continuous,
         effects,
         warnings,
         _finalists(groups, objective),
         _not_finalists(sweep, groups, objective),
         winner(sweep, objective),
     )
+
+
+def _drawn_from_intervals(sweep: Sweep) -> set[str]:
+    """The settings some job of the sweep searched on an interval (its ``search.params``), as ``tlsweep.space``
+    reads them: a value per trial, compared in a plot rather than value by value."""
+    found = set()
+    for job in sweep.jobs:
+        for key, expression in flatten((job.config.get("search") or {}).get("params") or {}).items():
+            try:
+                knob = parse_knob(key, expression)
+            except TlsweepError:  # a job refused for its search space ran nothing to compare
+                continue
+            if knob.kind == "float" or len(knob.every_value() or ()) > MANY_VALUES:
+                found.add(key)
+    return found
 
 
 def _add_group_columns(rows: list[dict[str, Any]], groups: list[Group]) -> None:
