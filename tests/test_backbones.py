@@ -70,7 +70,7 @@ def test_keras_backbone_builds_and_trains_one_step_at_its_deepest_default_depth(
     if cfg.backbone.preprocessing == "none":  # the network must then rescale inside, as Keras' versions do
         first = [type(layer).__name__ for layer in backbone_layers(net)[:4]]
         assert {"Rescaling", "Normalization"} & set(first), first
-    depth = max(cfg.search.depths)
+    depth = max(cfg.depths(backbone.num_layers))
     assert 0 < depth <= backbone.num_layers
     model = build_classifier(net, PREPROCESSING[cfg.backbone.preprocessing], 2, 0.2, None)
     unfreeze_top(model, backbone, depth)

@@ -42,7 +42,7 @@ def test_multirun_runs_one_search_per_job_into_readable_folders(tmp_path: Path) 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["search.params.finetune.learning_rate=tag(log, interval(0.1, 0.001))"], "is larger than max"),
+        (["search.params.finetune.learning_rate=tag(log, interval(0.1, 0.001))"], "needs its lower end first"),
         (["search.params.finetune.unfreeze_depth=choice(5, 50)"], "has only 23 layers"),
         (["backbone=mobilenet_v2", "dataset.image_size=32"], "could not get ImageNet weights from https://"),
     ],
@@ -52,7 +52,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[s
     offline = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "KERAS_HOME": str(tmp_path)}
     result = run_cli(args, tmp_path, env=offline)
     assert_user_error(result, message)
-    if "larger than max" in message:  # a config mistake is caught before any folder is made
+    if "lower end first" in message:  # a config mistake is caught before any folder is made
         assert not (tmp_path / "outputs").exists()
         return
     assert not list((tmp_path / "outputs" / "runs").iterdir())  # refused before it computed anything: no run left

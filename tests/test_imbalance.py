@@ -67,7 +67,7 @@ def test_balanced_class_weights_raise_the_rare_class_recall(tmp_path: Path, capl
     images = faint_folder(tmp_path / "images", COUNTS)
     pinned = ["search.params.finetune.learning_rate=3e-3", "search.params.finetune.optimizer=adam"]
     base = ["dataset=folder", f"dataset.path={images}", *FAST, "tuner.max_trials=1", *pinned]
-    base += ["finetune=none", "finetune.head_epochs=4"]
+    base += ["finetune=none", "finetune.head_epochs=8"]
     recall = {}
     for weighting in ("null", "balanced"):
         with caplog.at_level("INFO"):

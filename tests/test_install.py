@@ -78,12 +78,12 @@ def test_every_module_imports_and_every_backbone_config_resolves() -> None:
         cfg = OmegaConf.load(path)
         if cfg.get("factory"):
             assert callable(get_method(cfg.factory)), path.name
-        elif "preset" in cfg:  # a KerasHub preset: keras-hub is the keras-hub extra
+        elif "preset" in cfg or cfg.get("weights") == "preset":  # a KerasHub preset: the keras-hub extra's
             extra = [r for r in importlib.metadata.requires("tlsweep") or [] if 'extra == "keras-hub"' in r]
             assert extra and extra[0].startswith("keras-hub>=0.32"), optional
             assert callable(kerashub.preset_network), path.name
         else:
-            assert "handle" in cfg, path.name  # a URL, a folder, or (hub.yaml) set on the command line
+            assert "handle" in cfg or path.stem == "hub", path.name  # a URL, a folder, or (hub) the command line's
             hub_module = importlib.import_module("tensorflow_hub")  # what a hub handle needs at run time
             assert callable(hub_module.resolve) and callable(hub.hub_network), path.name
 

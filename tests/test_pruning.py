@@ -14,9 +14,9 @@ import pytest
 from conftest import FAST, make_image_folder, make_spec, run_cli, start_cli, stop_when
 
 from tlsweep.errors import TlsweepError
-from tlsweep.groups import budget_seconds
 from tlsweep.objective import Objective
 from tlsweep.records import Stop
+from tlsweep.schedule import budget_seconds
 from tlsweep.stopping import Asha, EarlyStop, Median, Peer, StopRules, read_peers
 
 ACCURACY, LOSS = Objective("val_accuracy"), Objective("val_loss")
@@ -148,7 +148,7 @@ def test_a_spent_budget_stops_the_search_with_its_records_intact(image_folder: P
 
     overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=20"]
     cfg = make_spec([*overrides, "finetune.head_epochs=3", "budget=1s"])
-    cfg = dataclasses.replace(cfg, budget_s=1e-6)  # spent before the first epoch ends, however fast the machine
+    cfg = dataclasses.replace(cfg, budget=1e-6)  # spent before the first epoch ends, however fast the machine
     record = run_job(cfg, tmp_path / "job", {})
     assert record.get("stopped_by_budget") and record.get("trials") == 1  # the first trial always runs
     (trial,) = [json.loads(p.read_text()) for p in (tmp_path / "job" / "trials").glob("*.json")]
@@ -164,7 +164,7 @@ def test_a_resumed_job_counts_what_its_earlier_runs_spent_against_the_budget(
 
     overrides = ["dataset=folder", f"dataset.path={image_folder}", *FAST, "tuner.max_trials=20"]
     job = tmp_path / "job"
-    spent = dataclasses.replace(make_spec([*overrides, "budget=1s"]), budget_s=1e-6)
+    spent = dataclasses.replace(make_spec([*overrides, "budget=1s"]), budget=1e-6)
     run_job(spent, job, {})  # one trial, then the budget is spent
     (path,) = list((job / "trials").glob("trial_*.json"))
     path.write_text(json.dumps({**json.loads(path.read_text()), "duration_s": 3600.0}))  # as if it took an hour

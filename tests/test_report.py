@@ -235,7 +235,8 @@ def fake_sweep(root: Path, backbones: int, trials_per_job: int) -> Path:
             history = [epoch(1, 1.0, acc - 0.1, 1.1, acc - 0.05), epoch(2, 0.8, acc, 0.9, acc, "finetune")]
             record = {
                 "trial_id": str(t), "status": "completed", "choices": choices, "objective": "val_accuracy",
-                "hyperparameters": {"learning_rate": 10 ** -(2 + t % 3), "optimizer": "adam", "unfreeze_depth": t % 4},
+                "hyperparameters": {"finetune.learning_rate": 10 ** -(2 + t % 3) * (1 + t / 10),
+                                    "finetune.optimizer": "adam", "finetune.unfreeze_depth": t % 4},
                 "history": history, "best_epoch": 2, "val_accuracy": acc, "val_loss": 0.9, "rolled_back": False,
                 "stages": {"head": {"value": acc - 0.05, "epoch": 1}, "finetune": {"value": acc, "epoch": 2}},
                 "duration_s": 1.0, "data": {"classes": ["a", "b"], "train_images": 80, "val_images": 20},

@@ -131,9 +131,11 @@ def test_every_setting_is_declared_once() -> None:
 def test_a_searched_dropout_is_recorded_and_its_rerun_command_reproduces_the_trial_exactly(tmp_path: Path) -> None:
     images = make_image_folder(tmp_path / "images")
     args = ["dataset=folder", f"dataset.path={images}", *FAST, "search.params.finetune.dropout=interval(0.1, 0.5)"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     first = run_cli([*args, "search.params.finetune.label_smoothing=choice(0.0, 0.1)"], tmp_path / "a")
     assert first.returncode == 0, first.stdout
-    (run,) = (tmp_path / "a" / "outputs" / "runs").iterdir()
+    (run,) = (tmp_path / "a" / "outputs" / "runs").iterdir()  # (the images are beside, in tmp_path)
     records = [json.loads(p.read_text()) for p in sorted((run / "trials").glob("trial_*.json"))]
     dropouts = [r["hyperparameters"]["finetune.dropout"] for r in records]
     assert all(0.1 <= d <= 0.5 for d in dropouts) and len(set(dropouts)) == len(dropouts)  # each trial its own

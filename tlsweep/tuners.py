@@ -9,7 +9,9 @@ the way every run of the job is trained. This module supports keras-tuner 1.4.8,
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import logging
 import os
 import socket
@@ -199,8 +201,9 @@ def make_tuner(runner: Runner, cap: int | None = None) -> kt.Tuner:
         kwargs["max_trials"] = tuner.max_trials
     if tuner.name == "bayesian":
         kwargs["num_initial_points"] = tuner.num_initial_points
-    try:
-        return TUNERS[tuner.name](**kwargs)  # reloads the state of an interrupted search, if there is one
+    try:  # reloads the state of an interrupted search, if there is one (KerasTuner prints that it does: not shown)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return TUNERS[tuner.name](**kwargs)
     except ValueError as e:  # KerasTuner's own state files are not written atomically; a kill can cut one
         state = job_dir / files.TUNER_DIR
         raise TlsweepError(

@@ -183,7 +183,8 @@ def summarize(sweep: Sweep) -> Summary:
     noise = _seed_noise(groups)
     searched = [r for r in table.rows if r.get("finalist_of") is None]  # a finalist's extra seeds repeat a trial
     effects = []
-    continuous = [k for k in hp_keys if k in _drawn_from_intervals(sweep)]
+    intervals = _drawn_from_intervals(sweep)
+    continuous = [k for k in hp_keys if k in intervals or _many_numbers(rows, k)]
     choices = [k for k in hp_keys if k not in continuous]  # a choice's every value gets a row of its own
     for group in dict.fromkeys(g for g in (*GROUPS, *choices, *choice_keys, *varying) if g in columns):
         group_effect = group_effects(searched, group, metric, maximize, name_jobs=len(sweep.jobs) > 1)
@@ -219,6 +220,12 @@ def _drawn_from_intervals(sweep: Sweep) -> set[str]:
             if knob.kind == "float" or len(knob.every_value() or ()) > MANY_VALUES:
                 found.add(key)
     return found
+
+
+def _many_numbers(rows: list[dict[str, Any]], key: str) -> bool:
+    """Whether the runs took more than ``MANY_VALUES`` numbers for ``key`` (runs of a search space not recorded)."""
+    values = {r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)}
+    return len(values) > MANY_VALUES
 
 
 def _add_group_columns(rows: list[dict[str, Any]], groups: list[Group]) -> None:
