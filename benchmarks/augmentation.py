@@ -1,6 +1,6 @@
 """Seconds to augment a training set: tlsweep's one warp per image against Keras' layers one by one.
 
-``augmentation=standard`` (flip, rotation, zoom, stretch) as ``tlsweep.augment.RandomAffine`` and as
+``augmentation=standard`` (flip, rotation, zoom, stretch) as ``tlsweep.tasks.images.augment.RandomAffine`` and as
 the classic chain of Keras layers (RandomFlip → RandomRotation → RandomZoom → RandomZoom per axis),
 on the same random 8-bit images in batches of 64, each way traced once, run alternately ``--repeats``
 times. What a plain-way epoch and each view of the feature cache spend on augmentation.
@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tlsweep.config import compose_spec  # noqa: E402
-from tlsweep.model import augmentation  # noqa: E402
 from tlsweep.paths import register_resolvers  # noqa: E402
+from tlsweep.tasks.images import IMAGES  # noqa: E402
 
 BATCH = 64
 
@@ -62,7 +62,7 @@ def main() -> None:
     images = np.random.default_rng(0).integers(0, 256, (options.images, options.size, options.size, 3), np.uint8)
     ours, theirs = [], []
     for _ in range(options.repeats):
-        ours.append(seconds(augmentation(cfg, 0), images))
+        ours.append(seconds(IMAGES.augmentation(cfg, 0), images))
         theirs.append(seconds(keras_chain(cfg, 0), images))
     print(f"{options.images} images at {options.size} px, augmentation=standard, best of {options.repeats}:")
     print(f"  Keras layers one by one : {min(theirs):6.2f} s")

@@ -20,9 +20,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tlsweep.backbones import load_backbone  # noqa: E402
 from tlsweep.config import compose_spec  # noqa: E402
 from tlsweep.paths import register_resolvers  # noqa: E402
+from tlsweep.tasks.images.backbones import load_backbone  # noqa: E402
 
 
 def architecture(name: str) -> tuple[keras.Model, int]:

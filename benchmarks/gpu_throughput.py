@@ -26,10 +26,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tlsweep.backbones import load_backbone  # noqa: E402
 from tlsweep.config import compose_spec  # noqa: E402
 from tlsweep.model import build_classifier, compile_model, unfreeze_top  # noqa: E402
 from tlsweep.paths import register_resolvers  # noqa: E402
+from tlsweep.tasks.images.backbones import load_backbone  # noqa: E402
 
 SWITCHES = {
     "float32": ("float32", False),
@@ -45,7 +45,7 @@ def throughput(backbone_name: str, size: int, batch: int, steps: int, precision:
     register_resolvers()
     cfg = compose_spec([f"backbone={backbone_name}", "backbone.weights=null"])
     backbone = load_backbone(cfg.backbone, size)
-    model = build_classifier(backbone.build(), backbone.rescaling, 5, 0.2, None)
+    model = build_classifier(backbone, 5, 0.2, None)
     unfreeze_top(model, backbone, depth)
     compile_model(model, keras.optimizers.Adam(1e-4), jit_compile=jit)
     rng = np.random.default_rng(0)

@@ -121,12 +121,12 @@ def run(name: str, args: list[str], work: Path, cache: Path | None = None) -> di
 
 def floor(dataset: Path) -> None:
     """Print the seconds of one forward pass over every image (decoding not included), in this process."""
-    from tlsweep.backbones import load_backbone
     from tlsweep.cache.features import FeatureCache
     from tlsweep.cache.store import Store
     from tlsweep.config import compose_spec
-    from tlsweep.data import load_dataset
     from tlsweep.paths import register_resolvers
+    from tlsweep.tasks.images.backbones import load_backbone
+    from tlsweep.tasks.images.data import load_images as load_dataset
 
     register_resolvers()
     cfg = compose_spec(preset(dataset, 1, 1, 1))

@@ -68,12 +68,12 @@ def sweep(name: str, args: list[str], work: Path) -> dict:
 
 def floor() -> None:
     """Print the seconds of one forward pass over every training and validation image, cold then warm."""
-    from tlsweep.backbones import load_backbone
     from tlsweep.cache.features import FeatureCache
     from tlsweep.cache.store import Store
     from tlsweep.config import compose_spec
-    from tlsweep.data import load_dataset
     from tlsweep.paths import register_resolvers
+    from tlsweep.tasks.images.backbones import load_backbone
+    from tlsweep.tasks.images.data import load_images as load_dataset
 
     register_resolvers()
     cfg = compose_spec(DATA)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import keras
 
-from tlsweep.backbones import preprocessing_layer, tiny_cnn
-from tlsweep.data import DIGITS_SOURCE_CLASSES, load_digits, stratified_split
+from tlsweep.data import stratified_split
 from tlsweep.model import compile_model, head
+from tlsweep.tasks.images.backbones import preprocessing_layer, tiny_cnn
+from tlsweep.tasks.images.data import DIGITS_SOURCE_CLASSES, load_digits
 
 OUT = Path(__file__).resolve().parents[1] / "tlsweep" / "weights" / "tiny.weights.h5"
 

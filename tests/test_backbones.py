@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, make_config, make_spec
 
-from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, preprocessing_layer
+from tlsweep.backbone import backbone_layers
 from tlsweep.model import build_classifier, compile_model, unfreeze_top
+from tlsweep.tasks.images.backbones import PREPROCESSING, load_backbone, preprocessing_layer
 
 apps = keras.applications
 BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
@@ -72,13 +73,13 @@ def test_keras_backbone_builds_and_trains_one_step_at_its_deepest_default_depth(
         assert {"Rescaling", "Normalization"} & set(first), first
     depth = max(cfg.depths(backbone.num_layers))
     assert 0 < depth <= backbone.num_layers
-    model = build_classifier(net, PREPROCESSING[cfg.backbone.preprocessing], 2, 0.2, None)
+    model = build_classifier(backbone, 2, 0.2, None, net)
     unfreeze_top(model, backbone, depth)
     compile_model(model, keras.optimizers.SGD(0.1))
     model.run_eagerly = True  # one step: tracing a graph of hundreds of layers would take longer than running it
     unfrozen = model.get_layer("backbone").trainable_weights
     assert unfrozen and all(any(v is w for w in model.trainable_weights) for v in unfrozen)
-    size = backbone.image_size
+    size = backbone.inputs.shape[0]
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     with tf.GradientTape() as tape:  # every unfrozen weight is connected to the loss (random weights may
         loss = keras.losses.sparse_categorical_crossentropy(np.array([0, 1]), model(images))  # saturate: zero is fine)

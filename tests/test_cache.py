@@ -17,15 +17,17 @@ import pytest
 from conftest import FAST, make_spec, swallow_ctrl_c
 
 from tlsweep import interrupt
-from tlsweep.backbones import crossing_tensors, load_backbone
+from tlsweep.backbone import crossing_tensors
 from tlsweep.batches import CachedData, PlainData
 from tlsweep.cache.features import make_cache
 from tlsweep.cache.store import DiskArray, Store, Writer
-from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.logs import TrialLog
-from tlsweep.model import SharedClassifier, augmentation
+from tlsweep.model import SharedClassifier
 from tlsweep.records import RunRecord
+from tlsweep.tasks.images import IMAGES
+from tlsweep.tasks.images.backbones import load_backbone
+from tlsweep.tasks.images.data import load_images as load_dataset
 from tlsweep.trial import TwoStageTrial, seed_keras
 
 DEPTH = 4  # block2_b_conv, block2_b_bn, block2_add, block2_out: a cut inside the last residual block
@@ -54,7 +56,7 @@ def job_inputs(image_folder: Path, tmp_path: Path, augmentation: str = "none", *
 
 def two_stage(spec, backbone, source) -> TwoStageTrial:
     """A job's trial on its classifier and batch source, as the job sets it up."""
-    augment = lambda: augmentation(spec.augmentation, spec.seed)  # noqa: E731
+    augment = lambda: IMAGES.augmentation(spec.augmentation, spec.seed)  # noqa: E731
     classifier = SharedClassifier(backbone, 3, augment)
     return TwoStageTrial(spec, classifier, source)
 
@@ -86,7 +88,7 @@ def test_the_cut_inside_a_residual_block_has_two_crossing_tensors(image_folder: 
 @pytest.mark.parametrize("augmentation", ["none", "light"])
 def test_a_cached_trial_trains_what_the_plain_trial_trains(image_folder: Path, tmp_path: Path, augmentation) -> None:
     cfg, data, backbone = job_inputs(image_folder, tmp_path, augmentation)
-    cache = make_cache(cfg, backbone, data)
+    cache = make_cache(cfg, backbone, data, IMAGES)
     assert cache.views == (2 if augmentation == "light" else 1)  # one view per epoch of the longer stage
 
     cached_model, cached_history = train(cfg, backbone, CachedData(cache), tmp_path / "cached")
@@ -113,7 +115,7 @@ def test_a_float16_cache_trains_as_the_float32_cache_does(image_folder: Path, tm
     histories = {}
     for dtype in ("float32", "float16"):
         cfg, data, backbone = job_inputs(image_folder, tmp_path / dtype, "none", f"feature_cache.dtype={dtype}")
-        cache = make_cache(cfg, backbone, data)
+        cache = make_cache(cfg, backbone, data, IMAGES)
         assert cache.val(0)[0].dtype == np.dtype(dtype)
         histories[dtype] = train(cfg, backbone, CachedData(cache), tmp_path / dtype)[1]
     for a, b in zip(histories["float32"], histories["float16"], strict=True):
@@ -146,7 +148,7 @@ def test_trials_that_differ_only_in_a_compiled_value_train_differently(
     decay, the dropout rate) must reach the trial that asked for it, not stay the first trial's."""
     space = f"search.params.finetune.{knob}=choice({values[0]}, {values[1]})"
     cfg, data, backbone = job_inputs(image_folder, tmp_path, "none", space)
-    job_trial = two_stage(cfg, backbone, CachedData(make_cache(cfg, backbone, data)))
+    job_trial = two_stage(cfg, backbone, CachedData(make_cache(cfg, backbone, data, IMAGES)))
     runs = {v: trial(job_trial, tmp_path / str(v), **{knob: v}) for v in (*values, values[0])}  # the first again
     first, other = (runs[v][1] for v in values)
     assert [e["loss"] for e in first] != [e["loss"] for e in other]  # the other value trained the other way
@@ -156,19 +158,19 @@ def test_trials_that_differ_only_in_a_compiled_value_train_differently(
 
 def test_the_cache_is_reused_and_a_changed_input_gets_a_new_key(image_folder: Path, tmp_path: Path) -> None:
     cfg, data, backbone = job_inputs(image_folder, tmp_path)
-    first = make_cache(cfg, backbone, data)
+    first = make_cache(cfg, backbone, data, IMAGES)
     assert first.depths == [0, 3]  # the search's unfreeze depths: every cut is made on first use
     first.train_views(0)
     assert (first.store.built, first.store.reused) == (1, 0)
     first.val(0), first.train_views(DEPTH)  # validation's cut; a depth the search did not name
     assert (first.store.built, first.store.reused) == (3, 0)
 
-    again = make_cache(cfg, backbone, data)  # another job, or a later sweep, with the same inputs
+    again = make_cache(cfg, backbone, data, IMAGES)  # another job, or a later sweep, with the same inputs
     np.testing.assert_array_equal(again.train_views(DEPTH)[0][1], first.train_views(DEPTH)[0][1])
     assert (again.store.built, again.store.reused) == (0, 1)
 
     data.x_train[0, 0, 0, 0] ^= 1  # one pixel of one image changed
-    changed = make_cache(cfg, backbone, data)
+    changed = make_cache(cfg, backbone, data, IMAGES)
     changed.train_views(0)
     assert (changed.store.built, changed.store.reused) == (1, 0)
 
@@ -178,7 +180,7 @@ def test_a_ctrl_c_that_library_code_swallows_stops_the_cache_build_and_leaves_no
     image_folder: Path, tmp_path: Path
 ) -> None:
     cfg, data, backbone = job_inputs(image_folder, tmp_path)
-    cache = make_cache(cfg, backbone, data)
+    cache = make_cache(cfg, backbone, data, IMAGES)
     with interrupt.handled():
         swallow_ctrl_c()
         with pytest.raises(KeyboardInterrupt):
@@ -190,7 +192,7 @@ def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
     image_folder: Path, tmp_path: Path
 ) -> None:
     cfg, data, backbone = job_inputs(image_folder, tmp_path)
-    cache = make_cache(cfg, backbone, data)
+    cache = make_cache(cfg, backbone, data, IMAGES)
     network = backbone.build()  # the job's classifier's backbone
     cache.prepare(network)
     assert (cache.store.built, cache.store.reused) == (4, 0)  # both cuts of train and val, before any trial
@@ -201,7 +203,7 @@ def test_a_cache_prepared_on_the_jobs_network_lets_it_go_before_trials_train_it(
     cfg = dataclasses.replace(
         cfg, feature_cache=dataclasses.replace(cfg.feature_cache, dir=str(tmp_path / "elsewhere"))
     )
-    pristine = make_cache(cfg, backbone, data)
+    pristine = make_cache(cfg, backbone, data, IMAGES)
     for a, b in zip(later, pristine.train_views(DEPTH)[0], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for a, b in zip(cache.val(3), pristine.val(3), strict=True):
@@ -212,7 +214,7 @@ def test_each_cut_made_from_the_one_below_equals_the_cut_made_from_the_images(
     image_folder: Path, tmp_path: Path
 ) -> None:
     cfg, data, backbone = job_inputs(image_folder, tmp_path)
-    chained = make_cache(cfg, backbone, data)
+    chained = make_cache(cfg, backbone, data, IMAGES)
     chained.depths = [0, 2, DEPTH, 8, backbone.num_layers]
     chained.prepare()  # every cut in one pass, each from the one below it
     assert chained.store.built == 10

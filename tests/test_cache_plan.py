@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from conftest import FAST, make_spec, run_cli
 
-from tlsweep.backbones import load_backbone
 from tlsweep.cache.features import plan_cache, plan_cuts
 from tlsweep.cache.plan import GB, Cut, available_memory, make_plan, memory_budget, resident_memory
 from tlsweep.cache.store import Store, entries, evict
-from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.model import build_classifier, unfreeze_top, weights_bytes
+from tlsweep.tasks.images import IMAGES
+from tlsweep.tasks.images.backbones import load_backbone
+from tlsweep.tasks.images.data import load_images as load_dataset
 
 MB = 2**20
 
@@ -92,7 +93,7 @@ def test_no_room_on_disk_for_the_head_is_one_line_before_any_work(
     data, backbone = load_dataset(cfg.dataset, 32), load_backbone(cfg.backbone, 32)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(TlsweepError, match=r"needs .* on disk for the head's features alone.*cache=false"):
-        plan_cache(cfg, backbone, data, backbone.build(), 8 * GB)
+        plan_cache(cfg, backbone, data, IMAGES, backbone.build(), 8 * GB)
     assert not list((tmp_path / "c").iterdir())  # nothing computed
 
 
@@ -173,11 +174,11 @@ def test_the_plan_sets_memory_aside_for_the_weights_of_runs_that_may_still_win(
     data, backbone = load_dataset(finalists.dataset, 32), load_backbone(finalists.backbone, 32)
     network = backbone.build()
     deepest = weights_bytes(network, backbone, 6)
-    model = build_classifier(network, backbone.rescaling, 2, 0.2, None)
+    model = build_classifier(backbone, 2, 0.2, None, network)
     unfreeze_top(model, backbone, 6)
     trained = sum(math.prod(v.shape) * 4 for v in model.get_layer("backbone").trainable_variables)
     assert 0 < trained <= deepest  # a kept run's weights fit in what is set aside for it
-    plan = plan_cache(finalists, backbone, data, network, 8 * GB).plan
+    plan = plan_cache(finalists, backbone, data, IMAGES, network, 8 * GB).plan
     assert plan.kept == 10 * deepest and "kept for the weights of runs that may still win" in plan.line()
-    alone = plan_cache(make_spec(base), backbone, data, network, 8 * GB).plan
+    alone = plan_cache(make_spec(base), backbone, data, IMAGES, network, 8 * GB).plan
     assert alone.kept == 0 and alone.memory_bytes - plan.memory_bytes == pytest.approx(plan.kept, abs=64 * MB)

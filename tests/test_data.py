@@ -10,11 +10,12 @@ import pytest
 from conftest import class_image, make_image_folder, make_spec, write_image
 from PIL import Image
 
-from tlsweep import images as data_module
 from tlsweep.batches import EpochBatches
 from tlsweep.cache.store import DiskArray, Store
-from tlsweep.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES, load_dataset
 from tlsweep.errors import TlsweepError
+from tlsweep.tasks.images import decode as data_module
+from tlsweep.tasks.images.data import DIGITS_SOURCE_CLASSES, DIGITS_TARGET_CLASSES
+from tlsweep.tasks.images.data import load_images as load_dataset
 
 
 def folder_cfg(path: Path, *overrides: str):

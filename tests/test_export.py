@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import FAST, FLOWERS_MINI, FLOWERS_TRIAL, make_image_folder, make_spec, needs_shared
 
-from tlsweep.data import load_dataset
 from tlsweep.evaluate import evaluate
 from tlsweep.export import export_best
 from tlsweep.groups import ExportSpec
 from tlsweep.job import run_job
-from tlsweep.predict import image_paths, load_predictor, predict_files
+from tlsweep.predict import load_predictor, predict_paths
 from tlsweep.predict import main as predict_main
+from tlsweep.tasks.images.data import load_images as load_dataset
 
 CHOICES = {"backbone": "tiny", "dataset": "folder", "augmentation": "light"}
 
@@ -58,7 +58,7 @@ def test_every_exported_format_predicts_like_the_trained_model(trained, tmp_path
     for fmt, atol in (("keras", 1e-5), ("saved_model", 1e-4), ("tflite", tolerance)):
         predictor = load_predictor(best, fmt)
         got = predictor(x)
-        assert predictor.classes == ["cat", "dog", "fox"] and predictor.image_size == 32
+        assert predictor.classes == ["cat", "dog", "fox"] and predictor.record["image_size"] == 32
         assert np.abs(got - expected).max() <= atol, (fmt, np.abs(got - expected).max())
         assert (got.argmax(1) == expected.argmax(1)).mean() >= (0.9 if fmt == "tflite" else 1.0)
     record = json.loads((best / "export.json").read_text())
@@ -116,7 +116,7 @@ def test_predict_prints_top_classes_and_writes_csv_and_names_unreadable_images(
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "path,class_1,probability_1,class_2,probability_2" and len(rows) == 13
     predictor = load_predictor(exported)
-    results, _ = predict_files(predictor, image_paths([folder]))
+    results, _ = predict_paths(predictor, [folder])
     truth = [Path(p).parent.name for p, _ in results]
     predicted = [predictor.classes[int(probs.argmax())] for _, probs in results]
     assert [line.split(": ")[1].split(" ")[0] for line in lines] == predicted
@@ -165,7 +165,7 @@ def test_predict_on_flower_photos_beats_chance(tmp_path: Path) -> None:
     run_job(cfg, tmp_path / "run", {"backbone": "mobilenet_v2", "dataset": "folder"})
     best = export_best(tmp_path / "run", export_cfg(tflite=False))
     predictor = load_predictor(best, "saved_model")
-    results, unreadable = predict_files(predictor, image_paths([FLOWERS_MINI / "val"]))
+    results, unreadable = predict_paths(predictor, [FLOWERS_MINI / "val"])
     assert not unreadable and len(results) == 100
     correct = sum(Path(p).parent.name == predictor.classes[int(probs.argmax())] for p, probs in results)
     assert correct / len(results) > 0.6  # chance is 0.2

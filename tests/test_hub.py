@@ -14,10 +14,11 @@ import pytest
 from conftest import FAST, make_hub_model, make_spec, run_cli
 
 from tlsweep import weights
-from tlsweep.backbones import Backbone, load_backbone
+from tlsweep.backbone import Backbone
 from tlsweep.errors import TlsweepError
 from tlsweep.model import build_classifier, compile_model, unfreeze_top
 from tlsweep.predict import load_predictor
+from tlsweep.tasks.images.backbones import load_backbone
 
 URL = "https://tfhub.dev/example/feature_vector/1"
 
@@ -33,7 +34,7 @@ def hub_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hub_classifier(handle: str | Path) -> tuple[keras.Model, Backbone]:
     cfg = make_spec(["backbone=hub", f"backbone.handle={handle}"])
     backbone = load_backbone(cfg.backbone, 16)
-    return build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None), backbone
+    return build_classifier(backbone, 3, 0.0, None), backbone
 
 
 def batch(n: int = 8) -> tuple[np.ndarray, np.ndarray]:

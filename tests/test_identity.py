@@ -20,15 +20,15 @@ from PIL import Image
 from tlsweep import files
 from tlsweep.__main__ import interrupted_message
 from tlsweep.config import check_writable
-from tlsweep.data import load_dataset
 from tlsweep.errors import TlsweepError
 from tlsweep.export import export_best
 from tlsweep.groups import ExportSpec
-from tlsweep.images import decode_image
 from tlsweep.job import run_job
 from tlsweep.paths import newest_unfinished
 from tlsweep.predict import load_predictor
 from tlsweep.report import build_report
+from tlsweep.tasks.images.data import load_images as load_dataset
+from tlsweep.tasks.images.decode import decode_image
 
 CHOICES = {"backbone": "tiny", "dataset": "folder"}
 EXPORT = ExportSpec(saved_model=False, tflite=False)
@@ -83,7 +83,7 @@ def test_resume_refuses_changed_data_and_says_what_changed(finished) -> None:
     with pytest.raises(TlsweepError) as info:
         job(images, job_dir, "resume=true")
     message = str(info.value)
-    assert "class 'aardvark' added" in message and "train/dog: 1 image(s) added" in message
+    assert "class 'aardvark' added" in message and "train/dog: 1 file(s) added" in message
     assert "allow_data_change=true" in message and "\n" not in message
     assert (job_dir / "labels.txt").read_text().split() == ["cat", "dog", "fox"]  # nothing touched
 

@@ -45,7 +45,7 @@ def test_wheel_install_works_from_another_folder(tmp_path: Path) -> None:
     weights = sh(
         python,
         "-c",
-        "from tlsweep.backbones import _bundled_weights as b; print(b('tiny').stat().st_size)",
+        "from tlsweep.tasks.images.backbones import _bundled_weights as b; print(b('tiny').stat().st_size)",
         cwd=elsewhere,
     )
     assert int(weights.split()[-1]) > 100_000  # TensorFlow may print its start-up lines first
@@ -71,7 +71,8 @@ def test_every_module_imports_and_every_backbone_config_resolves() -> None:
     from hydra.utils import get_method
     from omegaconf import OmegaConf
 
-    from tlsweep import hub, kerashub
+    from tlsweep.tasks.images import backbones as images
+    from tlsweep.tasks.images import presets
 
     optional = " ".join(importlib.metadata.requires("tlsweep") or [])
     for path in sorted((REPO / "conf" / "backbone").glob("*.yaml")):
@@ -81,11 +82,11 @@ def test_every_module_imports_and_every_backbone_config_resolves() -> None:
         elif "preset" in cfg or cfg.get("weights") == "preset":  # a KerasHub preset: the keras-hub extra's
             extra = [r for r in importlib.metadata.requires("tlsweep") or [] if 'extra == "keras-hub"' in r]
             assert extra and extra[0].startswith("keras-hub>=0.32"), optional
-            assert callable(kerashub.preset_network), path.name
+            assert callable(presets.preset_network), path.name
         else:
             assert "handle" in cfg or path.stem == "hub", path.name  # a URL, a folder, or (hub) the command line's
             hub_module = importlib.import_module("tensorflow_hub")  # what a hub handle needs at run time
-            assert callable(hub_module.resolve) and callable(hub.hub_network), path.name
+            assert callable(hub_module.resolve) and callable(images.hub_network), path.name
 
 
 def test_every_package_tlsweep_imports_is_a_declared_dependency() -> None:

@@ -24,8 +24,9 @@ from tlsweep.errors import TlsweepError
 keras_hub = pytest.importorskip("keras_hub", reason='KerasHub backbones need pip install "tlsweep[keras-hub]"')
 
 from tlsweep import kerashub  # noqa: E402
-from tlsweep.backbones import load_backbone  # noqa: E402
 from tlsweep.model import build_classifier, trainable_part, unfreeze_top  # noqa: E402
+from tlsweep.tasks.images import presets  # noqa: E402
+from tlsweep.tasks.images.backbones import load_backbone  # noqa: E402
 
 SIZE = 32
 
@@ -83,7 +84,7 @@ def test_relaid_network_computes_what_the_preset_computes_one_layer_per_block(
 ) -> None:
     folder = save_preset(tmp_path / kind, kind)
     original = keras_hub.models.Backbone.from_preset(str(folder))
-    net = kerashub.preset_network(str(folder), pooling, weights="preset", input_shape=(SIZE, SIZE, 3))
+    net = presets.preset_network(str(folder), pooling, weights="preset", input_shape=(SIZE, SIZE, 3))
     images = np.random.default_rng(0).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype("float32")
     np.testing.assert_allclose(net(images), pooled(original, images, pooling, prefix), atol=1e-5)
     assert len(kerashub.blocks_of(net)) == 3  # each block is one layer of the network: the units of depth
@@ -94,11 +95,11 @@ def test_keras_hub_backbone_unfreezes_blocks_and_caches_between_them(tmp_path: P
     cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}", f"backbone.image_size={SIZE}"])
     backbone = load_backbone(cfg.backbone, SIZE)
     assert (backbone.num_layers, backbone.unit) == (3, "blocks")
-    assert backbone.rescaling == pytest.approx((1 / 127.5, -1.0))  # the preset's own image converter
+    assert backbone.about["rescaling"] == pytest.approx((1 / 127.5, -1.0))  # the preset's own image converter
     # layers: stem, 3 blocks, final norm, pooling. Depth 1 trains the last block and what is above it;
     # all blocks, the stem too.
     assert [backbone.cut_depth(d) for d in range(4)] == [0, 3, 4, 6]
-    model = build_classifier(backbone.build(), backbone.rescaling, 2, 0.0, None)
+    model = build_classifier(backbone, 2, 0.0, None)
     unfreeze_top(model, backbone, 1)
     trained = {w.path for w in model.get_layer("backbone").trainable_weights}
     assert trained and all("transformer_block_3/" in p or p.startswith("vit_encoder/ln/") for p in trained), trained
@@ -115,7 +116,7 @@ def test_the_cache_cuts_between_dinov2_blocks_inside_this_network_only(tmp_path:
     folder = save_preset(tmp_path / "dinov2", "dinov2")
     cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}"])
     backbone = load_backbone(cfg.backbone, SIZE)
-    model = build_classifier(backbone.build(), backbone.rescaling, 2, 0.0, None)
+    model = build_classifier(backbone, 2, 0.0, None)
     top = trainable_part(model, backbone.cut_depth(2))  # the tokens entering the second-to-last block
     network = model.get_layer("backbone")  # layers: input, stem, 3 blocks, norm, pooling
     below = keras.Model(network.input, network.get_layer(index=3).input)
@@ -136,7 +137,7 @@ def test_classifier_with_a_keras_hub_backbone_saves_and_loads(tmp_path: Path) ->
     folder = save_preset(tmp_path / "dinov2", "dinov2")
     cfg = make_spec(["backbone=keras_hub", f"backbone.preset={folder}", "backbone.pooling=mean"])
     backbone = load_backbone(cfg.backbone, 48)  # DINOv2 interpolates its position embeddings to any size
-    model = build_classifier(backbone.build(), backbone.rescaling, 3, 0.0, None)
+    model = build_classifier(backbone, 3, 0.0, None)
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     images = np.random.default_rng(1).uniform(0, 255, (2, 48, 48, 3)).astype("float32")

@@ -7,13 +7,18 @@ from pathlib import Path
 
 from conftest import REPO
 
-# records at the bottom, then config → data → backbone → model → cache → trial → tuner → job → export → report,
-# with the helpers each step needs before it. A module may import any module listed before it, none after.
+# records at the bottom, then config → data → backbone → model → the tasks → cache → trial → tuner → job → export →
+# report, with the helpers each step needs before it. A module may import any module listed before it, none after.
+# Each task (images, text) adds its own modules after the shared ones it builds on, and nothing shared imports them
+# but the tasks' registry (``tasks``).
 PIPELINE = [
     "errors", "files", "interrupt", "console", "progress", "objective", "records", "race", "results",
     "schedule", "space", "groups", "spec", "schema", "config", "paths",
-    "cache.store", "images", "folders", "data",
-    "hub", "kerashub", "backbones", "augment", "model",
+    "cache.store", "folders", "data",
+    "hub", "kerashub", "backbone", "model",
+    "tasks.images.decode", "tasks.images.augment", "tasks.images.data", "tasks.images.presets",
+    "tasks.images.backbones", "tasks.images",
+    "tasks",
     "cache.plan", "cache.features", "cache", "batches",
     "logs", "stopping", "trial", "runs", "tuners", "finalists",
     "identity", "device", "job",

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from conftest import make_spec
 
-from tlsweep.augment import warp
-from tlsweep.backbones import PREPROCESSING, backbone_layers, load_backbone, tiny_cnn
+from tlsweep.backbone import backbone_layers
 from tlsweep.errors import TlsweepError
 from tlsweep.groups import TrainingSpec
-from tlsweep.model import augmentation, build_classifier, unfreeze_top
+from tlsweep.model import build_classifier, unfreeze_top
 from tlsweep.objective import Objective
+from tlsweep.tasks.images import IMAGES
+from tlsweep.tasks.images.augment import warp
+from tlsweep.tasks.images.backbones import load_backbone, tiny_cnn
 from tlsweep.trial import BestWeights
 
 
@@ -79,7 +81,7 @@ TINY = load_backbone(backbone_cfg("backbone.weights=null"), 32)
 
 
 def classifier(depth_layers: int = 0, augment=None) -> keras.Model:
-    return build_classifier(TINY.build(), PREPROCESSING["unit"], 3, 0.2, augment)
+    return build_classifier(TINY, 3, 0.2, augment)
 
 
 def test_classifier_has_named_frozen_and_trainable_parts() -> None:
@@ -116,11 +118,11 @@ def test_unfrozen_backbone_keeps_batchnorm_statistics_in_training() -> None:
 
 
 def test_standard_augmentation_keeps_the_input_size() -> None:
-    aug = augmentation(make_spec(["augmentation=standard"]).augmentation, seed=0)
+    aug = IMAGES.augmentation(make_spec(["augmentation=standard"]).augmentation, seed=0)
     x = np.full((2, 32, 32, 3), 128.0, "float32")
     assert tuple(aug(x, training=True).shape) == (2, 32, 32, 3)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(aug(x, training=False)), x)
-    assert augmentation(make_spec(["augmentation=none"]).augmentation, seed=0) is None
+    assert IMAGES.augmentation(make_spec(["augmentation=none"]).augmentation, seed=0) is None
 
 
 def test_one_warp_rotates_scales_and_mirrors_about_the_centre() -> None:
@@ -140,7 +142,7 @@ def test_one_warp_rotates_scales_and_mirrors_about_the_centre() -> None:
 
 
 def test_flips_alone_move_whole_pixels_and_differ_per_image() -> None:
-    aug = augmentation(make_spec(["augmentation=light"]).augmentation, seed=0)
+    aug = IMAGES.augmentation(make_spec(["augmentation=light"]).augmentation, seed=0)
     images = np.random.default_rng(0).random((32, 8, 8, 3), "float32")
     out = keras.ops.convert_to_numpy(aug(images, training=True))
     flipped = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images, strict=True)]
@@ -152,9 +154,9 @@ def test_flips_alone_move_whole_pixels_and_differ_per_image() -> None:
 def test_augmentation_draws_differ_per_image_and_repeat_with_the_seed() -> None:
     cfg = make_spec(["augmentation=standard"]).augmentation
     images = np.random.default_rng(0).random((8, 16, 16, 3), "float32")
-    first = keras.ops.convert_to_numpy(augmentation(cfg, seed=3)(images, training=True))
-    again = keras.ops.convert_to_numpy(augmentation(cfg, seed=3)(images, training=True))
-    other = keras.ops.convert_to_numpy(augmentation(cfg, seed=4)(images, training=True))
+    first = keras.ops.convert_to_numpy(IMAGES.augmentation(cfg, seed=3)(images, training=True))
+    again = keras.ops.convert_to_numpy(IMAGES.augmentation(cfg, seed=3)(images, training=True))
+    other = keras.ops.convert_to_numpy(IMAGES.augmentation(cfg, seed=4)(images, training=True))
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
     assert len({round(float(np.abs(o - x).mean()), 6) for o, x in zip(first, images, strict=True)}) == 8

@@ -151,7 +151,7 @@ def test_tensorboard_has_scalars_and_hparams_for_every_trial(job: Path) -> None:
 
 
 def test_stage_2_changes_only_the_unfrozen_top(image_folder: Path, tmp_path: Path) -> None:
-    from tlsweep.backbones import load_backbone
+    from tlsweep.tasks.images.backbones import load_backbone
 
     run(
         image_folder,

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 
-from tlsweep.backbones import keras_weights_dir
+from tlsweep.tasks.images.backbones import keras_weights_dir
 from tlsweep.tuners import KERAS_TUNERS, SUPPORTED_KERAS_TUNER, TUNERS, SweepTuner, quiet_keras_tuner
 
 

@@ -16,6 +16,7 @@ from tlsweep import files
 from tlsweep.errors import TlsweepError
 from tlsweep.groups import ExportSpec, ReportSpec
 from tlsweep.records import Epoch, RunRecord
+from tlsweep.tasks.images import IMAGES
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -60,20 +61,20 @@ def test_time_left_counts_each_unfreeze_depth_at_its_own_speed() -> None:
 
 
 def test_a_damaged_feature_cache_is_rebuilt_and_the_job_goes_on(image_folder: Path, tmp_path: Path) -> None:
-    from tlsweep.backbones import load_backbone
     from tlsweep.cache.features import make_cache
-    from tlsweep.data import load_dataset
+    from tlsweep.tasks.images.backbones import load_backbone
+    from tlsweep.tasks.images.data import load_images as load_dataset
 
     spec = make_spec(["dataset=folder", f"dataset.path={image_folder}", *FAST, f"feature_cache.dir={tmp_path}/c"])
     data, backbone = load_dataset(spec.dataset, 32), load_backbone(spec.backbone, 32)
-    first = make_cache(spec, backbone, data)
+    first = make_cache(spec, backbone, data, IMAGES)
     first.prepare()
     expected = first.train_views(3)[0][0]
     for array in (tmp_path / "c").rglob("0.npy"):  # every stored array damaged in place, as a bad disk would
         raw = bytearray(array.read_bytes())
         raw[-4:] = b"\x7f\x7f\x7f\x7f"
         array.write_bytes(bytes(raw))
-    again = make_cache(spec, backbone, data)  # a resumed job
+    again = make_cache(spec, backbone, data, IMAGES)  # a resumed job
     again.prepare()
     np.testing.assert_allclose(again.train_views(3)[0][0], expected, atol=1e-5)
     assert again.store.built > 0
@@ -203,11 +204,12 @@ def test_a_report_or_predictions_that_cannot_be_written_are_one_line(tmp_path: P
 
 def test_tlsweeps_own_output_folder_inside_the_image_folder_is_not_a_class(tmp_path: Path) -> None:
     from tlsweep.folders import class_files
+    from tlsweep.tasks.images.decode import IMAGE_EXTENSIONS
 
     images = make_image_folder(tmp_path / "images", split=False)
     (images / "outputs" / "runs" / "2026-01-01").mkdir(parents=True)  # python -m tlsweep dataset.path=. from here
     (images / "outputs" / "runs" / "2026-01-01" / "x.png").write_bytes(b"")
-    assert list(class_files(images)[0]) == ["cat", "dog", "fox"]
+    assert list(class_files(images, IMAGE_EXTENSIONS)[0]) == ["cat", "dog", "fox"]
 
 
 def test_hyperband_honours_a_cap_on_its_trials(image_folder: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tlsweep.cache.features import FeatureCache
-from tlsweep.data import ImageData
+from tlsweep.data import Data
 from tlsweep.model import trainable_part
 
 
@@ -29,6 +29,11 @@ class Source(Protocol):
 def _inputs(arrays: list[Any]) -> Any:
     """A batch's inputs as a model takes them: one array alone, several as a tuple."""
     return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def _text(array: Any) -> bool:
+    """Whether an array holds texts (strings stay strings; numbers are fed as float32)."""
+    return np.asarray(array[:0]).dtype.kind in "OUS"
 
 
 class EpochBatches:
@@ -97,7 +102,8 @@ class EpochBatches:
 
         def gather(i: Any) -> tuple[Any, Any]:
             rows = self._rows[i * size : (i + 1) * size]
-            x = [tf.cast(tf.gather(t, rows), tf.float32) for t in stacked]
+            x = [tf.gather(t, rows) for t in stacked]
+            x = [t if t.dtype == tf.string else tf.cast(t, tf.float32) for t in x]
             return _inputs(x), tf.gather(labels, rows % n)
 
         self._dataset = tf.data.Dataset.range(self.steps).map(gather).prefetch(tf.data.AUTOTUNE)
@@ -110,6 +116,8 @@ class EpochBatches:
 
         first = self.views[0][k]
         shape = (len(self.views) * len(first), *first.shape[1:])
+        if _text(first):  # texts: one constant of every view's strings (a variable of strings holds no more)
+            return tf.constant(np.concatenate([np.asarray(view[k], dtype=object) for view in self.views]))
         stacked = tf.Variable(tf.zeros(shape, first.dtype), trainable=False)
         for i, view in enumerate(self.views):
             stacked[i * len(first) : (i + 1) * len(first)].assign(view[k])
@@ -118,7 +126,7 @@ class EpochBatches:
     def _read_in_python(self) -> Any:
         import tensorflow as tf
 
-        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.float32) for a in self.views[0]]
+        specs = [tf.TensorSpec((None, *a.shape[1:]), tf.string if _text(a) else tf.float32) for a in self.views[0]]
         x_spec = _inputs(specs)
         y_spec = tf.TensorSpec((None,), tf.as_dtype(self.labels.dtype))
 
@@ -180,14 +188,14 @@ class EpochBatches:
     def batch(self, i: int, epoch: int) -> tuple[Any, np.ndarray]:
         """Batch ``i`` of ``epoch``."""
         idx = self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
-        arrays = [np.asarray(a[idx], dtype=np.float32) for a in self.views[self._slot(epoch)]]
+        arrays = [np.asarray(a[idx], dtype=object if _text(a) else np.float32) for a in self.views[self._slot(epoch)]]
         return _inputs(arrays), self.labels[idx]
 
 
 class PlainData:
     """The plain way: every epoch runs the whole model, augmentation included, on the images."""
 
-    def __init__(self, data: ImageData, train_views: list[np.ndarray] | None = None) -> None:
+    def __init__(self, data: Data, train_views: list[np.ndarray] | None = None) -> None:
         views = [[v] for v in train_views] if train_views is not None else [[data.x_train]]
         self.train = EpochBatches(views, data.y_train, 1, shuffle=True)  # batch size: each trial's (``batches``)
         self.val = EpochBatches([[data.x_val]], data.y_val, 1, shuffle=False)

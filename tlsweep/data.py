@@ -1,36 +1,28 @@
-"""Datasets: a job's training, validation and held-out test images in memory, and what the classes say.
+"""A job's examples in memory — training, validation and held-out test — and what their classes say.
 
-Transfer-learning datasets are small (thousands of images), and a sweep trains on the same
-images dozens of times, so tlsweep decodes them once per job instead of once per epoch
-(``tlsweep.images``), from a folder (``tlsweep.folders``), TFDS or the embedded demo.
+Transfer-learning datasets are small (thousands of examples), and a sweep trains on the same ones
+dozens of times, so each task (``tlsweep.tasks``) reads them once per job into ``Data``: images
+decoded, texts read. What follows is the same for every task: the splits, the fraction, the class
+weights and the warnings about small or imbalanced classes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from tlsweep.cache.store import Store
-from tlsweep.errors import TlsweepError, first_line
-from tlsweep.folders import class_files, folder_layout
+from tlsweep.errors import TlsweepError
 from tlsweep.groups import DatasetSpec
-from tlsweep.images import decode_all, resize
 
 log = logging.getLogger(__name__)
 
-DIGITS_SOURCE_CLASSES = (0, 1, 2, 3, 4)  # the tiny backbone's pretraining task
-DIGITS_TARGET_CLASSES = (5, 6, 7, 8, 9)  # the demo's target task: classes never seen in pretraining
-
-
 @dataclass
-class ImageData:
-    """Training and validation images (N, H, W, 3) uint8 with int32 labels, and their class names."""
+class Data:
+    """Training and validation examples with int32 labels, and their class names: images (N, H, W, 3) uint8,
+    texts (N,) of strings; ``kind`` names them in messages."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -41,17 +33,19 @@ class ImageData:
     skipped: list[str] = field(default_factory=list)
     x_test: np.ndarray | None = None  # held out from the search; evaluated once, on the best model
     y_test: np.ndarray | None = None
+    kind: str = "images"
 
-    def merged(self) -> ImageData:
+    def merged(self) -> Data:
         """These images with the validation images moved into training (for a final refit: nothing is
         held out; the validation arrays stay for shape only)."""
-        return ImageData(
+        return Data(
             np.concatenate([self.x_train, self.x_val]),
             np.concatenate([self.y_train, self.y_val]),
             self.x_val,
             self.y_val,
             self.class_names,
-            f"{self.description}, validation images included",
+            f"{self.description}, validation {self.kind} included",
+            kind=self.kind,
         )
 
     def facts(self) -> dict[str, Any]:
@@ -69,13 +63,14 @@ class ImageData:
         """One line saying what was loaded, for the job log."""
         line = (
             f"dataset {self.description}: {len(self.class_names)} classes, "
-            f"{len(self.y_train)} training and {len(self.y_val)} validation images"
+            f"{len(self.y_train)} training and {len(self.y_val)} validation {self.kind}"
         )
         if self.skipped:
             shown = ", ".join(self.skipped[:3]) + (", …" if len(self.skipped) > 3 else "")
-            line += f"; skipped {len(self.skipped)} unreadable or oversized image(s): {shown}"
+            why = "unreadable or oversized" if self.kind == "images" else "unreadable, empty or oversized"
+            line += f"; skipped {len(self.skipped)} {why} {self.kind[:-1]}(s): {shown}"
         if self.y_test is not None:
-            line += f"; {len(self.y_test)} test images held out"
+            line += f"; {len(self.y_test)} test {self.kind} held out"
         return line
 
 
@@ -83,7 +78,7 @@ FEW_IMAGES = 20  # a class with fewer training images than this is hard to learn
 IMBALANCED = 3.0  # the largest class this many times the smallest: accuracy hides the small classes
 
 
-def class_report(data: ImageData, objective: str) -> tuple[str, list[str]]:
+def class_report(data: Data, objective: str) -> tuple[str, list[str]]:
     """The training images per class (a line for the job log), and warnings: classes too small to learn or
     judge, and an imbalance that plain accuracy would hide."""
     counts = np.bincount(data.y_train, minlength=len(data.class_names))
@@ -130,9 +125,8 @@ def class_weights(setting: Any, labels: np.ndarray, class_names: list[str]) -> d
     return {i: given.get(name, 1.0) for i, name in enumerate(class_names)}
 
 
-def load_for_job(cfg: DatasetSpec, image_size: int, objective: str, store: Store | None, max_bytes: float) -> ImageData:
-    """The job's dataset, with what it is and its class warnings in the job's log."""
-    data = load_dataset(cfg, image_size, store, max_bytes)
+def log_facts(data: Data, objective: str) -> Data:
+    """Say in the job's log what was loaded, the examples per class, and the class warnings."""
     log.info(data.summary())
     per_class, warnings = class_report(data, objective)
     log.info(per_class)
@@ -141,121 +135,10 @@ def load_for_job(cfg: DatasetSpec, image_size: int, objective: str, store: Store
     return data
 
 
-def load_dataset(
-    cfg: DatasetSpec, image_size: int, store: Store | None = None, max_bytes: float | None = None
-) -> ImageData:
-    """Load the dataset that ``cfg`` (the ``dataset`` group) names, at ``image_size`` pixels.
-
-    With a ``store``, a folder's decoded images are kept there, so later jobs and sweeps at the same
-    size skip decoding. ``max_bytes``: the most the decoded images may take in memory (checked
-    before decoding).
-    """
-    if cfg.name == "folder":
-        data = _load_folder(cfg, image_size, store, max_bytes)
-    else:
-        loaders: dict[str, Callable[[DatasetSpec, int], ImageData]] = {
-            "digits": _load_digits_demo,
-            "tf_flowers": _load_tfds,
-        }
-        data = loaders[cfg.name](cfg, image_size)  # the name, fractions and batch size were checked with the config
+def finish(data: Data, cfg: DatasetSpec) -> Data:
+    """A task's loaded examples with the test split held out and the fraction of training examples taken."""
     _hold_out_test(data, cfg.test_split, cfg.seed)
     return _take_fraction(data, cfg.fraction, cfg.seed)
-
-
-def load_digits(classes: tuple[int, ...], image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8×8 handwritten digits of ``classes`` as RGB uint8 images, labels 0..k-1."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    keep = np.isin(digits.target, classes)
-    gray = np.clip(digits.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    images = np.stack([resize(Image.fromarray(g), image_size) for g in gray])
-    labels = np.searchsorted(np.array(classes), digits.target[keep]).astype(np.int32)
-    return images, labels
-
-
-def _load_digits_demo(cfg: DatasetSpec, image_size: int) -> ImageData:
-    x, y = load_digits(DIGITS_TARGET_CLASSES, image_size)
-    train, val = stratified_split(y, cfg.validation_split, cfg.seed)
-    return ImageData(
-        x[train],
-        y[train],
-        x[val],
-        y[val],
-        class_names=[str(c) for c in DIGITS_TARGET_CLASSES],
-        description="digits 5-9 (scikit-learn, embedded demo)",
-    )
-
-
-def _load_folder(cfg: DatasetSpec, image_size: int, store: Store | None, max_bytes: float | None) -> ImageData:
-    layout = folder_layout(cfg)
-    workers = cfg.workers
-    train_files, not_files = class_files(layout.train)
-    split_files = {split: class_files(root) for split, root in layout.splits().items() if split != "train"}
-    count = sum(len(ps) for files in [train_files, *(f for f, _ in split_files.values())] for ps in files.values())
-    needed = count * image_size * image_size * 3
-    if max_bytes is not None and needed > max_bytes:
-        raise TlsweepError(
-            f"the {count} images of {layout.root} take {needed / 2**30:.1f} GB decoded at {image_size} px, more than "
-            f"this job's memory budget allows ({max_bytes / 2**30:.1f} GB, with a copy in the input pipeline); set a "
-            "smaller dataset.image_size or "
-            "dataset.fraction, or a larger feature_cache.memory_gb on a machine with the memory"
-        )
-    x, y, skipped = decode_all(train_files, image_size, workers, store)
-    class_names = list(train_files)
-
-    def decode_split(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
-        """Another split's images, which must have the training split's classes."""
-        files, others = split_files[split]
-        if list(files) != class_names:
-            raise TlsweepError(
-                f"the class folders of {layout.train} and {root} differ "
-                f"({', '.join(sorted(set(train_files) ^ set(files)))}); give both the same classes"
-            )
-        images, labels, unreadable = decode_all(files, image_size, workers, store)
-        skipped.extend(unreadable)
-        not_files.extend(others)
-        return images, labels
-
-    if layout.val is None:
-        train, val = stratified_split(y, cfg.validation_split, cfg.seed)
-        x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
-    else:
-        (x_train, y_train), (x_val, y_val) = (x, y), decode_split("val", layout.val)
-    data = ImageData(x_train, y_train, x_val, y_val, class_names, f"folder {layout.root}", skipped)
-    if layout.test is not None:
-        data.x_test, data.y_test = decode_split("test", layout.test)
-    data.skipped += not_files  # pipes, devices, dangling links: never opened
-    return data
-
-
-def _load_tfds(cfg: DatasetSpec, image_size: int) -> ImageData:
-    import tensorflow_datasets as tfds
-
-    train_pct = round(100 * (1 - cfg.validation_split))
-    try:
-        (train, val), info = tfds.load(
-            cfg.name,
-            split=[f"train[:{train_pct}%]", f"train[{train_pct}%:]"],
-            as_supervised=True,
-            with_info=True,
-            data_dir=cfg.data_dir,
-        )
-    except Exception as e:  # TFDS raises many kinds of errors for a failed download
-        raise TlsweepError(
-            f"could not load TFDS dataset '{cfg.name}' ({first_line(e)}); it downloads on first use, "
-            "so run once on a machine with internet and copy ~/tensorflow_datasets "
-            "(or set dataset.data_dir), or use dataset=folder dataset.path=<your images>"
-        ) from e
-
-    def to_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [(resize(Image.fromarray(img), image_size), lbl) for img, lbl in tfds.as_numpy(split)]
-        return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=np.int32)
-
-    x_train, y_train = to_arrays(train)
-    x_val, y_val = to_arrays(val)
-    names = list(info.features["label"].names)
-    return ImageData(x_train, y_train, x_val, y_val, names, f"TFDS {cfg.name}")
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,8 +153,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(val)
 
 
-def _hold_out_test(data: ImageData, test_split: float, seed: int) -> None:
-    """Move ``test_split`` of each class's training images to the test set (unless a test folder gave one)."""
+def _hold_out_test(data: Data, test_split: float, seed: int) -> None:
+    """Move ``test_split`` of each class's training examples to the test set (unless a test folder gave one)."""
     if data.y_test is not None or test_split <= 0:
         return
     train, test = stratified_split(data.y_train, test_split, seed + 1)  # independent of the validation split
@@ -279,10 +162,10 @@ def _hold_out_test(data: ImageData, test_split: float, seed: int) -> None:
     data.x_train, data.y_train = data.x_train[train], data.y_train[train]
 
 
-def _take_fraction(data: ImageData, fraction: float, seed: int) -> ImageData:
+def _take_fraction(data: Data, fraction: float, seed: int) -> Data:
     if fraction >= 1.0:
         return data
     keep, _ = stratified_split(data.y_train, 1.0 - fraction, seed)
     data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
-    data.description += f", {fraction:g} of the training images"
+    data.description += f", {fraction:g} of the training {data.kind}"
     return data

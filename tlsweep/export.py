@@ -36,6 +36,7 @@ from tlsweep.objective import Objective
 from tlsweep.paths import folder_command
 from tlsweep.records import EXPORT_FORMAT, EXPORT_VERSION, best_epoch_of
 from tlsweep.results import Job, Trial, Winner, load_sweep, winner
+from tlsweep.tasks import Task, task_of
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
         log.warning("job %s has not finished (%s%s): this exports its best so far, trial_%s; resume it to finish",
                     job.name, job.status, f": {job.error}" if job.error else "", best["trial"])  # fmt: skip
 
-    from tlsweep.model import inference_model, load_classifier
+    from tlsweep.model import inference_model
+    from tlsweep.tasks import load_classifier
 
     classes = job.classes
     origin = files.model_origin(model_file)
@@ -77,8 +79,10 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
         model = inference_model(load_classifier(model_file))
     except Exception as e:  # a file cut short or damaged on disk: say which, not a traceback
         raise TlsweepError(f"{model_file} is damaged ({type(e).__name__}: {first_line(e)[:150]}); {rebuild}") from e
-    image_size = int(model.input_shape[1])
-    data = _test_and_calibration_data(job, image_size, need_calibration=cfg.tflite and cfg.quantize == "int8")
+    dataset = _dataset(job)
+    task = task_of(dataset)
+    described = task.describe_input(model)  # what the model takes: the task's, for the record and predict
+    data = _test_and_calibration_data(task, dataset, described.get("image_size"), cfg.tflite and cfg.quantize == "int8")
 
     target = Path(root) / files.EXPORT_DIR
     staging = Path(root) / f".{files.EXPORT_DIR}.{os.getpid()}.tmp"
@@ -86,14 +90,14 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        formats = _write_formats(model, staging, image_size, cfg, data.get("calibration"), origin)
+        formats = _write_formats(model, staging, cfg, data.get("calibration"), origin)
         files.write_text(staging / files.LABELS, "\n".join(classes) + "\n")
         evaluation = None
         if data.get("x_test") is not None:
             from tlsweep.evaluate import evaluate
 
-            log.info("testing the best model on %d held-out images …", len(data["y_test"]))
-            probabilities = model.predict(data["x_test"].astype("float32"), batch_size=64, verbose=0)
+            log.info("testing the best model on %d held-out %s …", len(data["y_test"]), task.examples)
+            probabilities = model.predict(_as_inputs(data["x_test"]), batch_size=64, verbose=0)
             evaluation = evaluate(probabilities, data["y_test"], classes)
             files.write_json(staging / files.EVALUATION, evaluation)
         record = {
@@ -101,8 +105,8 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
             "version": EXPORT_VERSION,
             "tlsweep": tlsweep.__version__,
             "formats": formats,
-            "image_size": image_size,
-            "input": "RGB pixels 0..255, float32, shape (batch, size, size, 3); preprocessing is inside the model",
+            "task": task.name,
+            **described,
             "classes": classes,
             "job": job.name,
             "trial": best["trial"],
@@ -158,29 +162,33 @@ def _metrics(trial: Trial, objective: Objective) -> dict[str, float]:
     return metrics
 
 
-def _test_and_calibration_data(job: Job, image_size: int, need_calibration: bool) -> dict[str, Any]:
-    """The job's held-out test images, and training images for int8 calibration, decoded as in training."""
+def _dataset(job: Job) -> DatasetSpec:
+    """The job's dataset, as its record holds it (images for a record that names none)."""
     recorded = job.config.get("dataset")
-    dataset = build(DatasetSpec, recorded) if isinstance(recorded, dict) and recorded.get("name") else None
-    wants_test = dataset is not None and (dataset.test_split > 0 or dataset.test or _has_test_dir(dataset))
-    if dataset is None or not (wants_test or need_calibration):
-        return {}
-    from tlsweep.data import load_dataset
+    return build(DatasetSpec, recorded if isinstance(recorded, dict) else {})
 
-    data = load_dataset(dataset, image_size)
+
+def _test_and_calibration_data(
+    task: Task, dataset: DatasetSpec, image_size: int | None, need_calibration: bool
+) -> dict[str, Any]:
+    """The job's held-out test examples, and training examples for int8 calibration, read as in training."""
+    wants_test = bool(dataset.name) and (dataset.test_split > 0 or dataset.test or task.has_test_folder(dataset))
+    if not dataset.name or not (wants_test or need_calibration):
+        return {}
+    data = task.load_data(dataset, image_size)
     rng = np.random.default_rng(0)
     pick = rng.permutation(len(data.x_train))[:CALIBRATION_IMAGES]
     return {"x_test": data.x_test, "y_test": data.y_test, "calibration": data.x_train[pick]}
 
 
-def _has_test_dir(dataset: DatasetSpec) -> bool:
-    return dataset.name == "folder" and bool(dataset.path) and (Path(str(dataset.path)) / "test").is_dir()
+def _as_inputs(examples: np.ndarray) -> np.ndarray:
+    """Examples as a model takes them: images as float32, texts as they are."""
+    return examples if examples.dtype.kind in "OUS" else examples.astype("float32")
 
 
 def _write_formats(
     model: Any,
     folder: Path,
-    image_size: int,
     cfg: ExportSpec,
     calibration: np.ndarray | None,
     origin: dict[str, Any],
@@ -192,8 +200,16 @@ def _write_formats(
         model.export(str(folder / "saved_model"), format="tf_saved_model", verbose=False)
         formats["saved_model"] = "saved_model"
     if cfg.tflite:
-        (folder / "model.tflite").write_bytes(_tflite(folder / "saved_model", cfg.quantize, calibration))
-        formats["tflite"] = "model.tflite"
+        try:
+            converted = _tflite(folder / "saved_model", cfg.quantize, calibration)
+        except TlsweepError:
+            raise
+        except Exception as e:  # ops TFLite has no kernel for (a tokenizer's): the other formats are exported
+            log.warning("TFLite cannot convert this model (%s); model.keras and the SavedModel are exported",
+                        first_line(e)[:200])  # fmt: skip
+        else:
+            (folder / "model.tflite").write_bytes(converted)
+            formats["tflite"] = "model.tflite"
         if not cfg.saved_model:
             shutil.rmtree(folder / "saved_model")
             del formats["saved_model"]
@@ -243,16 +259,18 @@ def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | No
         f"# Model card: {record['job']} trial_{record['trial']}",
         "",
         "## Model",
-        f"- Image classifier over {len(record['classes'])} classes: {', '.join(record['classes'])}",
-        f"- Backbone: {backbone.get('name', '?')} (weights: {backbone.get('weights', '?')}), "
-        f"{record['image_size']} px input; preprocessing is inside the model",
+        f"- {'Text' if record['task'] == 'text' else 'Image'} classifier over {len(record['classes'])} classes: "
+        f"{', '.join(record['classes'])}",
+        f"- Backbone: {backbone.get('name', '?')} (weights: {backbone.get('weights', '?')})"
+        + (f", {record['image_size']} px input" if record.get("image_size") else "")
+        + "; preprocessing is inside the model",
         f"- Input: {record['input']}",
         "- Trained by tlsweep in two stages: a new head on the frozen backbone, then the top layers fine-tuned",
         f"- Hyperparameters: {', '.join(f'{k}={v}' for k, v in record['hyperparameters'].items())}",
         "",
         "## Data",
         f"- Dataset: {dataset.get('name', '?')}" + (f" ({dataset['path']})" if dataset.get("path") else ""),
-        f"- Images: {job_record.get('train_images', '?')} training, {job_record.get('val_images', '?')} validation, "
+        f"- Examples: {job_record.get('train_images', '?')} training, {job_record.get('val_images', '?')} validation, "
         f"{evaluation['images'] if evaluation else 0} held-out test",
         "",
         "## Metrics",

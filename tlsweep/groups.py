@@ -61,7 +61,8 @@ def build(cls: type, data: Any) -> Any:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str = MISSING  # digits (the offline demo) | folder (your images) | tf_flowers (TFDS)
+    name: str = MISSING  # digits (the offline demo) | folder (your images) | tf_flowers (TFDS) | text_folder | …
+    task: str = "images"  # what it holds, which decides the job's task: images | text (each dataset option sets it)
     path: str | None = None  # the dataset folder: class sub-folders, or train/ and val/ (and test/) holding them
     validation_split: float = 0.2  # fraction of each class held out for validation when there is no val/ folder
     test_split: float = 0.0  # held out from training to test the best model once (0: none, unless a test/ folder)
@@ -71,6 +72,8 @@ class DatasetSpec:
     seed: int = linked("seed")  # seeds the split and the fraction
     workers: int = 4  # threads decoding images
     data_dir: str | None = None  # TFDS: where it keeps its data; null: ~/tensorflow_datasets (or $TFDS_DATA_DIR)
+    text_column: str = "text"  # text_table: the column holding each text
+    label_column: str = "label"  # text_table: the column holding each text's class
 
     def problem(self) -> str | None:
         if self.name not in DATASETS:
@@ -91,8 +94,10 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str = MISSING  # what the job's folder, report and records call it
-    image_size: int = MISSING  # input side in pixels the backbone was trained at
-    preprocessing: str = MISSING  # pixels 0..255 to its input: tf [-1,1] | torch (ImageNet) | unit | none | preset
+    input: str | None = "image"  # what it reads: image | text | null (a TF Hub model: known once it is loaded)
+    image_size: int | None = None  # images: input side in pixels the backbone was trained at
+    preprocessing: str = "none"  # images: pixels 0..255 to its input: tf [-1,1] | torch | unit | none | preset
+    sequence_length: int | None = None  # texts: tokens read of each text (a tokenizer's own length when null)
     factory: str | None = None  # a Keras model: callable(include_top, weights, input_shape), e.g. keras.applications.X
     handle: str | None = None  # a TF Hub model: tfhub.dev or Kaggle Models URL, or a SavedModel folder
     preset: str | None = None  # a KerasHub preset: a name, a kaggle:// or hf:// handle, or a preset folder

@@ -1,4 +1,4 @@
-"""TF Hub backbones in Keras 3: a SavedModel from tfhub.dev, Kaggle Models or a local folder.
+"""TF Hub models in Keras 3: a SavedModel from tfhub.dev, Kaggle Models or a local folder, for any task.
 
 ``hub.KerasLayer`` is a tf_keras layer: it cannot live in a Keras 3 model, and KerasTuner rejects
 tf_keras models. ``HubLayer`` loads the SavedModel with TensorFlow and tracks its variables as
@@ -108,10 +108,11 @@ class HubLayer(keras.layers.Layer):
         if not callable(self._module) or not hasattr(self._module, "variables"):
             lacks = "is not callable" if not callable(self._module) else "lists no variables"
             raise TlsweepError(
-                f"the SavedModel at {path} {lacks}, so it is not a TF2 reusable SavedModel; a hub feature vector "
-                "must be callable as model(images) -> features and list its variables (tfhub.dev 'feature_vector' "
-                "models of version 4 or later do): export one with tf.saved_model.save(obj, folder), where obj has "
-                "a tf.function __call__(images, training=False) and the attributes variables and trainable_variables"
+                f"the SavedModel at {path} {lacks}, so it is not a TF2 reusable SavedModel; a hub feature vector or "
+                "text embedding must be callable as model(inputs) -> features and list its variables (tfhub.dev "
+                "'feature_vector' models of version 4 or later, and its text embeddings, do): export one with "
+                "tf.saved_model.save(obj, folder), where obj has a tf.function __call__(inputs) and the attributes "
+                "variables and trainable_variables"
             )
         # The SavedModel's own variables as Keras variables (Keras wraps a tf.Variable without copying it);
         # a layer tracks the variables in a list it holds, so Keras trains, saves and exports them.
@@ -123,6 +124,23 @@ class HubLayer(keras.layers.Layer):
         # nor what the SavedModel itself keeps fixed).
         self._units = [(block_of(v.name), v.trainable and not is_batchnorm(v.name)) for v in self._module.variables]
         self.built = True
+
+    @property
+    def takes(self) -> str | None:
+        """What the SavedModel takes, as its call's signature says: ``texts`` (a batch of strings), ``images`` (a
+        batch of pictures), or None when it keeps no signature to read."""
+        import tensorflow as tf
+
+        try:
+            functions = list(self._module.__call__.concrete_functions)
+        except AttributeError:  # a call restored without its traces
+            functions = []
+        for function in functions:
+            args = function.structured_input_signature[0]
+            spec = args[0] if args else None
+            if isinstance(spec, tf.TensorSpec):
+                return "texts" if spec.dtype == tf.string else "images" if spec.shape.rank == 4 else str(spec.dtype)
+        return None
 
     @property
     def blocks(self) -> list[str]:
@@ -146,16 +164,3 @@ class HubLayer(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "handle": self.handle}
-
-
-def hub_network(
-    handle: str,
-    include_top: bool = False,
-    weights: str | None = None,
-    input_shape: tuple[int, int, int] = (224, 224, 3),
-) -> keras.Model:
-    """A hub SavedModel as a backbone with the signature of ``keras.applications`` (its weights are its own)."""
-    if include_top:
-        raise ValueError("hub backbones are feature extractors without a classification top")
-    inputs = keras.Input(input_shape, name="input")
-    return keras.Model(inputs, HubLayer(handle, name="hub")(inputs), name="hub")

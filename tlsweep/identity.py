@@ -23,10 +23,11 @@ from typing import Any
 
 from tlsweep import files
 from tlsweep.errors import TlsweepError
-from tlsweep.folders import changes, fingerprint
+from tlsweep.folders import changes
 from tlsweep.logs import now
 from tlsweep.records import JobRecord, RecordError, read_job, write_job
 from tlsweep.spec import JobSpec
+from tlsweep.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ JOB_OUTPUTS = ("trials", "tensorboard", "tuner", "best.keras", "best.json", "lab
 
 def job_identity(spec: JobSpec) -> dict[str, Any]:
     """The job's settings that decide its results (``JobSpec.identity``), and its data's fingerprint."""
-    return {"config": spec.identity(), "data": fingerprint(spec.dataset)}
+    return {"config": spec.identity(), "data": task_of(spec.dataset).fingerprint(spec.dataset)}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

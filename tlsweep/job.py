@@ -17,23 +17,23 @@ import keras
 import tensorflow as tf
 
 from tlsweep import paths
-from tlsweep.backbones import load_backbone
 from tlsweep.batches import CachedData, PlainData
 from tlsweep.cache.features import FeatureCache, plan_cache
 from tlsweep.cache.plan import images_room, memory_budget
 from tlsweep.cache.store import Store
-from tlsweep.data import ImageData, class_weights, load_for_job
+from tlsweep.data import Data, class_weights, log_facts
 from tlsweep.device import configure
 from tlsweep.errors import TlsweepError
 from tlsweep.finalists import keep_winner, run_finalists
 from tlsweep.identity import claim
-from tlsweep.model import SharedClassifier, augmentation
+from tlsweep.model import SharedClassifier
 from tlsweep.progress import count
 from tlsweep.records import JobRecord, read_runs, spent_in_runs
 from tlsweep.results import Winner
 from tlsweep.runs import BestModel, RunContext, Runner
 from tlsweep.spec import JobSpec
 from tlsweep.stopping import make_pruner
+from tlsweep.tasks import task_of
 from tlsweep.trial import TwoStageTrial
 from tlsweep.tuners import join_search, make_tuner, run_search
 
@@ -62,14 +62,15 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     configure(spec)  # GPUs, precision, threads: before TensorFlow builds anything
     keras.utils.set_random_seed(spec.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
-    backbone = load_backbone(spec.backbone, spec.image_size)  # first: a weights problem should not wait for the data
+    task = task_of(spec.dataset)  # images or texts: what they add to the pipeline
+    backbone = task.load_backbone(spec)  # first: a weights problem should not wait for the data
     spec.check_depths(backbone.num_layers, backbone.name, backbone.unit)
     budget = memory_budget(spec.feature_cache.memory_gb, paths.jobs_at_once())
-    images = Store(Path(spec.feature_cache.dir)) if spec.cache else None  # decoded images, kept for later jobs
-    data = load_for_job(spec.dataset, spec.image_size, spec.objective.name, images, images_room(budget))
-    fresh_augmentation = partial(augmentation, spec.augmentation, spec.seed)
+    store = Store(Path(spec.feature_cache.dir)) if spec.cache else None  # decoded images, kept for later jobs
+    data = log_facts(task.load_data(spec.dataset, spec.image_size, store, images_room(budget)), spec.objective.name)
+    fresh_augmentation = partial(task.augmentation, spec.augmentation, spec.seed)
     classifier = SharedClassifier(backbone, len(data.class_names), fresh_augmentation, spec.jit_compile)
-    cache = plan_cache(spec, backbone, data, classifier.network, budget) if spec.cache else None
+    cache = plan_cache(spec, backbone, data, task, classifier.network, budget) if spec.cache else None
     runner = _runner(spec, job_dir, root, choices, data, classifier, cache)
     role = join_search(spec.distributed)
     racing = spec.trials_now()  # a race's early round: this many trials, no finalists yet
@@ -101,7 +102,7 @@ def _runner(
     job_dir: Path,
     root: Path,
     choices: dict[str, Any],
-    data: ImageData,
+    data: Data,
     classifier: SharedClassifier,
     cache: FeatureCache | None,
 ) -> Runner:
@@ -123,7 +124,7 @@ def _runner(
 
 
 def _summary(
-    spec: JobSpec, runner: Runner, data: ImageData, winner: Winner | None, stopped: str | None, seconds: float
+    spec: JobSpec, runner: Runner, data: Data, winner: Winner | None, stopped: str | None, seconds: float
 ) -> dict[str, Any]:
     """The job's record once it is done: its trials, its answer, its data; and the lines that say so."""
     job_dir = runner.job_dir

@@ -1,9 +1,11 @@
-"""The classifier of a trial: augmentation → preprocessing → backbone → head.
+"""The classifier of a trial, whatever its task: augmentation → preprocessing → backbone → head.
 
 The model is built from four named blocks so the frozen part (``preprocessing`` and
 ``backbone``) and the trained part (``head``, plus the backbone's unfrozen top in stage 2)
-can be told apart: ``model.get_layer("backbone")``, ``model.get_layer("head")``.
-A job builds its classifier once (``SharedClassifier``) and resets it for every trial.
+can be told apart: ``model.get_layer("backbone")``, ``model.get_layer("head")``. The task gives
+the input, its preprocessing (pixels rescaled, text tokenized) and any augmentation
+(``tlsweep.backbone.Backbone``). A job builds its classifier once (``SharedClassifier``) and resets
+it for every trial.
 """
 
 from __future__ import annotations
@@ -22,29 +24,12 @@ import keras
 import numpy as np
 
 from tlsweep import files
-from tlsweep.augment import RandomAffine
-from tlsweep.backbones import (
-    Backbone,
-    Rescaling,
-    backbone_layers,
-    crossing_tensors,
-    hub_layer,
-    preprocessing_layer,
-)
-from tlsweep.groups import AugmentationSpec
+from tlsweep.backbone import Backbone, backbone_layers, crossing_tensors, hub_layer
 
 STEPS_PER_EXECUTION = 32  # batches per compiled call: a small head on cached tensors is bound by per-step overhead
 BUILT_DROPOUT = 0.5  # the head's rate when built: any rate > 0 (Keras gives a rate of 0 no random state); each trial
 # sets its own (``SharedClassifier.fresh``)
 MAX_TRAINERS = 8  # compiled training steps a job keeps: one per stage's depth and compile-time values, oldest out
-
-
-def augmentation(cfg: AugmentationSpec, seed: int) -> RandomAffine | None:
-    """The ``augmentation`` group's random flip, rotation, zoom and stretch, as one warp per image
-    (``tlsweep.augment``); active in training only. None when it changes nothing."""
-    if not cfg.changes_images:
-        return None
-    return RandomAffine(cfg.flip, cfg.rotation, cfg.zoom, cfg.height, cfg.width, seed=seed, name="augmentation")
 
 
 def head(num_classes: int, dropout: float, pool: bool = True) -> keras.Sequential:
@@ -60,32 +45,26 @@ def head(num_classes: int, dropout: float, pool: bool = True) -> keras.Sequentia
 
 
 def build_classifier(
-    backbone: keras.Model,
-    rescaling: Rescaling,
+    backbone: Backbone,
     num_classes: int,
     dropout: float,
     augment: keras.Layer | None,
+    network: keras.Model | None = None,
 ) -> keras.Model:
-    """The trial's model; the backbone starts frozen and always runs in inference mode.
+    """The trial's model on ``network`` (a new build of ``backbone``'s by default); the backbone starts frozen and
+    always runs in inference mode.
 
     ``training=False`` keeps BatchNorm statistics fixed even when the backbone's top is
     unfrozen in stage 2, as fine-tuning a pretrained network needs.
     """
-    backbone.trainable = False
-    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    network = network or backbone.build()
+    network.trainable = False
+    inputs = keras.Input(backbone.inputs.shape, dtype=backbone.inputs.dtype, name=backbone.inputs.name)
     x = augment(inputs) if augment is not None else inputs
-    x = preprocessing_layer(rescaling)(x)
-    features = backbone(x, training=False)
+    x = backbone.preprocess()(x)
+    features = network(x, training=False)
     outputs = head(num_classes, dropout, pool=len(features.shape) == 4)(features)
     return keras.Model(inputs, outputs, name="classifier")
-
-
-def load_classifier(path: Any) -> keras.Model:
-    """A saved classifier. tlsweep's own layers (``tlsweep.hub``'s SavedModels, ``tlsweep.kerashub``'s
-    towers) register themselves for Keras when their module is imported: import them first."""
-    from tlsweep import hub, kerashub  # noqa: F401
-
-    return keras.saving.load_model(path, compile=False)
 
 
 def inference_model(model: keras.Model) -> keras.Model:
@@ -95,7 +74,7 @@ def inference_model(model: keras.Model) -> keras.Model:
     ``training`` flag (as ``export`` does), so a SavedModel or TFLite file would augment every
     image it serves. Every other block is shared with ``model``, weights included.
     """
-    inputs = keras.Input(model.input_shape[1:], name="image")
+    inputs = keras.Input(model.input_shape[1:], dtype=model.inputs[0].dtype, name=model.inputs[0].name)
     x = inputs
     for layer in model.layers:
         if not isinstance(layer, keras.layers.InputLayer) and layer.name != "augmentation":
@@ -241,10 +220,16 @@ def _build_state(model: keras.Model) -> None:
     """
     if model.optimizer is not None:
         model.optimizer.build(model.trainable_variables)
-    x = keras.tree.map_structure(lambda t: np.zeros((1, *t.shape[1:]), t.dtype), model.input)
+    x = keras.tree.map_structure(_blank, model.input)
     y = np.zeros((1,), "int32")
     model.compute_metrics(x, y, model(x, training=False))
     model.reset_metrics()
+
+
+def _blank(tensor: Any) -> np.ndarray:
+    """One example of ``tensor``'s shape and kind, all zeros (or empty strings)."""
+    shape = (1, *tensor.shape[1:])
+    return np.full(shape, "", dtype=object) if tensor.dtype == "string" else np.zeros(shape, tensor.dtype)
 
 
 @dataclass(frozen=True)
@@ -316,7 +301,7 @@ class SharedClassifier:
         self.new_head = lambda pool: head(num_classes, BUILT_DROPOUT, pool)
         self.new_augmentation = augment  # a fresh augmentation block, seeded the same every time
         self.jit_compile = jit_compile
-        self.model = build_classifier(backbone.build(), backbone.rescaling, num_classes, BUILT_DROPOUT, augment())
+        self.model = build_classifier(backbone, num_classes, BUILT_DROPOUT, augment())
         self.network = self.model.get_layer("backbone")  # the classifier's backbone, pretrained until trained
         self._changed: set[int] = set()  # backbone variables (by position) a trainer may have changed since the reset
         self._trainers: OrderedDict[Any, tuple[keras.Model, list[np.ndarray], list[int]]] = OrderedDict()

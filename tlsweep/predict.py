@@ -1,7 +1,8 @@
-"""``python -m tlsweep.predict MODEL_DIR IMAGES…``: the top classes of each image, from an exported model.
+"""``python -m tlsweep.predict MODEL_DIR INPUTS…``: the top classes of each image or text, from an exported model.
 
-MODEL_DIR is an export folder (``outputs/sweeps/<time>/best``). Images are decoded and resized
-exactly as in training; the model holds its own preprocessing. Any exported format works:
+MODEL_DIR is an export folder (``outputs/sweeps/<time>/best``). Its task reads the inputs as in
+training (``tlsweep.tasks``): images decoded and resized; texts from ``.txt`` files, folders of them,
+or tables (CSV, TSV, JSONL); the model holds its own preprocessing. Any exported format works:
 ``model.keras`` first, then the SavedModel, then ``model.tflite`` (or choose with ``--format``).
 """
 
@@ -26,7 +27,6 @@ import numpy as np  # noqa: E402
 from tlsweep import files  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, first_line  # noqa: E402
-from tlsweep.images import IMAGE_EXTENSIONS, decode_image  # noqa: E402
 from tlsweep.records import EXPORT_VERSION, RecordError, read_export  # noqa: E402
 
 FORMATS = ("keras", "saved_model", "tflite")
@@ -35,15 +35,17 @@ BATCH = 32
 
 @dataclass
 class Predictor:
-    """An exported model, loaded in one of its formats: images (N, size, size, 3) 0..255 → probabilities."""
+    """An exported model, loaded in one of its formats: examples as its task reads them → probabilities."""
 
     classes: list[str]
-    image_size: int
+    record: dict  # the export's record: its task, what its model takes
     format: str
     run: Callable[[np.ndarray], np.ndarray]
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        out = [self.run(images[i : i + BATCH].astype("float32")) for i in range(0, len(images), BATCH)]
+    def __call__(self, examples: np.ndarray) -> np.ndarray:
+        texts = examples.dtype.kind in "OUS"
+        batches = [examples[i : i + BATCH] for i in range(0, len(examples), BATCH)]
+        out = [self.run(b.astype(object if texts else "float32")) for b in batches]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), "float32")
 
 
@@ -67,9 +69,7 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
             f"{folder} holds export format {record['version']!r}, and this tlsweep reads format {EXPORT_VERSION}; "
             "re-export it with this version (python -m tlsweep.export <sweep folder>) or use the tlsweep that made it"
         )
-    classes, size = record["classes"], record.get("image_size")
-    if not isinstance(size, int):
-        raise TlsweepError(f"{record_file} gives no image size; re-export with python -m tlsweep.export")
+    classes = record["classes"]
     keras_file = folder / record.get("formats", {}).get("keras", "model.keras")
     origin = files.model_origin(keras_file) if keras_file.is_file() else None
     mismatch = origin is not None and (origin.get("classes"), str(origin.get("trial_id"))) != (
@@ -95,11 +95,11 @@ def load_predictor(folder: Path, fmt: str | None = None) -> Predictor:
         why = f"{type(e).__name__}: {first_line(e)[:200]}" if whole else "not a whole .keras archive: cut short?"
         again = shlex.join(["python", "-m", "tlsweep.export", str(folder.resolve().parent)])
         raise TlsweepError(f"{path} is damaged ({why}); export the model again: {again}") from e
-    return Predictor([str(c) for c in classes], size, chosen, run)
+    return Predictor([str(c) for c in classes], record, chosen, run)
 
 
 def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from tlsweep.model import load_classifier
+    from tlsweep.tasks import load_classifier
 
     model = load_classifier(path)
     return lambda x: np.asarray(model.predict(x, verbose=0))
@@ -131,54 +131,38 @@ def _tflite(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def image_paths(inputs: list[Path]) -> list[Path]:
-    """The image files named, and those inside the folders named (recursively, sorted)."""
-    found: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            inside = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not inside:
-                raise TlsweepError(f"{item} has no images ({'/'.join(IMAGE_EXTENSIONS)})")
-            found += inside
-        elif item.is_file():
-            found.append(item)
-        elif item.exists():  # a pipe, a device, a socket: reading one could wait forever
-            raise TlsweepError(f"{item} is not an image file or a folder (a pipe or a device?); give image files")
-        else:
-            raise TlsweepError(f"{item} does not exist")
-    return found
+def predict_paths(predictor: Predictor, paths: list[Path]) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """``([(name, probabilities)], [unreadable names])`` for the inputs in ``paths``, read by the export's task."""
+    from tlsweep.tasks import task_named
 
-
-def predict_files(predictor: Predictor, paths: list[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[Path]]:
-    """``([(path, probabilities)], [unreadable paths])`` for ``paths``."""
-    decoded = [(p, decode_image(p, predictor.image_size)) for p in paths]
-    good = [(p, im) for p, im in decoded if im is not None]
-    bad = [p for p, im in decoded if im is None]
-    probabilities = predictor(np.stack([im for _, im in good])) if good else np.zeros((0, len(predictor.classes)))
-    return [(p, probs) for (p, _), probs in zip(good, probabilities, strict=True)], bad
+    names, examples, unreadable = task_named(predictor.record.get("task")).read(paths, predictor.record)
+    probabilities = predictor(examples) if len(names) else np.zeros((0, len(predictor.classes)))
+    return list(zip(names, probabilities, strict=True)), unreadable
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the top-k classes per image (or write them as CSV); one ``error:`` line per problem."""
+    """Print the top-k classes per input (or write them as CSV); one ``error:`` line per problem."""
     parser = argparse.ArgumentParser(
         prog="python -m tlsweep.predict",
-        description="Print the top classes of each image (files or folders of images) with a model tlsweep exported.",
+        description="Print the top classes of each input with a model tlsweep exported: images (files or folders of "
+        "them), or texts (.txt files, folders of them, or CSV/TSV/JSONL tables with a text column).",
     )
     parser.add_argument("model", type=Path, help="an export folder, e.g. outputs/sweeps/<time>/best")
-    parser.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
+    parser.add_argument("inputs", type=Path, nargs="+", help="files and/or folders of images or texts, or tables")
+    parser.add_argument("--top-k", type=int, default=3, help="classes shown per input (default 3)")
     parser.add_argument("--format", choices=FORMATS, help="which exported model to use (default: the first found)")
     parser.add_argument("--csv", type=Path, help="also write path, class and probability columns to this CSV file")
     args = parser.parse_args(argv)
     try:
         predictor = load_predictor(args.model, args.format)
-        results, unreadable = predict_files(predictor, image_paths(args.images))
+        results, unreadable = predict_paths(predictor, args.inputs)
     except TlsweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     k = max(1, min(args.top_k, len(predictor.classes)))
     for path in unreadable:
-        print(f"error: cannot read {path} as an image; skipped", file=sys.stderr)
+        print(f"error: cannot read {path} as {'a text' if predictor.record.get('task') == 'text' else 'an image'}; "
+              "skipped", file=sys.stderr)  # fmt: skip
     rows = []
     for path, probs in results:
         top = np.argsort(probs)[::-1][:k]
@@ -194,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:  # a read-only folder, a full disk: the predictions above are printed anyway
             print(f"error: cannot write {args.csv} ({e.strerror or e}); choose another --csv path", file=sys.stderr)
             return 1
-        print(f"predictions of {len(rows)} images written to {args.csv}")
+        print(f"predictions of {len(rows)} inputs written to {args.csv}")
     return 1 if unreadable else 0
 
 

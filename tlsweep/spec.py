@@ -105,8 +105,10 @@ class JobSpec:
     export: ExportSpec = field(default_factory=ExportSpec)  # the winner's model, tested once, in <folder>/best
 
     @property
-    def image_size(self) -> int:
-        return int(self.dataset.image_size or self.backbone.image_size)
+    def image_size(self) -> int | None:
+        """The side of the images a job's backbone reads (None for a task without images)."""
+        size = self.dataset.image_size or self.backbone.image_size
+        return int(size) if size else None
 
     @property
     def objective(self) -> Objective:

@@ -23,9 +23,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tlsweep import hub  # noqa: E402
-from tlsweep.backbones import keras_weights_dir  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError  # noqa: E402
+from tlsweep.tasks.images.backbones import keras_weights_dir  # noqa: E402
 
 log = logging.getLogger("tlsweep.weights")
 
@@ -35,9 +35,9 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
 
     Returns a line per backbone that is ready, and the error of each that is not.
     """
-    from tlsweep.backbones import load_backbone
     from tlsweep.config import compose_spec, sweep_combinations
     from tlsweep.paths import register_resolvers
+    from tlsweep.tasks import task_for_backbone
 
     register_resolvers()
     lines, errors = [], []
@@ -45,14 +45,14 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
         spec = compose_spec(combination)
         backbone, size = spec.backbone, spec.image_size
         try:
-            loaded = load_backbone(backbone, size)
+            loaded = task_for_backbone(backbone).load_backbone(spec)
         except TlsweepError as e:
             errors.append(e)
             continue
         if not (backbone.handle or backbone.preset or backbone.weights == "imagenet"):
             lines.append(f"ready    {backbone.name}: nothing to download (weights: {backbone.weights})")
             continue
-        lines.append(f"ready    {backbone.name} at {size} px: {loaded.source}")
+        lines.append(f"ready    {backbone.name}{f' at {size} px' if size else ''}: {loaded.source}")
     return lines, errors
 
 

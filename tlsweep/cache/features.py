@@ -9,6 +9,9 @@ The frozen part of a trial's model computes the same thing in every trial and ep
   trains on view e mod V, in every trial. Each cut keeps only the
   views its epochs read (stage 2's cuts: the views of stage 2's epochs). Validation is never augmented.
 
+The cache is the same for every task: it runs the backbone's preprocessing (pixels rescaled, text
+tokenized) and network on the examples, which for texts are strings until the preprocessing.
+
 A plan (``tlsweep.cache.plan``) decides first which cuts pay and where they go under the job's
 memory budget: in memory, read from disk batch by batch, or not cached (trained from the images).
 Every cut of a view is made in one pass, batch by batch, each from the one below it, and streamed
@@ -34,15 +37,15 @@ from typing import Any
 import numpy as np
 
 from tlsweep import interrupt
-from tlsweep.augment import VERSION as AUGMENTATION_VERSION
-from tlsweep.backbones import Backbone, backbone_layers, crossing_tensors, preprocessing_layer
+from tlsweep.backbone import Backbone, backbone_layers, crossing_tensors
 from tlsweep.cache.plan import GB, TRAINING_RESERVE, CachePlan, Cut, check_head_fits, make_plan, resident_memory
 from tlsweep.cache.store import Store, entries, evict, gigabytes
-from tlsweep.data import ImageData
+from tlsweep.data import Data
 from tlsweep.groups import AugmentationSpec
-from tlsweep.model import augmentation, weights_bytes
+from tlsweep.model import weights_bytes
 from tlsweep.progress import Progress
 from tlsweep.spec import JobSpec
+from tlsweep.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +60,12 @@ class FeatureCache:
     (``prepare``), any other when first asked for."""
 
     backbone: Backbone
-    data: ImageData
+    data: Data
     augmentation: AugmentationSpec | None
     views: int
     seed: int
     store: Store
+    task: Task | None = None  # the task's augmentation makes the views (None: no augmentation)
     depths: list[int] = field(default_factory=lambda: [0])  # every cut the search may ask for
     plan: CachePlan | None = None  # None: every cut cached in memory, with every view
     _fingerprint: dict[str, Any] = field(default_factory=dict)
@@ -185,26 +189,26 @@ class FeatureCache:
 
     def _about(self, cut: int, split: str, view: int) -> str:
         where = f"view {view + 1}/{self.views}" if split == "train" else split
-        return f"{self.backbone.name} {self.backbone.image_size}px, cut at depth {cut}, {where}"
+        return f"{self.backbone.name}, cut at depth {cut}, {where}"
 
     def _shapes(self, cut: int, n: int) -> list[tuple[int, ...]]:
         return [(n, *shape) for shape in cut_shapes(self._net(), cut, self.backbone.cuts)]
 
     def _images(self, split: str, view: int) -> Iterator[np.ndarray]:
-        """The images of one split and view as float32 batches, augmented by the view's own draws."""
+        """The examples of one split and view in batches (images as float32), augmented by the view's own draws."""
         x = self.data.x_train if split == "train" else self.data.x_val
         augment = None
-        if split == "train" and self.augmentation:
+        if split == "train" and self.augmentation and self.task is not None:
             import tensorflow as tf
 
-            layers = augmentation(self.augmentation, self.seed + 7919 * view)
+            layers = self.task.augmentation(self.augmentation, self.seed + 7919 * view)
             # traced once per view: the same draws as eager calls, without Python's overhead per layer and batch
             augment = tf.function(
                 lambda images: layers(images, training=True),
                 input_signature=[tf.TensorSpec((None, *x.shape[1:]), tf.float32)],
             )
         for i in range(0, len(x), BATCH):
-            batch = np.asarray(x[i : i + BATCH], np.float32)
+            batch = _batch(x[i : i + BATCH])
             yield np.asarray(augment(batch)) if augment is not None else batch
 
     def _run(
@@ -239,27 +243,28 @@ class FeatureCache:
         import keras
         import tensorflow as tf
 
-        net = self._net()
+        net, raw = self._net(), self.backbone.inputs
         wanted = crossing_tensors(net, cut)
         given = [net.input] if below is None else crossing_tensors(net, below)
         passed = [next((j for j, g in enumerate(given) if g is t), None) for t in wanted]
-        inputs = [keras.Input(g.shape[1:]) for g in given]
-        if below is None and cut >= self.backbone.cuts:  # the cut below every layer: the preprocessed images
-            model = keras.Model(inputs, [preprocessing_layer(self.backbone.rescaling)(inputs[0])])
+        first = [keras.Input(raw.shape, dtype=raw.dtype)]  # the examples, before the preprocessing
+        inputs = first if below is None else [keras.Input(g.shape[1:]) for g in given]
+        if below is None and cut >= self.backbone.cuts:  # the cut below every layer: the preprocessed examples
+            model = keras.Model(inputs, [self.backbone.preprocess()(inputs[0])])
             passed = [None]
         else:
             to_compute = [t for t, j in zip(wanted, passed, strict=True) if j is None]
             model = None
             if to_compute:
                 middle = keras.Model(given, to_compute)
-                x = preprocessing_layer(self.backbone.rescaling)(inputs[0]) if below is None else inputs
+                x = self.backbone.preprocess()(inputs[0]) if below is None else inputs
                 outputs = keras.tree.flatten(middle(x, training=False))
                 if cut == 0 and len(outputs[0].shape) == 4:  # the head's input: pooled, as its first layer does
                     outputs = [keras.ops.mean(outputs[0], axis=(1, 2))]
                 model = keras.Model(inputs, outputs)
         function = None
         if model is not None:
-            specs = [tf.TensorSpec((None, *g.shape[1:]), tf.float32) for g in given]
+            specs = [tf.TensorSpec((None, *i.shape[1:]), i.dtype) for i in inputs]
 
             def forward(*xs: Any) -> list[Any]:
                 return keras.tree.flatten(model(xs[0] if len(xs) == 1 else list(xs), training=False))
@@ -282,22 +287,34 @@ class FeatureCache:
             images = hashlib.sha256()
             for array in (self.data.x_train, self.data.y_train, self.data.x_val, self.data.y_val):
                 for i in range(0, len(array), 1024):  # in blocks: the images may be read from disk
-                    images.update(np.ascontiguousarray(array[i : i + 1024]).tobytes())
+                    images.update(_bytes(array[i : i + 1024]))
             augmentation = None
-            if self.augmentation:  # the settings, and how they are applied (views made another way differ)
-                augmentation = {**dataclasses.asdict(self.augmentation), "warp": AUGMENTATION_VERSION}
+            if self.augmentation and self.task is not None:  # the settings, and how they apply (other views differ)
+                augmentation = {**dataclasses.asdict(self.augmentation), "warp": self.task.augmentation_version()}
             self._fingerprint = {
                 "backbone": self.backbone.name,
                 "weights": weights.hexdigest(),
-                "image_size": self.backbone.image_size,
-                "preprocessing": self.backbone.preprocessing,
-                **({"rescaling": self.backbone.rescaling} if self.backbone.preprocessing == "preset" else {}),
+                **self.backbone.about,
                 "images": images.hexdigest(),
                 "augmentation": augmentation,
                 "seed": self.seed,
                 "dtype": self.store.dtype,
             }
         return self._fingerprint
+
+
+def _batch(examples: Any) -> np.ndarray:
+    """A batch of examples as the network's first layer takes them: images as float32, texts as strings."""
+    examples = np.asarray(examples)
+    return examples if examples.dtype.kind in "OUS" else examples.astype(np.float32)
+
+
+def _bytes(examples: Any) -> bytes:
+    """The examples' contents, to hash (texts by their characters, not by where Python keeps them)."""
+    examples = np.asarray(examples)
+    if examples.dtype.kind in "OUS":
+        return "\0".join(str(x) for x in examples.ravel()).encode("utf-8", "surrogatepass")
+    return np.ascontiguousarray(examples).tobytes()
 
 
 def cut_shapes(network: Any, cut: int, cuts: int) -> list[tuple[int, ...]]:
@@ -341,15 +358,19 @@ def plan_cuts(spec: JobSpec, backbone: Backbone, network: Any) -> list[Cut]:
     return cuts
 
 
-def make_cache(spec: JobSpec, backbone: Backbone, data: ImageData, plan: CachePlan | None = None) -> FeatureCache:
+def make_cache(
+    spec: JobSpec, backbone: Backbone, data: Data, task: Task, plan: CachePlan | None = None
+) -> FeatureCache:
     """The job's feature cache, as ``spec.feature_cache`` and ``plan`` set it up."""
     store = Store(Path(spec.feature_cache.dir), spec.feature_cache.dtype)
     augment = spec.augmentation if spec.augmentation.changes_images else None
     cuts = sorted({backbone.cut_depth(d) for d in spec.cache_depths(backbone.num_layers)})
-    return FeatureCache(backbone, data, augment, spec.views, spec.seed, store, cuts, plan)
+    return FeatureCache(backbone, data, augment, spec.views, spec.seed, store, task, cuts, plan)
 
 
-def plan_cache(spec: JobSpec, backbone: Backbone, data: ImageData, network: Any, budget: float) -> FeatureCache:
+def plan_cache(
+    spec: JobSpec, backbone: Backbone, data: Data, task: Task, network: Any, budget: float
+) -> FeatureCache:
     """The job's feature cache with its plan: what each cut takes against the memory ``budget`` (what the
     job holds already, images included, and a reserve for training counted first) and the room on disk
     (``feature_cache.max_disk_gb``, and the free space). Refuses before any work if even the head's
@@ -372,7 +393,7 @@ def plan_cache(spec: JobSpec, backbone: Backbone, data: ImageData, network: Any,
     plan.budget, plan.kept = budget, kept
     check_head_fits(plan, folder, free, float(settings.max_disk_gb))
     log.info(plan.line())
-    cache = make_cache(spec, backbone, data, plan)
+    cache = make_cache(spec, backbone, data, task, plan)
     mine = cache.folders()
     new = plan.disk_needed() - sum(e.bytes for e in found if e.folder in mine)
     removed = evict(folder, min(limit, held + free - GB) - max(new, 0), mine)

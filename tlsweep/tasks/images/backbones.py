@@ -1,10 +1,10 @@
-"""Backbones: build a pretrained feature extractor from its config, with its own preprocessing.
+"""Image backbones: a pretrained feature extractor from its config, with its own pixel preprocessing.
 
 A backbone config names a ``factory`` with the signature of ``keras.applications``
 (``include_top``, ``weights``, ``input_shape``), a TF Hub ``handle`` (see ``tlsweep.hub``) or a
-KerasHub ``preset`` (see ``tlsweep.kerashub``).
-Its pretrained weights are loaded once per job and kept in memory: fine-tuning changes a
-network's weights, and every trial starts again from the pretrained ones.
+KerasHub ``preset`` (see ``presets``). Its pretrained weights are loaded once per job and kept in
+memory (``tlsweep.backbone.Backbone``): fine-tuning changes a network's weights, and every trial
+starts again from the pretrained ones.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -23,9 +22,9 @@ import keras
 import numpy as np
 from hydra.utils import get_method, to_absolute_path
 
+from tlsweep.backbone import Backbone, Inputs, units
 from tlsweep.errors import TlsweepError, first_line
 from tlsweep.groups import BackboneSpec
-from tlsweep.hub import HubLayer
 
 log = logging.getLogger(__name__)
 
@@ -82,66 +81,26 @@ def tiny_cnn(
     return model
 
 
-@dataclass
-class Backbone:
-    """A backbone with its pretrained weights in memory; ``build()`` gives a new network holding them."""
-
-    name: str
-    image_size: int
-    preprocessing: str  # a mode of PREPROCESSING, or "preset": the KerasHub preset's own image converter
-    rescaling: Rescaling  # what the preprocessing does to pixels 0..255
-    factory: Callable[..., keras.Model]
-    weights: list[np.ndarray]
-    num_layers: int  # the units of unfreeze depth: Keras layers, or a hub model's or transformer's blocks
-    cuts: int  # Keras layers in the network: a hub model is one layer, cut only below or above
-    unit: str = "layers"  # what num_layers counts: "layers", or "blocks"
-    block_tops: tuple[int, ...] = ()  # a transformer's: network layers from the top down to block n (n = 1, 2, …)
-    source: str = ""  # where the weights were read from: a file, a hub or preset folder, Keras' cache; "" for none
-
-    def cut_depth(self, depth: int) -> int:
-        """Where the frozen bottom ends, in network layers, when the top ``depth`` units are unfrozen.
-
-        A transformer's top ``depth`` blocks come with the norm and pooling above them; all of its
-        blocks, with the stem below them too.
-        """
-        if depth <= 0 or not self.block_tops:
-            return min(max(depth, 0), self.cuts)
-        return self.cuts if depth >= self.num_layers else self.block_tops[depth - 1]
-
-    def unit_depth(self, cut: int) -> int:
-        """The unfreeze depth whose cut is ``cut`` (the inverse of ``cut_depth``), for messages."""
-        if not self.block_tops:
-            return cut
-        return next((d for d in range(self.num_layers + 1) if self.cut_depth(d) == cut), cut)
-
-    def build(self) -> keras.Model:
-        """A new backbone network named ``backbone`` holding the pretrained weights."""
-        net = self.factory(include_top=False, weights=None, input_shape=(self.image_size,) * 2 + (3,))
-        net.set_weights(self.weights)
-        if net.name == "backbone":
-            return net
-        return keras.Model(net.input, net.output, name="backbone")
-
-
 def load_backbone(cfg: BackboneSpec, image_size: int) -> Backbone:
-    """Build the backbone ``cfg`` describes and load its weights, failing early and clearly."""
+    """Build the image backbone ``cfg`` describes and load its weights, failing early and clearly."""
     handle, preset = cfg.handle, cfg.preset
     source = ""
     rescaling: Rescaling | None = PREPROCESSING.get(cfg.preprocessing)
     if handle:
-        from tlsweep.hub import hub_network, is_remote, resolve
+        from tlsweep.hub import is_remote, resolve
 
         handle = handle if is_remote(handle) else to_absolute_path(str(handle))
         source = resolve(handle, cfg.name)  # download now, with this backbone's name in any error
         factory: Callable[..., keras.Model] = partial(hub_network, handle)
     elif preset:
         from tlsweep import kerashub
+        from tlsweep.tasks.images import presets
 
         preset = to_absolute_path(str(preset)) if kerashub.is_local(str(preset)) else str(preset)
         folder = kerashub.resolve_preset(preset, cfg.name)
         source = str(folder)
-        factory = partial(kerashub.preset_network, str(folder), cfg.pooling or "cls", name="backbone")
-        converter = kerashub.preset_converter(folder)
+        factory = partial(presets.preset_network, str(folder), cfg.pooling or "cls", name="backbone")
+        converter = presets.preset_converter(folder)
         trained = converter.image_size if converter else None
         if trained and trained != image_size:
             log.info("backbone %s: the preset was trained at %d px, runs at %d px", cfg.name, trained, image_size)
@@ -176,17 +135,14 @@ def load_backbone(cfg: BackboneSpec, image_size: int) -> Backbone:
             )
         _load_weights_file(net, path, cfg.name)
         source = str(path)
-    cuts = len(backbone_layers(net))
-    blocks = transformer_blocks(net)
-    block_tops = tuple(cuts - position for position in reversed(blocks))
-    num_layers = len(blocks) if blocks else depth_units(net)
-    unit = "blocks" if handle or blocks else "layers"
+    num_layers, cuts, unit, block_tops = units(net, bool(handle))
     log.info("backbone %s: %d %s, weights %s, %d px", cfg.name, num_layers, unit, weights, image_size)
-    pretrained = net.get_weights()
     mode = cfg.preprocessing
+    about = {"image_size": image_size, "preprocessing": mode, **({"rescaling": rescaling} if mode == "preset" else {})}
     return Backbone(
-        cfg.name, image_size, mode, rescaling, factory, pretrained, num_layers, cuts, unit, block_tops, source
-    )
+        cfg.name, Inputs(shape), partial(preprocessing_layer, rescaling), partial(_construct, factory, shape, cfg.name),
+        net.get_weights(), num_layers, cuts, unit, block_tops, source, about,
+    )  # fmt: skip
 
 
 def _check_weights_source(name: str, weights: str | None, handle: str | None, preset: str | None) -> None:
@@ -268,44 +224,23 @@ def keras_weights_dir() -> Path:
     return Path(config.keras_home()) / "models"
 
 
-def backbone_layers(backbone: keras.Model) -> list[keras.layers.Layer]:
-    """The backbone's layers from input to output, without its input layer."""
-    return [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+def hub_network(
+    handle: str,
+    include_top: bool = False,
+    weights: str | None = None,
+    input_shape: tuple[int, int, int] = (224, 224, 3),
+) -> keras.Model:
+    """A hub image feature vector as a backbone with the signature of ``keras.applications`` (its weights are its
+    own); a hub model that takes something else is refused, in one line, once it is loaded."""
+    from tlsweep.hub import HubLayer
 
-
-def hub_layer(backbone: keras.Model) -> HubLayer | None:
-    """The backbone's TF Hub SavedModel, when it is one (see ``tlsweep.hub``)."""
-    layers = backbone_layers(backbone)
-    return layers[0] if len(layers) == 1 and isinstance(layers[0], HubLayer) else None
-
-
-def transformer_blocks(backbone: keras.Model) -> list[int]:
-    """Where a KerasHub transformer's blocks are among the backbone's layers (empty for any other backbone)."""
-    from tlsweep.kerashub import PresetNetwork, blocks_of
-
-    return blocks_of(backbone) if isinstance(backbone, PresetNetwork) else []
-
-
-def depth_units(backbone: keras.Model) -> int:
-    """How deep the backbone can be unfrozen: its layers, or a hub model's blocks (see ``tlsweep.hub``)."""
-    hub = hub_layer(backbone)
-    return len(hub.blocks) if hub is not None else len(backbone_layers(backbone))
-
-
-def crossing_tensors(backbone: keras.Model, cut: int) -> list[Any]:
-    """The tensors that flow from the frozen bottom into the top ``cut`` layers of ``backbone``.
-
-    A cut inside a residual block has more than one (the block's input reaches its ``add`` by the
-    skip connection); a cut at 0 has one, the backbone's output.
-    """
-    layers = backbone_layers(backbone)
-    if cut <= 0:
-        return [backbone.output]
-    top = layers[len(layers) - cut :]
-    produced_above = {id(t) for layer in top for t in keras.tree.flatten(layer.output)}
-    crossing: list[Any] = []
-    for layer in top:
-        for tensor in keras.tree.flatten(layer.input):
-            if id(tensor) not in produced_above and all(tensor is not c for c in crossing):
-                crossing.append(tensor)
-    return crossing
+    if include_top:
+        raise ValueError("hub backbones are feature extractors without a classification top")
+    layer = HubLayer(handle, name="hub")
+    if layer.takes not in ("images", None):
+        raise TlsweepError(
+            f"the TF Hub model {handle} takes {layer.takes}, not images; use it with a text dataset, or give "
+            "backbone.handle an image feature-vector model"
+        )
+    inputs = keras.Input(input_shape, name="input")
+    return keras.Model(inputs, layer(inputs), name="hub")
