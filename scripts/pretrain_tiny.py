@@ -15,7 +15,7 @@ import keras
 
 from tlsweep.data import stratified_split
 from tlsweep.model import compile_model, head
-from tlsweep.tasks.images.backbones import preprocessing_layer, tiny_cnn
+from tlsweep.tasks.images.backbones import PREPROCESSING, preprocessing_layer, tiny_cnn
 from tlsweep.tasks.images.data import DIGITS_SOURCE_CLASSES, load_digits
 
 OUT = Path(__file__).resolve().parents[1] / "tlsweep" / "weights" / "tiny.weights.h5"
@@ -35,7 +35,7 @@ def main() -> None:
     inputs = keras.Input((32, 32, 3))
     z = keras.layers.RandomRotation(0.08, seed=args.seed)(inputs)
     z = keras.layers.RandomZoom(0.15, seed=args.seed)(z)
-    z = preprocessing_layer("unit")(z)
+    z = preprocessing_layer(PREPROCESSING["unit"])(z)
     outputs = head(len(DIGITS_SOURCE_CLASSES), 0.5)(backbone(z))
     model = keras.Model(inputs, outputs)
     steps = args.epochs * -(-len(train) // 32)

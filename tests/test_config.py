@@ -14,7 +14,7 @@ GROUP_OPTIONS = {
     "backbone": [path.stem for path in (REPO / "conf" / "backbone").glob("*.yaml")],
     "augmentation": ["none", "light", "standard"],
     "finetune": ["none", "top", "full"],
-    "dataset": ["digits", "folder", "tf_flowers"],
+    "dataset": ["digits", "folder", "tf_flowers", "text_folder", "text_table", "text_demo"],
     "tuner": ["random", "bayesian", "hyperband", "grid"],
     "search": ["default"],
 }
@@ -34,8 +34,14 @@ def test_default_config_is_the_offline_demo() -> None:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])
 def test_every_group_option_composes(group: str, option: str) -> None:
-    needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"], "keras_hub": ["backbone.preset=x"]}
-    spec = job_spec(make_config([f"{group}={option}", *needs.get(option, [])]))
+    reads_texts = ["backbone=tiny_text"]
+    needs = {"folder": ["dataset.path=x"], "hub": ["backbone.handle=x"], "keras_hub": ["backbone.preset=x"],
+             "text_folder": ["dataset.path=x", *reads_texts], "text_table": ["dataset.path=x.csv", *reads_texts],
+             "text_demo": reads_texts, "keras_hub_text": ["backbone.preset=x"]}  # fmt: skip
+    path = REPO / "conf" / "backbone" / f"{option}.yaml"
+    text = path.is_file() and "input: text" in path.read_text()
+    with_texts = ["dataset=text_demo"] if group == "backbone" and text else []  # a text encoder reads texts
+    spec = job_spec(make_config([f"{group}={option}", *needs.get(option, []), *with_texts]))
     chosen = {
         "backbone": lambda: spec.backbone.name,
         "augmentation": lambda: {False: "none", True: option}[spec.augmentation.changes_images],
@@ -142,7 +148,7 @@ def test_unknown_group_option_lists_the_choices_without_traceback(tmp_path) -> N
         (["tuner.max_trail=3"], "unknown config key tuner.max_trail; did you mean tuner.max_trials?"),
         (["backbon=tiny"], "unknown config key backbon; did you mean backbone?"),
         (["verbose=maybe"], "verbose=maybe: Value 'maybe' is not a valid bool"),
-        (["backbone=resnett"], "Could not find 'backbone/resnett'; options: clip, convnext, densenet121"),
+        (["backbone=resnett"], "Could not find 'backbone/resnett'; options: bert_tiny, clip, convnext, densenet121"),
         (["-m", "seed=0,-1"], "seed=-1 must be a whole number from 0 to 4294967295"),  # every value is checked
         (["seed=4294967296"], "seed=4294967296 must be a whole number from 0 to 4294967295"),  # NumPy's limit
         (["-m", "augmentation=none,light", "tuner.max_consecutive_failed_trials=0"], "must be at least 1"),

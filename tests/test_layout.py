@@ -18,6 +18,7 @@ PIPELINE = [
     "hub", "kerashub", "backbone", "model",
     "tasks.images.decode", "tasks.images.augment", "tasks.images.data", "tasks.images.presets",
     "tasks.images.backbones", "tasks.images",
+    "tasks.text.data", "tasks.text.encoders", "tasks.text",
     "tasks",
     "cache.plan", "cache.features", "cache", "batches",
     "logs", "stopping", "trial", "runs", "tuners", "finalists",

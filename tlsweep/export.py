@@ -81,7 +81,7 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
         raise TlsweepError(f"{model_file} is damaged ({type(e).__name__}: {first_line(e)[:150]}); {rebuild}") from e
     dataset = _dataset(job)
     task = task_of(dataset)
-    described = task.describe_input(model)  # what the model takes: the task's, for the record and predict
+    described = task.describe_input(model, dataset)  # what the model takes: the task's, for the record and predict
     data = _test_and_calibration_data(task, dataset, described.get("image_size"), cfg.tflite and cfg.quantize == "int8")
 
     target = Path(root) / files.EXPORT_DIR
@@ -120,7 +120,9 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
         _replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    test_note = f", test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} images" if evaluation else ""
+    test_note = ""
+    if evaluation:
+        test_note = f", test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} {task.examples}"
     log.info("best model (%s trial_%s%s) exported to %s", job.name, best["trial"], test_note, target)
     return target
 
@@ -287,7 +289,8 @@ def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | No
         )
     if evaluation:
         lines += [
-            f"- Test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} held-out images (unbiased)",
+            f"- Test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} held-out "
+            f"{'texts' if record['task'] == 'text' else 'images'} (unbiased)",
             "",
             "| class | precision | recall | images |",
             "|---|---|---|---|",

@@ -22,7 +22,7 @@ FINETUNE_MODES = ("none", "top", "full")
 TUNER_NAMES = ("random", "bayesian", "hyperband", "grid")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 QUANTIZE = ("none", "float16", "int8")
-DATASETS = ("digits", "folder", "tf_flowers")
+DATASETS = {"images": ("digits", "folder", "tf_flowers"), "text": ("text_folder", "text_table", "text_demo")}
 PREPROCESSING_MODES = ("tf", "torch", "unit", "none", "preset")  # tlsweep.backbones.PREPROCESSING says what each does
 POOLING_MODES = ("cls", "mean")  # a transformer's tokens to one vector: the class token, or the patch tokens' mean
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
@@ -76,10 +76,13 @@ class DatasetSpec:
     label_column: str = "label"  # text_table: the column holding each text's class
 
     def problem(self) -> str | None:
-        if self.name not in DATASETS:
-            return f"unknown dataset '{self.name}'; use one of: {', '.join(DATASETS)}"
-        if self.name == "folder" and not self.path:
-            return "dataset.path must be set (e.g. dataset.path=path/to/images)"
+        if self.task not in DATASETS:
+            return f"dataset.task={self.task} must be one of: {', '.join(DATASETS)}"
+        if self.name not in DATASETS[self.task]:
+            return f"unknown {self.task} dataset '{self.name}'; use one of: {', '.join(DATASETS[self.task])}"
+        if self.name in ("folder", "text_folder", "text_table") and not self.path:
+            what = "a CSV, TSV or JSONL file" if self.name == "text_table" else "path/to/folder"
+            return f"dataset.path must be set (e.g. dataset.path={what})"
         if not 0.0 < self.fraction <= 1.0:
             return f"dataset.fraction={self.fraction} must be in (0, 1], e.g. dataset.fraction=0.25"
         if not 0.0 < self.validation_split < 1.0:
@@ -126,6 +129,12 @@ class BackboneSpec:
             )
         if self.preprocessing == "preset" and not self.preset:
             return "backbone.preprocessing=preset takes the preset's image converter: it needs a backbone.preset"
+        if self.input not in ("image", "text", None):
+            return f"backbone.input={self.input} must be image, text or null (a TF Hub model: known when loaded)"
+        if self.input == "image" and not self.image_size:
+            return f"backbone {self.name} reads images: backbone.image_size must be set"
+        if self.sequence_length is not None and self.sequence_length < 1:
+            return f"backbone.sequence_length={self.sequence_length} must be at least 1 (tokens), or null"
         return None
 
 

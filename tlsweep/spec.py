@@ -289,7 +289,23 @@ class JobSpec:
                 f"budget={self.budget} cannot be used with distributed.role={self.distributed.role}: the chief "
                 "would wait for trials its workers no longer start; bound a distributed search with tuner.max_trials"
             )
-        return _class_weight_problem(self.class_weight)
+        return _class_weight_problem(self.class_weight) or self._task_problem()
+
+    def _task_problem(self) -> str | None:
+        """Settings that make no sense for the job's task (its dataset's): augmenting texts, an image size for
+        texts, a backbone that reads the other kind of input."""
+        task, backbone, reads = self.dataset.task, self.backbone, {"images": "image", "text": "text"}
+        if backbone.input not in (None, reads.get(task)):
+            other = "images" if backbone.input == "image" else "texts"
+            use = "an image backbone"
+            use = "a text encoder (backbone=tiny_text, hub_nnlm, bert_tiny, …)" if task == "text" else use
+            return (f"backbone {backbone.name} reads {other}, and dataset {self.dataset.name} holds "
+                    f"{'texts' if task == 'text' else 'images'}: use {use}")  # fmt: skip
+        if task == "text" and self.augmentation.changes_images:
+            return "augmentation changes images, and a text dataset has none: use augmentation=none with texts"
+        if task == "text" and self.dataset.image_size is not None:
+            return f"dataset.image_size={self.dataset.image_size} sizes images, and a text dataset has none: remove it"
+        return None
 
     def _knob_problem(self, knob: Knob, loaded: list[str]) -> str | None:
         """What is wrong with searching ``knob``: a setting that is no trial's, a value of the wrong kind, or a

@@ -244,24 +244,23 @@ class FeatureCache:
         import tensorflow as tf
 
         net, raw = self._net(), self.backbone.inputs
-        wanted = crossing_tensors(net, cut)
-        given = [net.input] if below is None else crossing_tensors(net, below)
-        passed = [next((j for j, g in enumerate(given) if g is t), None) for t in wanted]
-        first = [keras.Input(raw.shape, dtype=raw.dtype)]  # the examples, before the preprocessing
-        inputs = first if below is None else [keras.Input(g.shape[1:]) for g in given]
-        if below is None and cut >= self.backbone.cuts:  # the cut below every layer: the preprocessed examples
-            model = keras.Model(inputs, [self.backbone.preprocess()(inputs[0])])
-            passed = [None]
+        wanted = crossing_tensors(net, cut)  # below every layer: the network's own inputs
+        if below is None:  # from the examples: through the preprocessing, every tensor computed (or its input)
+            inputs, given, passed = [keras.Input(raw.shape, dtype=raw.dtype)], net.input, [None] * len(wanted)
         else:
-            to_compute = [t for t, j in zip(wanted, passed, strict=True) if j is None]
-            model = None
-            if to_compute:
-                middle = keras.Model(given, to_compute)
-                x = self.backbone.preprocess()(inputs[0]) if below is None else inputs
-                outputs = keras.tree.flatten(middle(x, training=False))
-                if cut == 0 and len(outputs[0].shape) == 4:  # the head's input: pooled, as its first layer does
-                    outputs = [keras.ops.mean(outputs[0], axis=(1, 2))]
-                model = keras.Model(inputs, outputs)
+            given = crossing_tensors(net, below)
+            inputs, passed = [keras.Input(g.shape[1:]) for g in given], [
+                next((j for j, g in enumerate(given) if g is t), None) for t in wanted
+            ]
+        to_compute = [t for t, j in zip(wanted, passed, strict=True) if j is None]
+        model = None
+        if to_compute:
+            middle = keras.Model(given, to_compute)
+            x = self.backbone.preprocess()(inputs[0]) if below is None else inputs
+            outputs = keras.tree.flatten(middle(x, training=False))
+            if cut == 0 and len(outputs[0].shape) == 4:  # the head's input: pooled, as its first layer does
+                outputs = [keras.ops.mean(outputs[0], axis=(1, 2))]
+            model = keras.Model(inputs, outputs)
         function = None
         if model is not None:
             specs = [tf.TensorSpec((None, *i.shape[1:]), i.dtype) for i in inputs]
@@ -318,22 +317,28 @@ def _bytes(examples: Any) -> bytes:
 
 
 def cut_shapes(network: Any, cut: int, cuts: int) -> list[tuple[int, ...]]:
-    """The shapes (without the batch) of the tensors stored at ``cut``: the pooled features at 0."""
-    if cut >= cuts:
-        return [tuple(network.input.shape[1:])]
-    shapes = [tuple(t.shape[1:]) for t in crossing_tensors(network, cut)]
+    """The shapes (without the batch) of the tensors stored at ``cut``: the pooled features at 0, the network's
+    inputs below every layer."""
+    shapes = [tuple(t.shape[1:]) for t in crossing_tensors(network, min(cut, cuts))]
     return [shapes[0][-1:]] if cut == 0 and len(shapes[0]) == 3 else shapes
+
+
+def keras_tree_first(output: Any) -> Any:
+    """A layer's first output (a layer may return several: an embedding and its mask)."""
+    import keras
+
+    return keras.tree.flatten(output)[0]
 
 
 def compute_below(network: Any, cut: int) -> float:
     """The share of the backbone's compute in its layers below ``cut``, estimated per layer as its
-    weights times the pixels of its output (a convolution's multiply-adds)."""
+    weights times the positions of its output (a convolution's multiply-adds: pixels, or tokens)."""
     layers = backbone_layers(network)
     costs = []
     for layer in layers:
-        shape = layer.output.shape
-        pixels = int(shape[1] or 1) * int(shape[2] or 1) if len(shape) == 4 else 1
-        costs.append(layer.count_params() * pixels)
+        shape = keras_tree_first(layer.output).shape
+        positions = math.prod(int(d or 1) for d in shape[1:-1])  # (batch, [height, width | tokens], channels)
+        costs.append(layer.count_params() * positions)
     total = sum(costs) or 1
     return sum(costs[: len(layers) - cut]) / total
 

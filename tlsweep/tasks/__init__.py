@@ -23,6 +23,7 @@ from tlsweep.errors import TlsweepError
 from tlsweep.groups import AugmentationSpec, BackboneSpec, DatasetSpec
 from tlsweep.spec import JobSpec
 from tlsweep.tasks.images import IMAGES
+from tlsweep.tasks.text import TEXT
 
 
 class Task(Protocol):
@@ -44,14 +45,14 @@ class Task(Protocol):
 
     def has_test_folder(self, dataset: DatasetSpec) -> bool: ...
 
-    def describe_input(self, model: Any) -> dict[str, Any]: ...
+    def describe_input(self, model: Any, dataset: DatasetSpec) -> dict[str, Any]: ...
 
     def read(self, paths: list[Path], record: dict[str, Any]) -> tuple[list[str], np.ndarray, list[str]]: ...
 
     def register_layers(self) -> None: ...
 
 
-TASKS: dict[str, Task] = {task.name: task for task in (IMAGES,)}
+TASKS: dict[str, Task] = {task.name: task for task in (IMAGES, TEXT)}
 
 
 def task_of(dataset: DatasetSpec) -> Task:

@@ -64,7 +64,7 @@ class Images:
     def has_test_folder(self, dataset: DatasetSpec) -> bool:
         return dataset.name == "folder" and bool(dataset.path) and (Path(str(dataset.path)) / "test").is_dir()
 
-    def describe_input(self, model: Any) -> dict[str, Any]:
+    def describe_input(self, model: Any, dataset: DatasetSpec) -> dict[str, Any]:
         """What an exported model takes, for its record and card."""
         size = int(model.input_shape[1])
         return {
