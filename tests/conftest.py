@@ -165,6 +165,61 @@ def make_hub_model(path: Path, size: int = 16, seed: int = 0) -> Path:
     return path
 
 
+def serve_hub(monkeypatch: pytest.MonkeyPatch, folder: Path | None, url: str) -> list[str]:
+    """Fake the network under tensorflow_hub: serve ``folder`` as a tar.gz for ``url``, or fail as with no network.
+    Returns the URLs asked for."""
+    import io
+    import tarfile
+    import urllib.error
+
+    requested: list[str] = []
+    payload = io.BytesIO()
+    if folder is not None:
+        with tarfile.open(fileobj=payload, mode="w:gz") as tar:
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+
+    def urlopen(self, request):
+        requested.append(getattr(request, "full_url", request))
+        if folder is None:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        response = io.BytesIO(payload.getvalue())
+        response.headers = {}
+        response.geturl = lambda: url
+        return response
+
+    monkeypatch.setattr("tensorflow_hub.resolver.HttpResolverBase._call_urlopen", urlopen)
+    return requested
+
+
+def make_text_hub_model(path: Path, words: tuple[str, ...], width: int = 8, seed: int = 0) -> Path:
+    """A TF2 SavedModel in TF Hub's text-embedding format (as nnlm-en-dim50): a batch of strings in, one vector per
+    string out, the mean of its words' embeddings (unknown words share one); variables listed, under the block
+    ``embeddings``."""
+    import tensorflow as tf
+
+    class TextEmbedding(tf.__internal__.tracking.AutoTrackable):
+        def __init__(self) -> None:
+            keys = tf.constant(list(words))
+            table = tf.lookup.KeyValueTensorInitializer(keys, tf.range(1, len(words) + 1, dtype=tf.int64))
+            self.table = tf.lookup.StaticHashTable(table, default_value=0)
+            rng = np.random.default_rng(seed)
+            self.embeddings = tf.Variable(rng.normal(0, 1, (len(words) + 1, width)).astype("float32"),
+                                          name="embeddings/part_0")  # fmt: skip
+            self.variables = [self.embeddings]  # as TF Hub's reusable SavedModels list them
+            self.trainable_variables = [self.embeddings]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, sentences: tf.Tensor) -> tf.Tensor:
+            tokens = tf.strings.split(tf.strings.lower(sentences))
+            vectors = tf.nn.embedding_lookup(self.embeddings, self.table.lookup(tokens))
+            return tf.reduce_mean(vectors, axis=1)
+
+    module = TextEmbedding()
+    tf.saved_model.save(module, str(path))
+    return path
+
+
 def swallow_ctrl_c() -> None:
     """Ctrl-C delivered inside a ``__del__``, as TensorFlow's objects are let go: Python raises the
     KeyboardInterrupt there, reports it as "ignored" and goes on."""

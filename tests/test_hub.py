@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-import urllib.error
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import FAST, make_hub_model, make_spec, run_cli
+from conftest import FAST, make_hub_model, make_spec, run_cli, serve_hub
 
 from tlsweep import weights
 from tlsweep.backbone import Backbone
@@ -93,25 +90,7 @@ def test_best_model_with_a_hub_backbone_saves_and_reloads(hub_model: Path, tmp_p
 
 
 def serve(monkeypatch: pytest.MonkeyPatch, folder: Path | None) -> list[str]:
-    """Fake the network under tensorflow_hub: serve ``folder`` as a tar.gz, or fail as with no network."""
-    requested: list[str] = []
-    payload = io.BytesIO()
-    if folder is not None:
-        with tarfile.open(fileobj=payload, mode="w:gz") as tar:
-            for path in sorted(folder.rglob("*")):
-                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
-
-    def urlopen(self, request):
-        requested.append(getattr(request, "full_url", request))
-        if folder is None:
-            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-        response = io.BytesIO(payload.getvalue())
-        response.headers = {}
-        response.geturl = lambda: URL
-        return response
-
-    monkeypatch.setattr("tensorflow_hub.resolver.HttpResolverBase._call_urlopen", urlopen)
-    return requested
+    return serve_hub(monkeypatch, folder, URL)
 
 
 def test_a_hub_url_downloads_once_then_works_offline(hub_model: Path, tmp_path: Path, monkeypatch) -> None:

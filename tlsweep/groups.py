@@ -34,11 +34,6 @@ MAX_SEED = 2**32 - 1  # NumPy and TensorFlow take seeds below 2**32
 MISSING: Any = "???"  # a setting each option of its group must give (OmegaConf's mark for it)
 
 
-def linked(key: str) -> Any:
-    """A default that is another setting's value (``dataset.seed`` is ``seed``), as Hydra resolves it."""
-    return "${" + key + "}"
-
-
 def knob(default: Any) -> Any:
     """A trial-level setting: one value for the job, unless ``search.params`` searches it."""
     return field(default=default, metadata={"knob": True})
@@ -69,7 +64,7 @@ class DatasetSpec:
     test: str | None = None  # a folder of class sub-folders to test the best model on; null: <path>/test/ if it exists
     fraction: float = 1.0  # train on this fraction of the training images (per class): start small
     image_size: int | None = None  # input side in pixels; null uses the backbone's
-    seed: int = linked("seed")  # seeds the split and the fraction
+    seed: int = 0  # seeds the split and the fraction (conf/config.yaml makes it the job's seed)
     workers: int = 4  # threads decoding images
     data_dir: str | None = None  # TFDS: where it keeps its data; null: ~/tensorflow_datasets (or $TFDS_DATA_DIR)
     text_column: str = "text"  # text_table: the column holding each text
