@@ -1,10 +1,18 @@
-"""tlsweep: hyperparameter sweeps for transfer learning with Hydra, KerasTuner and TensorBoard."""
+"""tlsweep: hyperparameter sweeps for transfer learning with Hydra, KerasTuner and TensorBoard.
+
+From Python: ``tlsweep.sweep([...overrides])`` runs what ``python -m tlsweep`` runs and returns a ``Result``;
+``tlsweep.load(folder)`` reads one already on disk.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from tlsweep.api import Answer, Result, SweepError, load, sweep
+from tlsweep.errors import TlsweepError
+
 __version__ = "0.1.0"
+__all__ = ["Answer", "Result", "SweepError", "TlsweepError", "load", "load_tuner", "sweep"]
 
 
 def load_tuner(job_dir: Any) -> Any:

@@ -34,7 +34,7 @@ from tlsweep.config import check_command_line, check_writable, composition_error
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError, is_disk_full  # noqa: E402
 from tlsweep.files import LOG_FILE  # noqa: E402
-from tlsweep.paths import COMMAND_LINE_VARIABLE, hydra_arguments, register_resolvers  # noqa: E402
+from tlsweep.paths import COMMAND_LINE_VARIABLE, RESULT_VARIABLE, hydra_arguments, register_resolvers  # noqa: E402
 from tlsweep.schema import job_spec  # noqa: E402
 
 log = logging.getLogger("tlsweep")
@@ -66,6 +66,8 @@ def main(cfg: DictConfig) -> dict[str, Any] | None:
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     multirun = hc.mode == RunMode.MULTIRUN
     _output_root[:] = [job_dir.parent if multirun else job_dir]
+    if os.environ.get(RESULT_VARIABLE):  # tlsweep.sweep (Python) reads where the results are
+        files.write_text(Path(os.environ[RESULT_VARIABLE]), str(_output_root[0].resolve()))
     native_stderr_to(job_dir / LOG_FILE)  # TensorFlow's C++ lines go to the job log, not the terminal
     from tlsweep.job import run_job  # imports TensorFlow: only when a job runs, so --help stays fast
 

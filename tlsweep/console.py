@@ -8,9 +8,11 @@ tlsweep's ``error:`` lines — stays on the terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _terminal: list[int] = []  # a duplicate of the terminal's descriptor 2, once native output is moved away
@@ -36,4 +38,22 @@ def native_stderr_to(path: Path | None) -> None:
     try:
         os.dup2(fd, 2)
     finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """Discard what native code writes to descriptor 2 for a while, then give the descriptor back as it was.
+
+    For a process that is not tlsweep's own (a notebook's kernel shows descriptor 2 in its cells): TensorFlow's
+    C++ lines at import and first use are dropped there, and the process's stderr is left in place after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
         os.close(fd)

@@ -113,7 +113,7 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
             "metrics": _metrics(found.run, found.objective),
             "hyperparameters": model_run.run.hyperparameters,
             "finalist": _finalist(found),
-            "reproduce": reproduce_command(job, found.run),
+            "reproduce": rerun_command(job.overrides, found.run.run),
         }
         files.write_json(staging / files.EXPORT_RECORD, record)
         files.write_text(staging / files.MODEL_CARD, model_card(record, job, evaluation, target))
@@ -147,11 +147,6 @@ def _finalist(found: Winner) -> dict[str, Any] | None:
         "run": found.run.trial_id,
         "chosen": chosen,
     }
-
-
-def reproduce_command(job: Job, trial: Trial) -> str:
-    """The command that reruns ``trial`` of ``job`` exactly (``tlsweep.config.rerun_command``)."""
-    return rerun_command(job.overrides, trial.run)
 
 
 def _metrics(trial: Trial, objective: Objective) -> dict[str, float]:

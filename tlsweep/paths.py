@@ -33,6 +33,7 @@ from tlsweep.records import RecordError, read_job
 from tlsweep.schema import register_schema
 
 COMMAND_LINE_VARIABLE = "TLSWEEP_COMMAND_LINE"  # the command line, for jobs that run in other processes
+RESULT_VARIABLE = "TLSWEEP_RESULT_FILE"  # where a run writes its (or its sweep's) folder: tlsweep.sweep reads it
 
 
 def register_resolvers() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import jinja2
 
 from tlsweep import files
+from tlsweep.config import rerun_command
 from tlsweep.data import imbalance_warning
-from tlsweep.export import reproduce_command
 from tlsweep.progress import count
 from tlsweep.records import DEPTH
 from tlsweep.report import plots
@@ -63,7 +63,7 @@ def _context(summary: Summary, top: int) -> dict[str, Any]:
             "trials": len(job.trials),
             "completed": sum(t.status == "completed" for t in job.trials),
             "best": _fmt(next((r[summary.metric] for r in summary.ranked if r["job"] == job.name), None)),
-            "duration": _fmt(job.record.get("duration_s"), "duration_s"),
+            "duration": _fmt(job.record.duration_s, "duration_s"),
             "classes": _classes(job.classes),
             "error": job.error or "",
             "race": sweep.race_line(job),
@@ -197,7 +197,7 @@ def _headline(summary: Summary) -> dict[str, Any] | None:
         "best_epoch": best["best_epoch"],
         "best_stage": best["best_stage"],
         "stage2": best["stage2"],
-        "command": reproduce_command(job, run),
+        "command": rerun_command(job.overrides, run.run),
         "runner_up": _verdict(summary) if summary.finalists else _runner_up(summary),
     }
 
@@ -382,12 +382,24 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def to_html(context: dict[str, Any], summary: Summary, top: int) -> str:
     """One self-contained page: inline CSS, inline sorting script, plots as data URIs."""
+    return _templates().get_template("report.html.j2").render(**context, plots=_plots(summary, top))
+
+
+def summary_html(summary: Summary) -> str:
+    """The report's answer in a few lines of HTML (its headline, the finalists, the held-out test): what a
+    notebook shows of a result (``tlsweep.Result``)."""
+    context = _context(summary, 0)
+    kind = "run" if context["one_job"] else "sweep"
+    return _templates().get_template("summary.html.j2").render(**context, kind=kind)
+
+
+def _templates() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("tlsweep.report"), autoescape=True, undefined=jinja2.StrictUndefined
     )
     environment.filters["fmt"] = _fmt
     environment.filters["span"] = _span
-    return environment.get_template("report.html.j2").render(**context, plots=_plots(summary, top))
+    return environment
 
 
 def _plots(summary: Summary, top: int) -> list[dict[str, str]]:
