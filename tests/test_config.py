@@ -89,6 +89,7 @@ def test_experiment_preset_sets_several_groups() -> None:
         (["finetune.dropout=1.5"], "finetune.dropout=1.5"),
         (["finetune=top", "finetune.finetune_epochs=0"], "use finetune=none"),
         (["dataset=folder"], "dataset.path must be set"),
+        (["finalists.replicate=1"], "set finalists.top=0 with it"),  # the finalists would rerun its seed
     ],
 )
 def test_invalid_settings_name_the_key_and_the_fix(overrides: list[str], message: str) -> None:

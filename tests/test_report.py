@@ -259,3 +259,5 @@ def test_a_big_sweep_stays_readable(tmp_path: Path) -> None:
     effects = {(e.group, e.value): e for e in summary.effects}
     assert effects[("backbone", "b0")].trials == 9 and ("augmentation", "none") not in effects  # constant: no effect
     assert "The same in every trial: augmentation=none" in paths["md"].read_text()
+    jobs_row = r"\| backbone=b0 \| completed \| 9 \| 9 \| [0-9.]+ \| 5(\.0)? "  # its trials, best and time
+    assert re.search(jobs_row, paths["md"].read_text())

@@ -47,6 +47,11 @@ def test_the_sweep_grammar_becomes_kerastuners_hyperparameters() -> None:
     assert isinstance(h, kt.engine.hyperparameters.Fixed) and h.value == 0.25
     (h,) = declared("tag(log, interval(1e-4, 1e-2))", "finetune.learning_rate", log_step=10).space  # the grid's
     assert list(h.values) == pytest.approx([1e-4, 1e-3, 1e-2])
+    (h,) = declared("tag(log, int(interval(8, 256)))", "finetune.batch_size").space  # KerasTuner: no step of 1
+    assert isinstance(h, kt.engine.hyperparameters.Int) and (h.sampling, h.step) == ("log", None)
+    assert 8 <= kt.HyperParameters().Int("b", 8, 256, step=h.step, sampling="log") <= 256
+    (h,) = declared("tag(log, int(interval(8, 256)))", "finetune.batch_size", log_step=2).space  # the grid's
+    assert list(h.values) == [8, 16, 32, 64, 128, 256]
     with pytest.raises(TlsweepError, match=r"search.params.finetune.dropout=interval\(0.5, 0.1\): an interval needs"):
         parse_knob("finetune.dropout", "interval(0.5, 0.1)")
 
@@ -73,6 +78,18 @@ def test_what_cannot_be_searched_stops_before_anything_runs(args: list[str], mes
         check_command_line(args)
     said = str(refused.value)
     assert message in said and "\n" not in said, said
+
+
+def test_a_knob_set_directly_is_pinned_in_each_job_not_searched_over() -> None:
+    """``finetune.optimizer=sgd`` means SGD, and ``-m finetune.dropout=0.1,0.3`` one job per dropout, though the
+    default search searches the optimizer and a search may search the dropout."""
+    specs = check_command_line(["-m", "finetune.optimizer=sgd", "finetune.dropout=0.1,0.3"])
+    assert [(s.knob("finetune.optimizer").values, s.knob("finetune.dropout").values) for s in specs] == [
+        (("sgd",), (0.1,)),
+        (("sgd",), (0.3,)),
+    ]
+    (spec,) = check_command_line(["finetune.optimizer=sgd", "search.params.finetune.optimizer=choice(adam, sgd)"])
+    assert spec.knob("finetune.optimizer").values == ("adam", "sgd")  # the search, as the command line says
 
 
 def test_the_search_space_never_names_a_job_and_is_part_of_a_jobs_identity() -> None:

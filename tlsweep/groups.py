@@ -340,6 +340,11 @@ class FinalistsSpec:
                 f"finalists.top={self.top}, seeds={self.seeds} and replicate={self.replicate} must be whole "
                 "numbers: top ≥ 0 (0: no finalists), seeds ≥ 1 (the search's own included), replicate ≥ 0"
             )
+        if self.replicate and self.enabled:  # the finalists' seeds would repeat the search's own
+            return (
+                f"finalists.replicate={self.replicate} reruns one seed of a configuration, and finalists run "
+                "every seed themselves: set finalists.top=0 with it (or finalists.seeds to run more seeds)"
+            )
         return None
 
 
