@@ -151,6 +151,21 @@ def test_a_tf_hub_text_embedding_is_a_backbone_and_a_mismatch_is_refused_when_it
         load_backbone(texts.backbone, 16)
 
 
+def test_weights_fetch_takes_text_encoders_beside_image_backbones(tmp_path: Path) -> None:
+    """``python -m tlsweep.weights fetch backbone=…`` with no dataset: the default one holds images, and a text
+    encoder is fetched as for the text demo; one backbone's refusal does not lose the others' lines."""
+    from tlsweep import weights
+
+    words = tuple(w for ws in WORDS.values() for w in ws) + FILLER
+    folder = make_text_hub_model(tmp_path / "nnlm", words)
+    lines, errors = weights.fetch(["backbone=tiny,tiny_text"])
+    assert not errors and [line.split(":")[0] for line in lines] == ["ready    tiny", "ready    tiny_text"]
+    lines, errors = weights.fetch(["backbone=hub", f"backbone.handle={folder}", "backbone.input=text"])
+    assert not errors and len(lines) == 1 and lines[0].startswith("ready    hub: "), (lines, errors)
+    lines, errors = weights.fetch(["backbone=tiny_text,tiny", "dataset=digits"])  # a text encoder on images
+    assert [line.split(":")[0] for line in lines] == ["ready    tiny"] and "reads texts" in str(errors[0])
+
+
 def bert_preset(folder: Path) -> Path:
     """A BERT-shaped KerasHub preset with random weights and a small vocabulary, saved as a preset folder."""
     import keras_hub

@@ -6,6 +6,8 @@ import errno
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,12 @@ def test_report_and_export_settings_are_typed_for_the_end_of_a_run() -> None:
     assert end.export == ExportSpec(tflite=True) and end.report == ReportSpec(top=3)
     with pytest.raises(TlsweepError):
         make_spec(["export.quantize=int4"])
+
+
+def test_every_command_sends_tensorflows_lines_away_before_tensorflow_starts() -> None:
+    """TensorFlow writes its C++ lines (oneDNN, CUDA, absl) when it is imported: a command module that imports
+    it before its ``__main__`` block sends descriptor 2 away shows them on the terminal."""
+    commands = ["__main__", "export", "predict", "weights", "report.__main__", "cache.__main__"]
+    check = "; ".join(f"import tlsweep.{m}" for m in commands) + "; import sys; print('tensorflow' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert imported.stdout.strip() == "False", imported.stdout + imported.stderr

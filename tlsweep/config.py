@@ -23,7 +23,7 @@ from tlsweep.errors import TlsweepError, first_line
 from tlsweep.groups import TrainingSpec
 from tlsweep.records import RunRecord
 from tlsweep.schema import job_spec, register_schema, unknown_key_message
-from tlsweep.spec import JobSpec
+from tlsweep.spec import SET_DIRECTLY, JobSpec
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -178,8 +178,7 @@ def search_space_arguments(args: list[str]) -> list[str]:
     out = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        pin = key.startswith("++") and value == _pin(key.removeprefix("++" + SEARCH_PARAMS))  # made below before
-        if sep and key.lstrip("+").startswith(SEARCH_PARAMS) and not pin:
+        if sep and key.lstrip("+").startswith(SEARCH_PARAMS):
             arg = f"++{key.lstrip('+')}={hydra_quoted(unquoted(value))}"
         out.append(arg)
     return out + direct_settings_pinned(args)
@@ -187,18 +186,13 @@ def search_space_arguments(args: list[str]) -> list[str]:
 
 def direct_settings_pinned(args: list[str]) -> list[str]:
     """A knob set directly (``finetune.optimizer=sgd``, or ``-m finetune.dropout=0.1,0.3``: a value per job) is
-    pinned in the search, which would otherwise search it and ignore the setting: ``search.params.<key>`` is
-    made the setting's value (an interpolation, so each job of a sweep reads its own). Not where the command
-    line gives ``search.params.<key>`` itself."""
+    taken out of the search, which would otherwise search it and ignore the setting: ``search.params.<key>`` is
+    made ``SET_DIRECTLY``, and every trial reads the setting. Not where the command line gives
+    ``search.params.<key>`` itself."""
     keys = [arg.partition("=")[0].lstrip("+~") for arg in args if "=" in arg]
     knobs = {f"finetune.{name}" for name in TrainingSpec.knobs()}
     direct = [k for k in keys if k in knobs and f"{SEARCH_PARAMS}{k}" not in keys]
-    return [f"++{SEARCH_PARAMS}{k}={_pin(k)}" for k in dict.fromkeys(direct)]
-
-
-def _pin(key: str) -> str:
-    """The value that pins ``search.params.<key>`` to the setting ``<key>``: an interpolation, for Hydra."""
-    return f"'${{{key}}}'"
+    return [f"++{SEARCH_PARAMS}{k}={SET_DIRECTLY}" for k in dict.fromkeys(direct)]
 
 
 def unquoted(value: str) -> str:

@@ -34,7 +34,7 @@ from tlsweep.errors import TlsweepError, first_line
 from tlsweep.groups import QUANTIZE, DatasetSpec, ExportSpec, build
 from tlsweep.objective import Objective
 from tlsweep.paths import folder_command
-from tlsweep.records import EXPORT_FORMAT, EXPORT_VERSION, best_epoch_of
+from tlsweep.records import DEPTH, EXPORT_FORMAT, EXPORT_VERSION, best_epoch_of
 from tlsweep.results import Job, Trial, Winner, load_sweep, winner
 from tlsweep.tasks import Task, task_of
 
@@ -252,6 +252,12 @@ def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | No
     backbone, dataset = job.config.get("backbone", {}), job.config.get("dataset", {})
     job_record = job.record.summary
     metrics = record["metrics"]
+    examples = "texts" if record["task"] == "text" else "images"
+    mode = (job.config.get("finetune") or {}).get("mode", "top")
+    depth = record["hyperparameters"].get(DEPTH, (job.config.get("finetune") or {}).get("unfreeze_depth", "N"))
+    stages = {"none": "a new head on the frozen backbone (the backbone not fine-tuned: finetune=none)",
+              "full": "a new head on the frozen backbone, then the whole backbone fine-tuned"}.get(
+        mode, f"a new head on the frozen backbone, then its top {depth} layers (or blocks) fine-tuned")  # fmt: skip
     lines = [
         f"# Model card: {record['job']} trial_{record['trial']}",
         "",
@@ -262,7 +268,7 @@ def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | No
         + (f", {record['image_size']} px input" if record.get("image_size") else "")
         + "; preprocessing is inside the model",
         f"- Input: {record['input']}",
-        "- Trained by tlsweep in two stages: a new head on the frozen backbone, then the top layers fine-tuned",
+        f"- Trained by tlsweep: {stages}",
         f"- Hyperparameters: {', '.join(f'{k}={v}' for k, v in record['hyperparameters'].items())}",
         "",
         "## Data",
@@ -284,10 +290,9 @@ def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | No
         )
     if evaluation:
         lines += [
-            f"- Test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} held-out "
-            f"{'texts' if record['task'] == 'text' else 'images'} (unbiased)",
+            f"- Test accuracy {evaluation['accuracy']:.4f} on {evaluation['images']} held-out {examples} (unbiased)",
             "",
-            "| class | precision | recall | images |",
+            f"| class | precision | recall | {examples} |",
             "|---|---|---|---|",
             *[
                 f"| {c['name']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['images']} |"
@@ -300,7 +305,7 @@ def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | No
         "",
         "## Use",
         f"- Files: {', '.join(record['formats'].values())}, labels.txt",
-        f"- `python -m tlsweep.predict {shlex.quote(str(folder))} path/to/images`",
+        f"- `python -m tlsweep.predict {shlex.quote(str(folder))} path/to/{examples}`",
         f"- Reproduce: `{record['reproduce']}`",
         "",
     ]
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = folder_command(
         "python -m tlsweep.export",
         "Export the best model of a tlsweep run or sweep into its best/ folder, and test it once on the held-out "
-        "images.",
+        "examples.",
     )
     parser.add_argument("--no-saved-model", action="store_true", help="skip the TensorFlow SavedModel")
     parser.add_argument("--tflite", action="store_true", help="also write model.tflite")

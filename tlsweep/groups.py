@@ -29,7 +29,7 @@ FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 DISTRIBUTED_ROLES = ("chief", "worker")
 PRUNING_RULES = ("none", "median", "asha")
 CACHE_DTYPES = ("float32", "float16")
-EPOCHS_PER_VIEW = 3  # by default an augmented view serves up to this many epochs of a stage (README: measured)
+EPOCHS_PER_VIEW = 3  # by default an augmented view serves up to this many epochs of a stage (measured: docs/)
 MAX_SEED = 2**32 - 1  # NumPy and TensorFlow take seeds below 2**32
 MISSING: Any = "???"  # a setting each option of its group must give (OmegaConf's mark for it)
 
@@ -75,9 +75,16 @@ class DatasetSpec:
             return f"dataset.task={self.task} must be one of: {', '.join(DATASETS)}"
         if self.name not in DATASETS[self.task]:
             return f"unknown {self.task} dataset '{self.name}'; use one of: {', '.join(DATASETS[self.task])}"
-        if self.name in ("folder", "text_folder", "text_table") and not self.path:
+        own = ("folder", "text_folder", "text_table")  # the datasets that are the user's files
+        if self.name in own and not self.path:
             what = "a CSV, TSV or JSONL file" if self.name == "text_table" else "path/to/folder"
             return f"dataset.path must be set (e.g. dataset.path={what})"
+        if self.name not in own and (self.path or self.test):
+            key = "dataset.path" if self.path else "dataset.test"
+            return (
+                f"{key} is for your own data (dataset=folder, text_folder or text_table), and dataset {self.name} "
+                f"brings its own examples: drop {key}, or use dataset.test_split for a test set"
+            )
         if not 0.0 < self.fraction <= 1.0:
             return f"dataset.fraction={self.fraction} must be in (0, 1], e.g. dataset.fraction=0.25"
         if not 0.0 < self.validation_split < 1.0:

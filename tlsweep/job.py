@@ -61,7 +61,7 @@ def _steps(spec: JobSpec, job_dir: Path, choices: dict[str, Any], root: Path) ->
     started = time.monotonic() - (spent_in_runs(job_dir) if spec.budget_s else 0.0)  # a resumed job's runs count
     configure(spec)  # GPUs, precision, threads: before TensorFlow builds anything
     keras.utils.set_random_seed(spec.seed)
-    tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (see README)
+    tf.config.experimental.enable_op_determinism()  # same seed, same results on CPU (docs/how-to/troubleshooting.md)
     task = task_of(spec.dataset)  # images or texts: what they add to the pipeline
     backbone = task.load_backbone(spec)  # first: a weights problem should not wait for the data
     spec.check_depths(backbone.num_layers, backbone.name, backbone.unit)

@@ -46,6 +46,8 @@ from tlsweep.space import Knob, flatten, parse_knob
 # Settings that shape the feature cache or the data: a job's, swept across jobs, never searched inside one.
 JOB_LEVEL = ("backbone", "dataset", "augmentation", "feature_cache", "cache", "finetune.mode")
 SCHEDULE = ("finetune.head_epochs", "finetune.finetune_epochs")  # every trial of a job has the job's schedule
+# search.params.<key>=direct: <key> was set directly (finetune.optimizer=sgd), so it is not searched
+SET_DIRECTLY = "direct"
 # Earlier spellings, and the one that replaced each: refused in one line that gives it.
 MOVED = {
     "dataset.batch_size": "finetune.batch_size",
@@ -108,7 +110,7 @@ class JobSpec:
     def image_size(self) -> int | None:
         """The side of the images a job's backbone reads (None for a task without images)."""
         size = self.dataset.image_size or self.backbone.image_size
-        return int(size) if size else None
+        return int(size) if size and self.dataset.task == "images" else None
 
     @property
     def objective(self) -> Objective:
@@ -122,8 +124,10 @@ class JobSpec:
     @functools.cached_property
     def space(self) -> tuple[Knob, ...]:
         """The knobs KerasTuner searches (or pins) in each trial, from ``search.params``. Without stage 2 the
-        unfreeze depth is no knob; ``finetune=full`` fixes it at the whole backbone (``trial``)."""
-        knobs = [parse_knob(key, value) for key, value in flatten(self.search.params).items()]
+        unfreeze depth is no knob; ``finetune=full`` fixes it at the whole backbone (``trial``). A setting made
+        directly (``SET_DIRECTLY``) is no knob either: every trial reads it from the spec."""
+        params = flatten(self.search.params).items()
+        knobs = [parse_knob(key, value) for key, value in params if value != SET_DIRECTLY]
         return tuple(k for k in knobs if k.key != "finetune.unfreeze_depth" or self.finetune.mode == "top")
 
     def knob(self, key: str) -> Knob | None:
@@ -152,7 +156,7 @@ class JobSpec:
 
         Each view costs a pass of the augmentation and the backbone over the training images, the
         cache's biggest cost. Reusing augmented images for later epochs costs little accuracy ("data
-        echoing", Choi et al., 2019), as the benchmark's trials confirm (README). Two at least, so
+        echoing", Choi et al., 2019), as the benchmark's trials confirm (docs/performance.md). Two at least, so
         consecutive epochs never read the same images.
         """
         if not self.augmentation.changes_images:

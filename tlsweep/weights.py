@@ -19,13 +19,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tlsweep import hub  # noqa: E402
 from tlsweep.console import native_stderr_to  # noqa: E402
 from tlsweep.errors import TlsweepError  # noqa: E402
-from tlsweep.tasks.images.backbones import keras_weights_dir  # noqa: E402
 
 log = logging.getLogger("tlsweep.weights")
 
@@ -42,11 +41,11 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
     register_resolvers()
     lines, errors = [], []
     for combination in sweep_combinations(overrides):
-        spec = compose_spec(combination)
-        backbone, size = spec.backbone, spec.image_size
         try:
+            spec = _spec(combination, compose_spec)
+            backbone, size = spec.backbone, spec.image_size
             loaded = task_for_backbone(backbone).load_backbone(spec)
-        except TlsweepError as e:
+        except TlsweepError as e:  # this backbone's line; the others are still fetched
             errors.append(e)
             continue
         if not (backbone.handle or backbone.preset or backbone.weights == "imagenet"):
@@ -56,8 +55,26 @@ def fetch(overrides: list[str]) -> tuple[list[str], list[TlsweepError]]:
     return lines, errors
 
 
+def _spec(combination: list[str], compose: Any) -> Any:
+    """The spec a run of ``combination`` would have. Without a dataset given, a text encoder is fetched as for
+    the embedded text demo (the default dataset, the image demo, refuses it); no data is read either way."""
+    try:
+        return compose(combination)
+    except TlsweepError:
+        if any(o.lstrip("+").startswith("dataset=") for o in combination):
+            raise
+        try:
+            return compose([*combination, "dataset=text_demo"])
+        except TlsweepError:
+            pass
+        raise
+
+
 def cached() -> list[str]:
     """Lines describing the Keras and TF Hub weight caches: each file or model, its size, and problems."""
+    from tlsweep import hub  # these import TensorFlow: after its lines are sent away (main)
+    from tlsweep.tasks.images.backbones import keras_weights_dir
+
     lines = []
     keras_dir = keras_weights_dir()
     files = sorted(p for p in keras_dir.glob("*") if p.is_file()) if keras_dir.is_dir() else []

@@ -140,11 +140,13 @@ def _export(sweep: Any) -> dict[str, Any] | None:
     if not sweep.export:
         return None
     folder = sweep.root / files.EXPORT_DIR
+    noun = "texts" if sweep.export.get("task") == "text" else "images"  # what the model classifies
     context: dict[str, Any] = {
         "folder": str(folder),
         "formats": ", ".join(sweep.export.get("formats", {}).values()),
         "model": f"{sweep.export.get('job')} trial_{sweep.export.get('trial')}",
-        "predict": f"python -m tlsweep.predict {shlex.quote(str(folder))} path/to/images",
+        "predict": f"python -m tlsweep.predict {shlex.quote(str(folder))} path/to/{noun}",
+        "noun": noun,
         "test": None,
     }
     evaluation = sweep.evaluation
@@ -353,11 +355,12 @@ def _md_export(export: dict[str, Any] | None) -> list[str]:
     if test:
         lines += [
             "",
-            f"Held-out test: accuracy **{_fmt(test['accuracy'])}** on {test['images']} images ({test['interval']}).",
+            f"Held-out test: accuracy **{_fmt(test['accuracy'])}** on {test['images']} {export['noun']} "
+            f"({test['interval']}).",
             "",
         ]
         lines += _md_table(
-            ["class", "precision", "recall", "images"],
+            ["class", "precision", "recall", export["noun"]],
             [[c["name"], c["precision"], c["recall"], c["images"]] for c in test["classes"]],
         )
         lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]

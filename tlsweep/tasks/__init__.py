@@ -12,11 +12,10 @@ with an object of the same shape, listed in ``TASKS``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tlsweep.backbone import Backbone
 from tlsweep.cache.store import Store
 from tlsweep.data import Data
 from tlsweep.errors import TlsweepError
@@ -24,6 +23,9 @@ from tlsweep.groups import AugmentationSpec, BackboneSpec, DatasetSpec
 from tlsweep.spec import JobSpec
 from tlsweep.tasks.images import IMAGES
 from tlsweep.tasks.text import TEXT
+
+if TYPE_CHECKING:  # the network itself is Keras': imported by a task's backbones, when a job loads one
+    from tlsweep.backbone import Backbone
 
 
 class Task(Protocol):

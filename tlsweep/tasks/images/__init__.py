@@ -9,17 +9,19 @@ finalists, the race, the report, the export — is the same for every task.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlsweep.backbone import Backbone
 from tlsweep.cache.store import Store
 from tlsweep.data import Data
 from tlsweep.errors import TlsweepError
 from tlsweep.folders import fingerprint
 from tlsweep.groups import AugmentationSpec, DatasetSpec
 from tlsweep.spec import JobSpec
+
+if TYPE_CHECKING:  # the network itself is Keras': imported by a task's backbones, when a job loads one
+    from tlsweep.backbone import Backbone
 
 
 class Images:

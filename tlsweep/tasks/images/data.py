@@ -81,8 +81,8 @@ def _load_folder(cfg: DatasetSpec, image_size: int, store: Store | None, max_byt
         raise TlsweepError(
             f"the {count} images of {layout.root} take {needed / 2**30:.1f} GB decoded at {image_size} px, more than "
             f"this job's memory budget allows ({max_bytes / 2**30:.1f} GB, with a copy in the input pipeline); set a "
-            "smaller dataset.image_size or "
-            "dataset.fraction, or a larger feature_cache.memory_gb on a machine with the memory"
+            "smaller dataset.image_size, or a larger feature_cache.memory_gb on a machine with the memory "
+            "(every image is decoded before dataset.fraction picks some)"
         )
     x, y, skipped = decode_all(train_files, image_size, workers, store)
     class_names = list(train_files)

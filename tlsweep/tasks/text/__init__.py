@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlsweep.backbone import Backbone
 from tlsweep.cache.store import Store
 from tlsweep.data import Data
 from tlsweep.errors import TlsweepError
@@ -22,6 +21,9 @@ from tlsweep.folders import file_digest, fingerprint
 from tlsweep.groups import AugmentationSpec, DatasetSpec
 from tlsweep.spec import JobSpec
 from tlsweep.tasks.text.data import TABLE_EXTENSIONS, TEXT_EXTENSIONS, load_texts, read_table, read_text
+
+if TYPE_CHECKING:  # the network itself is Keras': imported by a task's backbones, when a job loads one
+    from tlsweep.backbone import Backbone
 
 
 class Text:
