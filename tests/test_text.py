@@ -118,6 +118,7 @@ def test_a_text_table_is_read_by_its_columns(tmp_path: Path, suffix: str) -> Non
     "args,message",
     [
         (["experiment=text_demo", "augmentation=light"], "augmentation changes images, and a text dataset has none"),
+        (["experiment=text_demo", "export.tflite=true", "export.quantize=int8"], "int8 calibrates a TFLite model on"),
         (["experiment=text_demo", "dataset.image_size=32"], "dataset.image_size=32 sizes images"),
         (["dataset=text_demo", "backbone=mobilenet_v2"], "backbone mobilenet_v2 reads images, and dataset text_demo"),
         (["backbone=tiny_text"], "backbone tiny_text reads texts, and dataset digits holds images"),
@@ -149,6 +150,25 @@ def test_a_tf_hub_text_embedding_is_a_backbone_and_a_mismatch_is_refused_when_it
     texts = make_spec(["backbone=hub", f"backbone.handle={folder}"])  # the digits: images
     with pytest.raises(TlsweepError, match="takes texts, not images; use it with a text dataset"):
         load_backbone(texts.backbone, 16)
+
+
+def test_a_float16_cache_keeps_a_text_encoders_token_ids_whole(tmp_path: Path) -> None:
+    """Below every block a text encoder's cut holds token ids: float16 would round every id above 2048 to
+    another word's. They are stored as the whole numbers they are; the features above them in float16."""
+    from tlsweep.cache.features import make_cache
+    from tlsweep.tasks.text import TEXT
+
+    spec = make_spec(["experiment=text_demo", "feature_cache.dtype=float16", f"feature_cache.dir={tmp_path}",
+                      "search.params.finetune.unfreeze_depth=choice(0, 14)"])  # fmt: skip
+    backbone, data = TEXT.load_backbone(spec), TEXT.load_data(spec.dataset, None)
+    cache = make_cache(spec, backbone, data, TEXT)
+    bottom = backbone.cut_depth(14)
+    ids = [a for a in cache.val(bottom) if np.issubdtype(np.asarray(a[:1]).dtype, np.integer)]
+    assert ids and int(np.asarray(ids[0][:]).max()) > 2048  # the vocabulary's rarer words
+    assert cache.val(0)[0].dtype == np.float16
+    vectorize = backbone.preprocess()  # what the cut below every block reads: the texts' token ids
+    expected = np.asarray(keras.ops.convert_to_numpy(vectorize(np.array(data.x_val[:8], dtype=object))))
+    assert np.array_equal(np.asarray(ids[0][:8]), expected.astype(np.asarray(ids[0][:1]).dtype))
 
 
 def test_weights_fetch_takes_text_encoders_beside_image_backbones(tmp_path: Path) -> None:

@@ -309,6 +309,9 @@ class JobSpec:
             return "augmentation changes images, and a text dataset has none: use augmentation=none with texts"
         if task == "text" and self.dataset.image_size is not None:
             return f"dataset.image_size={self.dataset.image_size} sizes images, and a text dataset has none: remove it"
+        if task == "text" and self.export.tflite and self.export.quantize == "int8":
+            return ("export.quantize=int8 calibrates a TFLite model on images, and a text model reads strings: use "
+                    "export.quantize=float16 (or none) for a text model")  # fmt: skip
         return None
 
     def _knob_problem(self, knob: Knob, loaded: list[str]) -> str | None:

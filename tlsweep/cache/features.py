@@ -172,8 +172,9 @@ class FeatureCache:
             writers = []
             for c in missing:
                 fields, about = self._fields(c, split, view), self._about(c, split, view)
-                writers.append(stack.enter_context(self.store.write(fields, self._shapes(c, n), about)))
-            progress = Progress(f"feature cache: {where}", n)
+                dtypes = cut_dtypes(self._net(), c, self.backbone.cuts, self.store.dtype)
+                writers.append(stack.enter_context(self.store.write(fields, self._shapes(c, n), about, dtypes)))
+            progress = Progress(f"feature cache: {where}", n, unit=self.data.kind)
             stack.callback(progress.close)
             for outputs in self._run(missing, source, split, view, start):
                 for cut_writers, arrays in zip(writers, outputs, strict=True):
@@ -181,8 +182,8 @@ class FeatureCache:
                         writer.append(array)
                 progress.advance(len(outputs[0][0]))
         cuts = ", ".join(str(self.backbone.unit_depth(c)) for c in missing)
-        log.info("feature cache: %s, %s at depth %s: %d images in %.1fs", where,
-                 "cut" if len(missing) == 1 else "cuts", cuts, n, time.monotonic() - started)  # fmt: skip
+        log.info("feature cache: %s, %s at depth %s: %d %s in %.1fs", where, "cut" if len(missing) == 1 else "cuts",
+                 cuts, n, self.data.kind, time.monotonic() - started)  # fmt: skip
 
     def _in_memory(self, cut: int) -> bool:
         return self.plan is None or self.plan.where(cut) != "disk"
@@ -321,6 +322,13 @@ def cut_shapes(network: Any, cut: int, cuts: int) -> list[tuple[int, ...]]:
     inputs below every layer."""
     shapes = [tuple(t.shape[1:]) for t in crossing_tensors(network, min(cut, cuts))]
     return [shapes[0][-1:]] if cut == 0 and len(shapes[0]) == 3 else shapes
+
+
+def cut_dtypes(network: Any, cut: int, cuts: int, stored: str) -> list[str]:
+    """How the tensors at ``cut`` are stored: features in the cache's dtype (``feature_cache.dtype``), whole
+    numbers as they are (a text encoder's token ids and masks: float16 would round an id above 2048)."""
+    tensors = crossing_tensors(network, min(cut, cuts))
+    return [stored if "float" in str(t.dtype) else str(t.dtype) for t in tensors]
 
 
 def keras_tree_first(output: Any) -> Any:
