@@ -42,7 +42,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert cli.returncode == 0, cli.stdout
     stdout, stderr = sys.stdout, sys.stderr
     first = tlsweep.sweep(ARGS, cwd=python)
-    second = tlsweep.sweep([*ARGS, "tuner.max_trials=1", "finalists.top=0"], cwd=python)
+    second = tlsweep.sweep([*ARGS, "tuner.max_trials=1", "finalists.top=0", "augmentation=none,light"], multirun=True,
+                           cwd=python)  # fmt: skip
     assert (sys.stdout, sys.stderr) == (stdout, stderr)  # the caller's streams are left as they were
     (cli_run,) = (shell / "outputs" / "runs").iterdir()
     return {"cli": cli, "cli_run": cli_run, "first": first, "second": second}
@@ -78,11 +79,12 @@ def test_the_winner_reads_as_the_closing_line_for_a_sweep_and_its_load(runs: dic
 
 
 @pytest.mark.slow
-def test_a_second_sweep_in_one_process_starts_afresh(runs: dict) -> None:
+def test_a_second_sweep_in_one_process_starts_afresh_and_a_multirun_is_a_sweep(runs: dict) -> None:
     first, second = runs["first"], runs["second"]
-    assert second.path != first.path and second.path.parent == first.path.parent
-    assert len(second.trials) == 1 and second.finalists.empty
-    assert json.loads((second.path / "job.json").read_text())["status"] == "completed"
+    assert second.path.parent == first.path.parent.parent / "sweeps"  # -m: a sweep's folder, its jobs inside
+    assert second.status == {"augmentation=light": "completed", "augmentation=none": "completed"}
+    assert sorted(second.trials["job"]) == ["augmentation=light", "augmentation=none"] and second.finalists.empty
+    assert (second.path / "best" / "model.keras").is_file() and second.winner.job in second.status
     assert len(first.trials) == 3 and len(first.finalists) == 1  # the first is left as it was
     assert first.status == {first.path.name: "completed"}
 

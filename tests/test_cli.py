@@ -115,3 +115,9 @@ def test_two_sweep_values_that_look_alike_get_two_folders_and_the_right_labels(t
     labels = sorted((p.parent / "labels.txt").read_text().split() for p in sweep.glob("*/job.json"))
     assert labels == [["bus", "car", "van"], ["cat", "dog"]]  # each job kept its own data, in its own folder
     assert len(list(sweep.glob("*/job.json"))) == 2
+
+
+def test_a_race_setting_the_sweeper_refuses_is_its_own_one_line(tmp_path: Path) -> None:
+    result = run_cli(["-m", "hydra/sweeper=race", "hydra.sweeper.eta=1", "augmentation=none,light"], tmp_path)
+    assert_user_error(result, "hydra.sweeper.eta=1 must be at least 2")
+    assert "Error in call to target" not in result.stdout and not (tmp_path / "outputs").exists()

@@ -80,6 +80,18 @@ def test_the_held_out_test_scores_the_best_model_on_images_it_never_saw(trained,
     assert f"Test accuracy {evaluation['accuracy']:.4f} on 9 held-out images" in card
     assert "learning_rate=" in card and "python -m tlsweep.predict" in card
     assert not (best / "saved_model").exists() and (best / "model.keras").is_file()
+    shipped = json.loads(
+        (run / "trials" / f"trial_{json.loads((best / 'export.json').read_text())['trial']}.json").read_text()
+    )
+    kept = next(e for e in shipped["history"] if e["epoch"] == shipped["best_epoch"])
+    depth = shipped["hyperparameters"]["finetune.unfreeze_depth"]
+    said = {  # what the card says stage 2 did, as the shipped run's record has it
+        True: "(unfreeze depth 0: the backbone is not fine-tuned)",
+        False: "did not improve it, so these are the head's weights"
+        if kept["stage"] == "head"
+        else f"then its top {depth} layers",
+    }[depth == 0]
+    assert said in card, card
 
 
 def test_evaluation_matches_a_hand_computed_confusion_matrix() -> None:

@@ -162,7 +162,11 @@ def composition_error(error: BaseException) -> str:
     override = re.search(r"override (\S+)$", message)
     if override and key:
         return f"{override.group(1)}: {first_line(cause)}"
-    return message if cause is error else f"{message}: {first_line(cause)}"
+    # a plugin that refused its settings (the race sweeper's eta): its own words, not Hydra's wrapper
+    message = re.sub(r"^Error in call to target '[^']*':+\s*", "", message)
+    if cause is error:
+        return message
+    return f"{message}: {first_line(cause)}" if message else first_line(cause)
 
 
 # Settings that reproduce one run: its hyperparameters become a one-point search.

@@ -116,7 +116,8 @@ def export_best(root: Path, cfg: ExportSpec) -> Path | None:
             "reproduce": rerun_command(job.overrides, found.run.run),
         }
         files.write_json(staging / files.EXPORT_RECORD, record)
-        files.write_text(staging / files.MODEL_CARD, model_card(record, job, evaluation, target))
+        card = model_card(record, job, evaluation, target, _stages(job, model_run))
+        files.write_text(staging / files.MODEL_CARD, card)
         _replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -247,17 +248,28 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | None, folder: Path) -> str:
+def _stages(job: Job, run: Trial) -> str:
+    """How the shipped model was trained, in a few words: what stage 2 fine-tuned, if its weights are kept."""
+    finetune = job.config.get("finetune") or {}
+    depth = run.run.hyperparameters.get(DEPTH, finetune.get("unfreeze_depth"))
+    kept = run.run.kept()
+    head = "a new head on the frozen backbone"
+    if finetune.get("mode") == "none":
+        return f"{head} (finetune=none: the backbone is not fine-tuned)"
+    if depth == 0:
+        return f"{head} (unfreeze depth 0: the backbone is not fine-tuned)"
+    what = "the whole backbone" if finetune.get("mode") == "full" else f"its top {depth} layers (or blocks)"
+    if kept is not None and kept.stage == "head":
+        return f"{head}; fine-tuning {what} did not improve it, so these are the head's weights (stage 1)"
+    return f"{head}, then {what} fine-tuned"
+
+
+def model_card(record: dict[str, Any], job: Job, evaluation: dict[str, Any] | None, folder: Path, stages: str) -> str:
     """A short Markdown card: what the model is, how it was chosen, how good it is, how to use it."""
     backbone, dataset = job.config.get("backbone", {}), job.config.get("dataset", {})
     job_record = job.record.summary
     metrics = record["metrics"]
     examples = "texts" if record["task"] == "text" else "images"
-    mode = (job.config.get("finetune") or {}).get("mode", "top")
-    depth = record["hyperparameters"].get(DEPTH, (job.config.get("finetune") or {}).get("unfreeze_depth", "N"))
-    stages = {"none": "a new head on the frozen backbone (the backbone not fine-tuned: finetune=none)",
-              "full": "a new head on the frozen backbone, then the whole backbone fine-tuned"}.get(
-        mode, f"a new head on the frozen backbone, then its top {depth} layers (or blocks) fine-tuned")  # fmt: skip
     lines = [
         f"# Model card: {record['job']} trial_{record['trial']}",
         "",

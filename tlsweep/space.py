@@ -65,9 +65,8 @@ class Knob:
             return hp.Choice(self.key, list(self.values))
         sampling = "log" if self.log else "linear"
         if self.kind == "int" and self.log:  # KerasTuner's log step is a factor (> 1): the grid's, or none
-            factor = round(log_step) if log_step else None
-            return hp.Int(self.key, int(self.low), int(self.high), step=factor if factor and factor > 1 else None,
-                          sampling=sampling)  # fmt: skip
+            factor = max(2, round(log_step)) if log_step else None  # whole numbers: a factor of 2 at the least
+            return hp.Int(self.key, int(self.low), int(self.high), step=factor, sampling=sampling)
         if self.kind == "int":
             return hp.Int(self.key, int(self.low), int(self.high), step=int(self.step or 1), sampling=sampling)
         step = self.step if self.step is not None else (log_step if self.log else None)
